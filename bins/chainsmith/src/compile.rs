@@ -1,0 +1,40 @@
+//! `chainsmith compile`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use chainsmith_k8s::{parse_manifests, parse_node_config};
+use chainsmith_planner::Plan;
+use chainsmith_restore::render_plan;
+use clap::Args;
+
+use crate::input;
+
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// Node and proxier settings (the conformance suite's node.yaml keys).
+    /// Defaults to an IPv4 node with kube-proxy's production defaults and no
+    /// local-traffic detector.
+    #[arg(long, value_name = "NODE.yaml")]
+    node: Option<PathBuf>,
+    /// Multi-document Kubernetes YAML with Services and EndpointSlices (also
+    /// `kind: List`, as `kubectl get -o yaml` prints). With none, a bundled
+    /// example cluster and node are compiled.
+    #[arg(value_name = "CLUSTER.yaml")]
+    clusters: Vec<PathBuf>,
+}
+
+pub fn run(args: &CompileArgs) -> Result<()> {
+    let (node, manifests) = if args.clusters.is_empty() && args.node.is_none() {
+        let node = parse_node_config(input::EXAMPLE_NODE, "example/node.yaml")?;
+        (node, parse_manifests(input::EXAMPLE_CLUSTER, "example/cluster.yaml")?)
+    } else {
+        (input::load_node(args.node.as_deref())?, input::load_manifests(&args.clusters)?)
+    };
+    let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
+    input::report_diagnostics(&manifests.diagnostics);
+    input::report_diagnostics(&plan.diagnostics);
+    let text = render_plan(&plan);
+    std::io::stdout().lock().write_all(text.as_bytes()).context("cannot write to stdout")
+}

@@ -1,0 +1,173 @@
+//! The layering of the workspace, checked rather than hoped for.
+//!
+//! Data flows one way: Kubernetes objects -> model -> plan -> restore text ->
+//! kernel. The crates that compute (model, naming, planner, restore, sync) are
+//! pure: no async runtime, no Kubernetes client, no HTTP, no metrics registry,
+//! no randomness, no processes, files or clocks. Only the translation crate
+//! knows `k8s-openapi`, and only the binary touches the world.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Workspace crates each crate may depend on (normal dependencies).
+const LAYERS: &[(&str, &[&str])] = &[
+    ("chainsmith-model", &[]),
+    ("chainsmith-naming", &[]),
+    ("chainsmith-k8s", &["chainsmith-model"]),
+    ("chainsmith-planner", &["chainsmith-model", "chainsmith-naming"]),
+    ("chainsmith-restore", &["chainsmith-naming", "chainsmith-planner"]),
+    ("chainsmith-sync", &["chainsmith-model", "chainsmith-naming", "chainsmith-planner", "chainsmith-restore"]),
+];
+
+const PURE: &[&str] = &["chainsmith-model", "chainsmith-naming", "chainsmith-planner", "chainsmith-restore", "chainsmith-sync"];
+
+/// External crates no pure crate may pull in, even indirectly.
+const FORBIDDEN_IN_PURE: &[&str] =
+    &["tokio", "kube", "kube-client", "kube-runtime", "k8s-openapi", "hyper", "prometheus", "rand", "serde-saphyr"];
+
+/// External crates the translation layer and the benches must not pull in.
+const FORBIDDEN_IN_TRANSLATION: &[&str] = &["tokio", "kube", "kube-client", "kube-runtime", "hyper", "prometheus", "rand"];
+
+struct Metadata {
+    names: BTreeMap<String, String>,
+    members: BTreeSet<String>,
+    deps: BTreeMap<String, Vec<String>>,
+    manifests: BTreeMap<String, PathBuf>,
+}
+
+fn metadata() -> Metadata {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).expect("metadata json");
+    let mut names = BTreeMap::new();
+    let mut manifests = BTreeMap::new();
+    for package in json["packages"].as_array().expect("packages") {
+        let id = package["id"].as_str().expect("id").to_string();
+        names.insert(id.clone(), package["name"].as_str().expect("name").to_string());
+        manifests.insert(id, PathBuf::from(package["manifest_path"].as_str().expect("manifest")));
+    }
+    let members = json["workspace_members"].as_array().expect("members").iter().filter_map(Value::as_str).map(String::from).collect();
+    let mut deps = BTreeMap::new();
+    for node in json["resolve"]["nodes"].as_array().expect("resolve") {
+        let normal: Vec<String> = node["deps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|dep| dep["dep_kinds"].as_array().into_iter().flatten().any(|kind| kind["kind"].is_null()))
+            .filter_map(|dep| dep["pkg"].as_str().map(String::from))
+            .collect();
+        deps.insert(node["id"].as_str().expect("id").to_string(), normal);
+    }
+    Metadata { names, members, deps, manifests }
+}
+
+impl Metadata {
+    fn id_of(&self, name: &str) -> String {
+        self.members.iter().find(|id| self.names[*id] == name).unwrap_or_else(|| panic!("no member {name}")).clone()
+    }
+
+    fn transitive(&self, id: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![id.to_string()];
+        while let Some(next) = stack.pop() {
+            for dep in self.deps.get(&next).into_iter().flatten() {
+                if seen.insert(self.names[dep].clone()) {
+                    stack.push(dep.clone());
+                }
+            }
+        }
+        seen
+    }
+}
+
+#[test]
+fn crates_depend_only_on_lower_layers() {
+    let meta = metadata();
+    for (name, allowed) in LAYERS {
+        let id = meta.id_of(name);
+        let internal: BTreeSet<&str> = meta.deps[&id]
+            .iter()
+            .map(|dep| meta.names[dep].as_str())
+            .filter(|dep| dep.starts_with("chainsmith"))
+            .collect();
+        let extra: Vec<&&str> = internal.iter().filter(|dep| !allowed.contains(dep)).collect();
+        assert!(extra.is_empty(), "{name} must not depend on {extra:?}");
+    }
+}
+
+#[test]
+fn pure_crates_pull_in_no_runtime_client_or_io_crates() {
+    let meta = metadata();
+    for name in PURE {
+        let found: Vec<String> = meta.transitive(&meta.id_of(name)).into_iter().filter(|d| FORBIDDEN_IN_PURE.contains(&d.as_str())).collect();
+        assert!(found.is_empty(), "{name} pulls in {found:?}");
+    }
+    for name in ["chainsmith-k8s", "chainsmith-benches"] {
+        let found: Vec<String> =
+            meta.transitive(&meta.id_of(name)).into_iter().filter(|d| FORBIDDEN_IN_TRANSLATION.contains(&d.as_str())).collect();
+        assert!(found.is_empty(), "{name} pulls in {found:?}");
+    }
+}
+
+/// The library code of pure crates (test modules aside) touches no files,
+/// processes, clocks, threads, environment or sockets.
+#[test]
+fn pure_sources_have_no_side_effects() {
+    const BANNED: &[&str] = &[
+        "std::fs", "std::process", "Instant", "SystemTime", "std::thread", "std::env", "TcpStream", "UdpSocket",
+        "tokio", "println!", "eprintln!",
+    ];
+    let meta = metadata();
+    let mut checked = 0;
+    for name in PURE.iter().chain(&["chainsmith-k8s"]) {
+        let dir = meta.manifests[&meta.id_of(name)].parent().expect("crate dir").join("src");
+        for file in rust_files(&dir) {
+            let text = std::fs::read_to_string(&file).expect("source");
+            let library = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for banned in BANNED {
+                assert!(!library.contains(banned), "{} uses {banned}", file.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} files checked");
+}
+
+/// Every crate root opens with a doc comment saying what the crate owns.
+#[test]
+fn every_crate_root_starts_with_a_doc_comment() {
+    let meta = metadata();
+    for id in &meta.members {
+        let dir = meta.manifests[id].parent().expect("crate dir").to_path_buf();
+        let roots: Vec<PathBuf> =
+            ["src/lib.rs", "src/main.rs"].iter().map(|p| dir.join(p)).filter(|p| p.exists()).collect();
+        for root in roots {
+            let text = std::fs::read_to_string(&root).expect("root");
+            assert!(text.starts_with("//!"), "{} does not start with a //! doc comment", root.display());
+        }
+    }
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}

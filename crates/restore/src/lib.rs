@@ -1,0 +1,27 @@
+//! The `iptables-restore` text format, both ways.
+//!
+//! - [`render`]: a [`chainsmith_planner::Plan`] (or parts of one) to restore
+//!   input, byte for byte as upstream kube-proxy writes it: `*filter` then `*nat`,
+//!   chain lines, rules in generation order, `-X` lines for stale chains, the
+//!   NodePort jump last. [`render::PayloadWriter`] writes the partial payloads the
+//!   sync engine asks for.
+//! - [`parse`]: restore input or `iptables-save` output back into tables,
+//!   chains and rule lines.
+//! - [`normalize`]: upstream's test normal form (what kube-proxy's own unit tests
+//!   compare) and its rule-jump consistency check.
+//! - [`RuleSet`]: what a sequence of `iptables-restore --noflush` payloads leaves
+//!   in a table, for replaying syncs without a kernel.
+//!
+//! Architecture invariant: this crate knows the text format and nothing about
+//! Kubernetes; it decides no rule content (the planner does) and runs no
+//! process. Rendering appends to a caller-owned buffer so the buffer can be
+//! reused between syncs.
+
+pub mod normalize;
+pub mod parse;
+pub mod render;
+mod ruleset;
+
+pub use parse::{ChainDump, Dump, ParseError, TableDump, parse_dump};
+pub use render::{PayloadWriter, render_plan, write_rule};
+pub use ruleset::{ApplyError, RuleSet};

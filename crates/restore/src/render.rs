@@ -1,0 +1,304 @@
+//! Plans to `iptables-restore` text.
+
+use std::sync::OnceLock;
+
+use chainsmith_naming::ChainName;
+use chainsmith_planner::{Arg, NodeContext, Plan, Rule, RuleSink, ServicePortPlan, Target};
+
+/// Writes one rule as `-A CHAIN ARGS TARGET\n`, in upstream's spelling.
+pub fn write_rule(out: &mut Vec<u8>, rule: &Rule<'_>) {
+    out.extend_from_slice(b"-A ");
+    out.extend_from_slice(rule.chain.as_bytes());
+    for arg in rule.args {
+        write_arg(out, arg);
+    }
+    match rule.target {
+        Target::None => {}
+        Target::Jump(name) => push(out, &[" -j ", name]),
+        Target::MarkOr(mark) => push(out, &[" -j MARK --or-mark ", mark]),
+        Target::MarkXor(mark) => push(out, &[" -j MARK --xor-mark ", mark]),
+        Target::Masquerade { random_fully } => {
+            out.extend_from_slice(b" -j MASQUERADE");
+            if random_fully {
+                out.extend_from_slice(b" --random-fully");
+            }
+        }
+        Target::Dnat(endpoint) => push(out, &[" -j DNAT --to-destination ", endpoint]),
+    }
+    out.push(b'\n');
+}
+
+fn write_arg(out: &mut Vec<u8>, arg: &Arg<'_>) {
+    match *arg {
+        Arg::Comment(parts) => {
+            out.extend_from_slice(b" -m comment --comment ");
+            // Upstream quotes every multi-word comment and none of the one-word ones.
+            let quoted = parts.iter().any(|part| part.contains(' '));
+            if quoted {
+                out.push(b'"');
+            }
+            push(out, &parts);
+            if quoted {
+                out.push(b'"');
+            }
+        }
+        Arg::Protocol(protocol) => {
+            let p = protocol.as_iptables();
+            push(out, &[" -m ", p, " -p ", p]);
+        }
+        Arg::Source { addr, negated } => push(out, &[not(negated), " -s ", addr]),
+        Arg::Destination { addr, negated } => push(out, &[not(negated), " -d ", addr]),
+        Arg::InInterface { name, negated } => push(out, &[not(negated), " -i ", name]),
+        Arg::DestinationPort(port) => {
+            out.extend_from_slice(b" --dport ");
+            out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
+        }
+        Arg::SourceTypeLocal => out.extend_from_slice(b" -m addrtype --src-type LOCAL"),
+        Arg::DestinationTypeLocal => out.extend_from_slice(b" -m addrtype --dst-type LOCAL"),
+        Arg::RandomProbability { one_in } => {
+            out.extend_from_slice(b" -m statistic --mode random --probability ");
+            write_probability(out, one_in);
+        }
+        Arg::RecentCheck { name, seconds } => {
+            push(out, &[" -m recent --name ", name, " --rcheck --seconds "]);
+            out.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
+            out.extend_from_slice(b" --reap");
+        }
+        Arg::RecentSet { name } => push(out, &[" -m recent --name ", name, " --set"]),
+        Arg::Nfacct(name) => push(out, &[" -m nfacct --nfacct-name ", name]),
+        Arg::ConntrackState { states, negated } => push(out, &[" -m conntrack", not(negated), " --ctstate ", states]),
+        Arg::Mark { mark, negated } => push(out, &[" -m mark", not(negated), " --mark ", mark]),
+    }
+}
+
+fn not(negated: bool) -> &'static str {
+    if negated { " !" } else { "" }
+}
+
+fn push(out: &mut Vec<u8>, parts: &[&str]) {
+    for part in parts {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// `1/n` printed as Go's `%0.10f` (both round the exact binary value, so Rust's
+/// `{:.10}` gives the same digits). Small denominators are cached.
+fn write_probability(out: &mut Vec<u8>, one_in: usize) {
+    const CACHED: usize = 512;
+    static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| (0..CACHED).map(format_probability).collect());
+    match table.get(one_in) {
+        Some(text) => out.extend_from_slice(text.as_bytes()),
+        None => out.extend_from_slice(format_probability(one_in).as_bytes()),
+    }
+}
+
+fn format_probability(one_in: usize) -> String {
+    // Denominators are endpoint counts, far below 2^53, so the conversion is exact.
+    format!("{:.10}", 1.0 / one_in.max(1) as f64)
+}
+
+/// `:NAME - [0:0]\n`: declares (creates or flushes) a chain.
+pub fn write_chain_line(out: &mut Vec<u8>, name: &str) {
+    push(out, &[":", name, " - [0:0]\n"]);
+}
+
+/// `-X NAME\n`: deletes a chain.
+pub fn write_delete_line(out: &mut Vec<u8>, name: &str) {
+    push(out, &["-X ", name, "\n"]);
+}
+
+/// A sink that renders rules and counts them, optionally only those of some
+/// chains.
+struct TextSink<'o, F> {
+    out: &'o mut Vec<u8>,
+    keep: F,
+    rules: usize,
+}
+
+impl<F: FnMut(&str) -> bool> RuleSink for TextSink<'_, F> {
+    fn rule(&mut self, rule: &Rule<'_>) {
+        if (self.keep)(rule.chain) {
+            write_rule(self.out, rule);
+            self.rules += 1;
+        }
+    }
+}
+
+/// Counts of what a payload holds, for the `sync_proxy_rules_iptables_*` metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PayloadCounts {
+    /// `-A` lines in `*filter`.
+    pub filter_rules: usize,
+    /// `-A` lines in `*nat`.
+    pub nat_rules: usize,
+    /// `-X` lines in `*nat`.
+    pub nat_deleted_chains: usize,
+}
+
+/// Writes sync payloads into a reusable buffer.
+#[derive(Debug, Default)]
+pub struct PayloadWriter {
+    out: Vec<u8>,
+}
+
+impl PayloadWriter {
+    /// An empty writer.
+    pub fn new() -> PayloadWriter {
+        PayloadWriter::default()
+    }
+
+    /// The payload written last.
+    pub fn payload(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Takes the payload, leaving an empty buffer.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Writes upstream's payload: every filter chain, the fixed nat chains and
+    /// the own chains of the ports whose flag is true (all of them in a full
+    /// sync, the changed ones in a partial sync), then the stale chains to
+    /// delete. `ports` is called once per pass over the ports.
+    pub fn write_upstream<'p, I>(
+        &mut self,
+        ctx: &NodeContext,
+        large_cluster: bool,
+        ports: impl Fn() -> I,
+        stale_nat_chains: &[ChainName],
+    ) -> PayloadCounts
+    where
+        I: Iterator<Item = (&'p ServicePortPlan, bool)>,
+    {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"*filter\n");
+        for chain in ctx.filter_chains() {
+            write_chain_line(out, chain);
+        }
+        let mut filter = TextSink { out, keep: |_: &str| true, rules: 0 };
+        ctx.emit_filter_head(&mut filter);
+        for (port, _) in ports() {
+            port.emit_filter(&mut filter);
+        }
+        ctx.emit_filter_tail(&mut filter);
+        let filter_rules = filter.rules;
+        out.extend_from_slice(b"COMMIT\n*nat\n");
+        for chain in ctx.nat_chains() {
+            write_chain_line(out, chain);
+        }
+        for (port, own) in ports() {
+            if own {
+                for chain in port.own_chains() {
+                    write_chain_line(out, chain.as_str());
+                }
+            }
+        }
+        for chain in stale_nat_chains {
+            write_chain_line(out, chain.as_str());
+        }
+        let mut nat = TextSink { out, keep: |_: &str| true, rules: 0 };
+        ctx.emit_nat_head(&mut nat);
+        for (port, own) in ports() {
+            port.emit_nat_shared(ctx, &mut nat);
+            if own {
+                port.emit_nat_own(ctx, large_cluster, &mut nat);
+            }
+        }
+        let mut nat_rules = nat.rules;
+        for chain in stale_nat_chains {
+            write_delete_line(out, chain.as_str());
+        }
+        let mut nat = TextSink { out, keep: |_: &str| true, rules: 0 };
+        ctx.emit_nat_tail(&mut nat);
+        nat_rules += nat.rules;
+        out.extend_from_slice(b"COMMIT\n");
+        PayloadCounts { filter_rules, nat_rules, nat_deleted_chains: stale_nat_chains.len() }
+    }
+
+    /// Writes a payload that rewrites only the chains listed: `filter_chains`
+    /// and `nat_fixed_chains` are fixed chains rewritten whole (their rules
+    /// gathered from every port), `nat_own_chains` are per-service chains
+    /// rewritten from the ports that own them, `nat_deleted` are flushed and
+    /// deleted. A table with nothing to do is left out; nothing at all gives an
+    /// empty payload.
+    pub fn write_chains<'p, I>(&mut self, ctx: &NodeContext, large_cluster: bool, request: &ChainRequest<'p, I>) -> PayloadCounts
+    where
+        I: Iterator<Item = &'p ServicePortPlan> + Clone,
+    {
+        let out = &mut self.out;
+        out.clear();
+        let mut counts = PayloadCounts::default();
+        if !request.filter_chains.is_empty() {
+            out.extend_from_slice(b"*filter\n");
+            for chain in &request.filter_chains {
+                write_chain_line(out, chain);
+            }
+            let wanted = &request.filter_chains;
+            let mut sink = TextSink { out, keep: |chain: &str| wanted.contains(&chain), rules: 0 };
+            ctx.emit_filter_head(&mut sink);
+            for port in request.all_ports.clone() {
+                port.emit_filter(&mut sink);
+            }
+            ctx.emit_filter_tail(&mut sink);
+            counts.filter_rules = sink.rules;
+            out.extend_from_slice(b"COMMIT\n");
+        }
+        let own_chains = request.nat_own_chains.iter().flat_map(|(_, chains)| chains.iter());
+        if request.nat_fixed_chains.is_empty() && own_chains.clone().next().is_none() && request.nat_deleted.is_empty() {
+            return counts;
+        }
+        out.extend_from_slice(b"*nat\n");
+        for chain in &request.nat_fixed_chains {
+            write_chain_line(out, chain);
+        }
+        for chain in own_chains.chain(&request.nat_deleted) {
+            write_chain_line(out, chain.as_str());
+        }
+        let fixed = &request.nat_fixed_chains;
+        let mut sink = TextSink { out, keep: |chain: &str| fixed.contains(&chain), rules: 0 };
+        ctx.emit_nat_head(&mut sink);
+        if fixed.iter().any(|chain| *chain == chainsmith_naming::fixed::KUBE_SERVICES || *chain == chainsmith_naming::fixed::KUBE_NODEPORTS) {
+            for port in request.all_ports.clone() {
+                port.emit_nat_shared(ctx, &mut sink);
+            }
+        }
+        ctx.emit_nat_tail(&mut sink);
+        counts.nat_rules = sink.rules;
+        for (port, chains) in &request.nat_own_chains {
+            let mut sink = TextSink { out, keep: |chain: &str| chains.iter().any(|c| c.as_str() == chain), rules: 0 };
+            port.emit_nat_own(ctx, large_cluster, &mut sink);
+            counts.nat_rules += sink.rules;
+        }
+        for chain in &request.nat_deleted {
+            write_delete_line(out, chain.as_str());
+        }
+        counts.nat_deleted_chains = request.nat_deleted.len();
+        out.extend_from_slice(b"COMMIT\n");
+        counts
+    }
+}
+
+/// What [`PayloadWriter::write_chains`] should rewrite.
+#[derive(Debug)]
+pub struct ChainRequest<'p, I> {
+    /// Every port of the plan (shared chains gather their rules from all).
+    pub all_ports: I,
+    /// Fixed filter chains to rewrite.
+    pub filter_chains: Vec<&'static str>,
+    /// Fixed nat chains to rewrite.
+    pub nat_fixed_chains: Vec<&'static str>,
+    /// Per-service chains to rewrite, with the port that owns them.
+    pub nat_own_chains: Vec<(&'p ServicePortPlan, Vec<ChainName>)>,
+    /// Per-service chains to delete.
+    pub nat_deleted: Vec<ChainName>,
+}
+
+/// The full-sync payload of a plan: what `chainsmith compile` prints.
+pub fn render_plan(plan: &Plan) -> String {
+    let mut writer = PayloadWriter::new();
+    writer.write_upstream(&plan.ctx, plan.large_cluster, || plan.ports.iter().map(|p| (&**p, true)), &[]);
+    String::from_utf8_lossy(writer.payload()).into_owned()
+}

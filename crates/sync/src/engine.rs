@@ -1,0 +1,581 @@
+//! The sync engine proper.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use chainsmith_model::{EndpointSlice, NodeConfig, ObjectKey, Protocol, Service};
+use chainsmith_naming::{ChainName, ServiceChainKind, fixed};
+use chainsmith_planner::{
+    CountingSink, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, PortEndpoints, PortKey, Rule, RuleSink,
+    ServicePortInfo, ServicePortPlan, endpoints_by_port, service_ports,
+};
+use chainsmith_restore::render::{ChainRequest, PayloadCounts, write_rule};
+use chainsmith_restore::PayloadWriter;
+
+/// Upstream's `FullSyncPeriod`: a full resync at least this often.
+pub const FULL_SYNC_PERIOD_MS: u64 = 60 * 60 * 1000;
+
+/// What a partial sync writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PartialSyncMode {
+    /// Only chains whose content changed, and deletions of chains that went away.
+    #[default]
+    Minimal,
+    /// Exactly upstream kube-proxy's partial payload.
+    Compat,
+}
+
+/// Whether a sync rewrote everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Every chain written (first sync, after a failure, forced, or periodic).
+    Full,
+    /// Only what the mode requires.
+    Partial,
+}
+
+/// Rule counts of one sync, with upstream's metric semantics: `*_total` is the
+/// number of rules in the desired table, `*_last` the number written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// Rules in the desired filter table.
+    pub filter_total: usize,
+    /// Filter rules written by this sync.
+    pub filter_last: usize,
+    /// Rules in the desired nat table.
+    pub nat_total: usize,
+    /// Nat rules written by this sync (`-X` lines excluded).
+    pub nat_last: usize,
+    /// Chains deleted by this sync.
+    pub nat_deleted_chains: usize,
+    /// Service ports with endpoints but none local under `internalTrafficPolicy: Local`.
+    pub no_local_internal: usize,
+    /// Service ports with endpoints but none local under `externalTrafficPolicy: Local`.
+    pub no_local_external: usize,
+    /// Service ports programmed.
+    pub service_ports: usize,
+    /// Endpoints over all service ports (what decides large-cluster mode).
+    pub endpoints: usize,
+    /// Services whose chains this sync had to consider.
+    pub changed_services: usize,
+    /// Large-cluster mode was in effect.
+    pub large_cluster: bool,
+}
+
+/// The result of [`SyncEngine::sync`]: a payload for `iptables-restore --noflush`.
+#[derive(Debug)]
+pub struct SyncOutcome<'e> {
+    /// Full or partial.
+    pub kind: SyncKind,
+    /// The payload; empty when nothing needs to change (minimal mode).
+    pub payload: &'e [u8],
+    /// Rule counts.
+    pub counts: RuleCounts,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PortCounts {
+    filter: usize,
+    nat_shared: usize,
+    nat_own: usize,
+    endpoints: usize,
+    lacks_local_internal: bool,
+    lacks_local_external: bool,
+}
+
+impl PortCounts {
+    fn of(plan: &ServicePortPlan, ctx: &NodeContext) -> PortCounts {
+        let (filter, nat_shared, nat_own) = plan.rule_counts(ctx);
+        PortCounts {
+            filter,
+            nat_shared,
+            nat_own,
+            endpoints: plan.endpoints().len(),
+            lacks_local_internal: plan.lacks_local_internal(),
+            lacks_local_external: plan.lacks_local_external(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    filter: usize,
+    nat_shared: usize,
+    nat_own: usize,
+    endpoints: usize,
+    lacks_local_internal: usize,
+    lacks_local_external: usize,
+    ports: usize,
+}
+
+impl Totals {
+    fn add(&mut self, counts: &PortCounts, sign: bool) {
+        let apply = |total: &mut usize, value: usize| {
+            *total = if sign { *total + value } else { total.saturating_sub(value) };
+        };
+        apply(&mut self.filter, counts.filter);
+        apply(&mut self.nat_shared, counts.nat_shared);
+        apply(&mut self.nat_own, counts.nat_own);
+        apply(&mut self.endpoints, counts.endpoints);
+        apply(&mut self.lacks_local_internal, usize::from(counts.lacks_local_internal));
+        apply(&mut self.lacks_local_external, usize::from(counts.lacks_local_external));
+        apply(&mut self.ports, 1);
+    }
+}
+
+#[derive(Debug)]
+struct PortEntry {
+    plan: Arc<ServicePortPlan>,
+    counts: PortCounts,
+}
+
+/// What a sync produced, remembered until [`SyncEngine::commit`].
+#[derive(Debug)]
+struct Pending {
+    kind: SyncKind,
+    now_ms: u64,
+    large_cluster: bool,
+    declared: Vec<ChainName>,
+    deleted: Vec<ChainName>,
+    scanned: bool,
+}
+
+/// The sync engine of one IP family. See the crate documentation.
+#[derive(Debug)]
+pub struct SyncEngine {
+    ctx: Arc<NodeContext>,
+    mode: PartialSyncMode,
+    fixed_filter_rules: usize,
+    fixed_nat_rules: usize,
+    services: HashMap<ObjectKey, Vec<Arc<ServicePortInfo>>>,
+    slices: HashMap<ObjectKey, BTreeMap<String, EndpointSlice>>,
+    slice_owner: HashMap<ObjectKey, ObjectKey>,
+    endpoints: HashMap<ObjectKey, BTreeMap<(String, Protocol), PortEndpoints>>,
+    ports: BTreeMap<PortKey, PortEntry>,
+    ports_of_service: HashMap<ObjectKey, Vec<PortKey>>,
+    totals: Totals,
+    dirty: BTreeSet<ObjectKey>,
+    kernel_nat_chains: HashSet<ChainName>,
+    needs_full: bool,
+    last_full_ms: Option<u64>,
+    last_stale_scan_ms: Option<u64>,
+    applied_large_cluster: Option<bool>,
+    pending: Option<Pending>,
+    writer: PayloadWriter,
+}
+
+impl SyncEngine {
+    /// An engine for one node and family, with nothing applied yet.
+    pub fn new(config: NodeConfig, mode: PartialSyncMode) -> SyncEngine {
+        let ctx = Arc::new(NodeContext::new(config));
+        let mut filter = CountingSink::default();
+        ctx.emit_filter_head(&mut filter);
+        ctx.emit_filter_tail(&mut filter);
+        let mut nat = CountingSink::default();
+        ctx.emit_nat_head(&mut nat);
+        ctx.emit_nat_tail(&mut nat);
+        SyncEngine {
+            ctx,
+            mode,
+            fixed_filter_rules: filter.rules,
+            fixed_nat_rules: nat.rules,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owner: HashMap::new(),
+            endpoints: HashMap::new(),
+            ports: BTreeMap::new(),
+            ports_of_service: HashMap::new(),
+            totals: Totals::default(),
+            dirty: BTreeSet::new(),
+            kernel_nat_chains: HashSet::new(),
+            needs_full: true,
+            last_full_ms: None,
+            last_stale_scan_ms: None,
+            applied_large_cluster: None,
+            pending: None,
+            writer: PayloadWriter::new(),
+        }
+    }
+
+    /// The node context the engine plans with.
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
+    /// The current plans of every service port, in key order.
+    pub fn plans(&self) -> impl Iterator<Item = &Arc<ServicePortPlan>> {
+        self.ports.values().map(|entry| &entry.plan)
+    }
+
+    /// Services changed since the last successful sync.
+    pub fn pending_services(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Records the Service `key` as it is now (`None`: deleted). Returns whether
+    /// this changes what the proxier derives from it.
+    pub fn set_service(&mut self, key: &ObjectKey, service: Option<&Service>) -> bool {
+        let mut infos: Vec<Arc<ServicePortInfo>> = match service {
+            Some(service) => service_ports(service, &self.ctx).into_iter().map(Arc::new).collect(),
+            None => Vec::new(),
+        };
+        infos.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
+        infos.dedup_by(|a, b| a.port_name == b.port_name && a.protocol == b.protocol);
+        let old = self.services.get(key).map(Vec::as_slice).unwrap_or_default();
+        if old == infos.as_slice() {
+            return false;
+        }
+        if infos.is_empty() {
+            self.services.remove(key);
+        } else {
+            self.services.insert(key.clone(), infos);
+        }
+        self.dirty.insert(key.clone());
+        true
+    }
+
+    /// Records the EndpointSlice `key` as it is now (`None`: deleted). Slices of
+    /// the other family are ignored. Returns whether this changes anything.
+    pub fn set_endpoint_slice(&mut self, key: &ObjectKey, slice: Option<&EndpointSlice>) -> bool {
+        let family = self.ctx.family();
+        let slice = slice.filter(|s| s.address_type.family() == Some(family));
+        let old_owner = self.slice_owner.get(key).cloned();
+        if let (Some(slice), Some(owner)) = (slice, &old_owner) {
+            let unchanged = *owner == slice.service
+                && self.slices.get(owner).and_then(|s| s.get(&key.name)).is_some_and(|old| *old == canonical(slice));
+            if unchanged {
+                return false;
+            }
+        }
+        if old_owner.is_none() && slice.is_none() {
+            return false;
+        }
+        if let Some(owner) = old_owner {
+            if let Some(slices) = self.slices.get_mut(&owner) {
+                slices.remove(&key.name);
+                if slices.is_empty() {
+                    self.slices.remove(&owner);
+                }
+            }
+            self.slice_owner.remove(key);
+            self.dirty.insert(owner);
+        }
+        if let Some(slice) = slice {
+            self.slices.entry(slice.service.clone()).or_default().insert(key.name.clone(), canonical(slice));
+            self.slice_owner.insert(key.clone(), slice.service.clone());
+            self.dirty.insert(slice.service.clone());
+        }
+        true
+    }
+
+    /// Makes the desired state equal to these objects: everything not listed is
+    /// deleted. Returns the number of Services whose state changed.
+    pub fn replace_state(&mut self, services: &[Service], slices: &[EndpointSlice]) -> usize {
+        let before = self.dirty.len();
+        let wanted: HashMap<&ObjectKey, &Service> = services.iter().map(|s| (&s.key, s)).collect();
+        let gone: Vec<ObjectKey> = self.services.keys().filter(|k| !wanted.contains_key(k)).cloned().collect();
+        for key in gone {
+            self.set_service(&key, None);
+        }
+        for service in services {
+            self.set_service(&service.key, Some(service));
+        }
+        let wanted: HashMap<&ObjectKey, &EndpointSlice> = slices.iter().map(|s| (&s.key, s)).collect();
+        let gone: Vec<ObjectKey> = self.slice_owner.keys().filter(|k| !wanted.contains_key(k)).cloned().collect();
+        for key in gone {
+            self.set_endpoint_slice(&key, None);
+        }
+        for slice in slices {
+            self.set_endpoint_slice(&slice.key, Some(slice));
+        }
+        self.dirty.len().saturating_sub(before)
+    }
+
+    /// Tells the engine which nat chains exist in the kernel (e.g. read with
+    /// `iptables-save -t nat` before a full sync); per-service chains among
+    /// them that are not wanted are deleted by the next scan.
+    pub fn set_existing_nat_chains(&mut self, chains: impl IntoIterator<Item = ChainName>) {
+        self.kernel_nat_chains = chains.into_iter().filter(|c| c.service_chain_kind().is_some()).collect();
+    }
+
+    /// Requests a full sync next time (after an outside change such as a flush).
+    pub fn force_full_sync(&mut self) {
+        self.needs_full = true;
+    }
+
+    /// Plans what changed and writes the next payload. `now_ms` is the current
+    /// time on any monotonic millisecond scale. Call [`SyncEngine::commit`]
+    /// with the result of applying it before syncing again.
+    pub fn sync(&mut self, now_ms: u64, force_full: bool) -> SyncOutcome<'_> {
+        let old_plans = self.replan_dirty();
+        let large_cluster = self.totals.endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+        let periodic = self.last_full_ms.is_none_or(|last| now_ms.saturating_sub(last) > FULL_SYNC_PERIOD_MS);
+        // A minimal partial sync keeps unchanged chains, which is only right while
+        // their comments follow the same large-cluster mode.
+        let mode_flip = self.mode == PartialSyncMode::Minimal && self.applied_large_cluster != Some(large_cluster);
+        let kind = if force_full || self.needs_full || periodic || mode_flip { SyncKind::Full } else { SyncKind::Partial };
+        let changed_services = self.dirty.len();
+
+        let (payload_counts, declared, deleted, scanned) = match (kind, self.mode) {
+            (SyncKind::Partial, PartialSyncMode::Minimal) => {
+                let (counts, declared, deleted) = self.write_minimal(&old_plans, large_cluster);
+                (counts, declared, deleted, false)
+            }
+            _ => self.write_upstream(kind, now_ms, large_cluster),
+        };
+        self.pending = Some(Pending { kind, now_ms, large_cluster, declared, deleted, scanned });
+        let totals = self.totals;
+        let counts = RuleCounts {
+            filter_total: self.fixed_filter_rules + totals.filter,
+            filter_last: payload_counts.filter_rules,
+            nat_total: self.fixed_nat_rules + totals.nat_shared + totals.nat_own,
+            nat_last: payload_counts.nat_rules,
+            nat_deleted_chains: payload_counts.nat_deleted_chains,
+            no_local_internal: totals.lacks_local_internal,
+            no_local_external: totals.lacks_local_external,
+            service_ports: totals.ports,
+            endpoints: totals.endpoints,
+            changed_services,
+            large_cluster,
+        };
+        SyncOutcome { kind, payload: self.writer.payload(), counts }
+    }
+
+    /// Records whether the last payload was applied. A failure makes the next
+    /// sync a full one; the kernel is assumed unchanged.
+    pub fn commit(&mut self, applied: bool) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        if !applied {
+            self.needs_full = true;
+            return;
+        }
+        self.needs_full = false;
+        self.dirty.clear();
+        if pending.kind == SyncKind::Full {
+            self.last_full_ms = Some(pending.now_ms);
+        }
+        if pending.scanned {
+            self.last_stale_scan_ms = Some(pending.now_ms);
+        }
+        self.applied_large_cluster = Some(pending.large_cluster);
+        self.kernel_nat_chains.extend(pending.declared);
+        for chain in &pending.deleted {
+            self.kernel_nat_chains.remove(chain);
+        }
+    }
+
+    /// Plans the changed services again; returns their previous plans.
+    fn replan_dirty(&mut self) -> Vec<(ObjectKey, Vec<Arc<ServicePortPlan>>)> {
+        let mut old_plans = Vec::with_capacity(self.dirty.len());
+        for service in &self.dirty {
+            let mut old = Vec::new();
+            for key in self.ports_of_service.remove(service).unwrap_or_default() {
+                if let Some(entry) = self.ports.remove(&key) {
+                    self.totals.add(&entry.counts, false);
+                    old.push(entry.plan);
+                }
+            }
+            let endpoints = match self.slices.get(service) {
+                Some(slices) => endpoints_by_port(service, slices.values(), &self.ctx, self.endpoints.get(service)),
+                None => BTreeMap::new(),
+            };
+            let mut keys = Vec::new();
+            for info in self.services.get(service).into_iter().flatten() {
+                let port_endpoints = endpoints
+                    .get(&(info.port_name.clone(), info.protocol))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new()));
+                let plan = ServicePortPlan::new(info.clone(), port_endpoints, &self.ctx);
+                let counts = PortCounts::of(&plan, &self.ctx);
+                self.totals.add(&counts, true);
+                let key = plan.key();
+                keys.push(key.clone());
+                self.ports.insert(key, PortEntry { plan: Arc::new(plan), counts });
+            }
+            if endpoints.is_empty() {
+                self.endpoints.remove(service);
+            } else {
+                self.endpoints.insert(service.clone(), endpoints);
+            }
+            if !keys.is_empty() {
+                self.ports_of_service.insert(service.clone(), keys);
+            }
+            old_plans.push((service.clone(), old));
+        }
+        old_plans
+    }
+
+    /// Upstream's payload (full, or compat partial).
+    fn write_upstream(
+        &mut self,
+        kind: SyncKind,
+        now_ms: u64,
+        large_cluster: bool,
+    ) -> (PayloadCounts, Vec<ChainName>, Vec<ChainName>, bool) {
+        let full = kind == SyncKind::Full;
+        let scan_due = match self.mode {
+            PartialSyncMode::Minimal => full,
+            PartialSyncMode::Compat => {
+                !large_cluster
+                    || self.last_stale_scan_ms.is_none_or(|last| {
+                        now_ms.saturating_sub(last) > self.ctx.config().sync_period_ms
+                    })
+            }
+        };
+        let dirty = &self.dirty;
+        let writes_own = |plan: &ServicePortPlan| full || dirty.contains(&plan.info().service);
+        let mut stale = Vec::new();
+        if scan_due {
+            let active: HashSet<ChainName> = self.ports.values().flat_map(|e| e.plan.own_chains()).collect();
+            stale = self.kernel_nat_chains.iter().filter(|c| !active.contains(*c)).copied().collect();
+            stale.sort();
+        }
+        let declared: Vec<ChainName> = self
+            .ports
+            .values()
+            .filter(|e| writes_own(&e.plan))
+            .flat_map(|e| e.plan.own_chains())
+            .collect();
+        let ports = &self.ports;
+        let counts = self.writer.write_upstream(
+            &self.ctx,
+            large_cluster,
+            || ports.values().map(|e| (&*e.plan, writes_own(&e.plan))),
+            &stale,
+        );
+        (counts, declared, stale, scan_due)
+    }
+
+    /// The minimal payload: only chains whose content changed.
+    fn write_minimal(
+        &mut self,
+        old_plans: &[(ObjectKey, Vec<Arc<ServicePortPlan>>)],
+        large_cluster: bool,
+    ) -> (PayloadCounts, Vec<ChainName>, Vec<ChainName>) {
+        let ctx = &*self.ctx;
+        let mut filter_chains = BTreeSet::new();
+        let mut nat_fixed_chains = BTreeSet::new();
+        let mut own: Vec<(&ServicePortPlan, Vec<ChainName>)> = Vec::new();
+        let mut deleted = Vec::new();
+        let mut declared = Vec::new();
+        for (service, old) in old_plans {
+            let new: Vec<&ServicePortPlan> = self
+                .ports_of_service
+                .get(service)
+                .into_iter()
+                .flatten()
+                .filter_map(|key| self.ports.get(key))
+                .map(|e| &*e.plan)
+                .collect();
+            let old_shared = shared_texts(old.iter().map(|p| &**p), ctx);
+            let new_shared = shared_texts(new.iter().copied(), ctx);
+            for (chain, table) in SHARED_CHAINS {
+                if old_shared.get(&(table, chain)) != new_shared.get(&(table, chain)) {
+                    match table {
+                        Table::Filter => filter_chains.insert(chain),
+                        Table::Nat => nat_fixed_chains.insert(chain),
+                    };
+                }
+            }
+            let old_own = own_texts(old.iter().map(|p| &**p), ctx, large_cluster);
+            let new_own = own_texts(new.iter().copied(), ctx, large_cluster);
+            for plan in &new {
+                let changed: Vec<ChainName> =
+                    plan.own_chains().filter(|chain| old_own.get(chain) != new_own.get(chain)).collect();
+                declared.extend_from_slice(&changed);
+                if !changed.is_empty() {
+                    own.push((plan, changed));
+                }
+            }
+            deleted.extend(old_own.keys().filter(|chain| !new_own.contains_key(*chain)).copied());
+        }
+        deleted.sort();
+        let request = ChainRequest {
+            all_ports: self.ports.values().map(|e| &*e.plan),
+            filter_chains: ordered(ctx.filter_chains(), &filter_chains),
+            nat_fixed_chains: ordered(ctx.nat_chains(), &nat_fixed_chains),
+            nat_own_chains: own,
+            nat_deleted: deleted.clone(),
+        };
+        let counts = self.writer.write_chains(ctx, large_cluster, &request);
+        (counts, declared, deleted)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Table {
+    Filter,
+    Nat,
+}
+
+/// The fixed chains services add rules to.
+const SHARED_CHAINS: [(&str, Table); 6] = [
+    (fixed::KUBE_SERVICES, Table::Filter),
+    (fixed::KUBE_EXTERNAL_SERVICES, Table::Filter),
+    (fixed::KUBE_NODEPORTS, Table::Filter),
+    (fixed::KUBE_PROXY_FIREWALL, Table::Filter),
+    (fixed::KUBE_SERVICES, Table::Nat),
+    (fixed::KUBE_NODEPORTS, Table::Nat),
+];
+
+fn ordered(order: &[&'static str], wanted: &BTreeSet<&'static str>) -> Vec<&'static str> {
+    order.iter().copied().filter(|chain| wanted.contains(chain)).collect()
+}
+
+/// Renders rules into one text per chain.
+struct PerChain<K> {
+    texts: HashMap<K, Vec<u8>>,
+    key: fn(&str) -> Option<K>,
+}
+
+impl<K: std::hash::Hash + Eq> RuleSink for PerChain<K> {
+    fn rule(&mut self, rule: &Rule<'_>) {
+        if let Some(key) = (self.key)(rule.chain) {
+            write_rule(self.texts.entry(key).or_default(), rule);
+        }
+    }
+}
+
+fn shared_texts<'p>(
+    plans: impl Iterator<Item = &'p ServicePortPlan>,
+    ctx: &NodeContext,
+) -> HashMap<(Table, &'static str), Vec<u8>> {
+    fn shared_key(table: Table) -> impl Fn(&str) -> Option<(Table, &'static str)> {
+        move |chain| SHARED_CHAINS.iter().find(|(c, t)| *t == table && *c == chain).map(|(c, t)| (*t, *c))
+    }
+    let mut filter = PerChain { texts: HashMap::new(), key: |c| shared_key(Table::Filter)(c) };
+    let mut nat = PerChain { texts: HashMap::new(), key: |c| shared_key(Table::Nat)(c) };
+    for plan in plans {
+        plan.emit_filter(&mut filter);
+        plan.emit_nat_shared(ctx, &mut nat);
+    }
+    filter.texts.extend(nat.texts);
+    filter.texts
+}
+
+fn own_texts<'p>(
+    plans: impl Iterator<Item = &'p ServicePortPlan>,
+    ctx: &NodeContext,
+    large_cluster: bool,
+) -> HashMap<ChainName, Vec<u8>> {
+    let mut sink = PerChain { texts: HashMap::new(), key: |c| ChainName::new(c) };
+    for plan in plans {
+        // Declared chains exist even without rules.
+        for chain in plan.own_chains() {
+            sink.texts.entry(chain).or_default();
+        }
+        plan.emit_nat_own(ctx, large_cluster, &mut sink);
+    }
+    sink.texts.retain(|chain, _| ServiceChainKind::of(chain.as_str()).is_some());
+    sink.texts
+}
+
+/// A slice in the form compared for changes: endpoints in address order, so a
+/// reordering alone is not a change (as upstream's endpoint-slice cache sees it).
+fn canonical(slice: &EndpointSlice) -> EndpointSlice {
+    let mut slice = slice.clone();
+    slice.endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+    slice
+}
