@@ -2,6 +2,9 @@
 
 use std::hint::black_box;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use chainsmith_benches::{cluster, node};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
@@ -18,11 +21,23 @@ fn cold(c: &mut Criterion) {
     for (services, endpoints) in SIZES {
         let input = cluster(services, endpoints);
         let config = node();
-        let lines = render_plan(&Plan::compile(&input.services, &input.slices, &config)).lines().count();
+        let lines = render_plan(&Plan::compile(&input.services, &input.slices, &config))
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
         group.throughput(Throughput::Elements(lines as u64));
-        group.bench_function(BenchmarkId::from_parameter(format!("{services}x{endpoints}")), |b| {
-            b.iter(|| render_plan(&Plan::compile(black_box(&input.services), black_box(&input.slices), &config)))
-        });
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("{services}x{endpoints}")),
+            |b| {
+                b.iter(|| {
+                    render_plan(&Plan::compile(
+                        black_box(&input.services),
+                        black_box(&input.slices),
+                        &config,
+                    ))
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -38,16 +53,46 @@ fn warm(c: &mut Criterion) {
         engine.replace_state(&input.services, &input.slices);
         engine.sync(0, true);
         engine.commit(true);
-        group.bench_function(BenchmarkId::from_parameter(format!("{services}x{endpoints}")), |b| {
-            b.iter(|| {
-                let bytes = engine.sync(0, true).payload.len();
-                engine.commit(true);
-                black_box(bytes)
-            })
-        });
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("{services}x{endpoints}")),
+            |b| {
+                b.iter(|| {
+                    let bytes = engine.sync(0, true).payload.len();
+                    engine.commit(true);
+                    black_box(bytes)
+                })
+            },
+        );
     }
     group.finish();
 }
 
-criterion_group!(benches, cold, warm);
+/// The two halves of the cold path, to see where its time goes.
+fn phases(c: &mut Criterion) {
+    let mut group = c.benchmark_group("phases_10000x10");
+    group.sample_size(10);
+    let input = cluster(10_000, 10);
+    let config = node();
+    group.bench_function("plan", |b| {
+        b.iter(|| Plan::compile(black_box(&input.services), black_box(&input.slices), &config))
+    });
+    let plan = Plan::compile(&input.services, &input.slices, &config);
+    group.bench_function("render_fresh_buffer", |b| {
+        b.iter(|| render_plan(black_box(&plan)))
+    });
+    group.bench_function("emit_only", |b| {
+        b.iter(|| {
+            let mut sink = chainsmith_planner::CountingSink::default();
+            for port in &plan.ports {
+                port.emit_filter(&mut sink);
+                port.emit_nat_shared(&plan.ctx, &mut sink);
+                port.emit_nat_own(&plan.ctx, false, &mut sink);
+            }
+            black_box(sink.rules)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, cold, warm, phases);
 criterion_main!(benches);

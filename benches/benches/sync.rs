@@ -5,13 +5,19 @@
 
 use std::hint::black_box;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use chainsmith_benches::{cluster, node, toggle_endpoint};
 use chainsmith_sync::{PartialSyncMode, SyncEngine};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn one_endpoint_change(c: &mut Criterion) {
     let mut group = c.benchmark_group("one_endpoint_change");
-    for (mode, label) in [(PartialSyncMode::Minimal, "minimal"), (PartialSyncMode::Compat, "compat")] {
+    for (mode, label) in [
+        (PartialSyncMode::Minimal, "minimal"),
+        (PartialSyncMode::Compat, "compat"),
+    ] {
         for services in [1_000, 10_000] {
             let input = cluster(services, 10);
             let mut engine = SyncEngine::new(node(), mode);

@@ -43,17 +43,31 @@ fn ip(n: u32) -> IpAddr {
 
 /// `services` Services with `endpoints_per_service` endpoints each.
 pub fn cluster(services: usize, endpoints_per_service: usize) -> Cluster {
-    let mut cluster = Cluster { services: Vec::with_capacity(services), slices: Vec::with_capacity(services) };
+    let mut cluster = Cluster {
+        services: Vec::with_capacity(services),
+        slices: Vec::with_capacity(services),
+    };
     for i in 0..services {
         let n = u32::try_from(i).unwrap_or(u32::MAX);
         let key = ObjectKey::new(format!("ns{}", i % 50), format!("svc{i}"));
         let mut service = Service::new(key.clone());
-        service.cluster_ips = ClusterIps { v4: Some(ip(0x0A60_0000 + n)), v6: None };
+        service.cluster_ips = ClusterIps {
+            v4: Some(ip(0x0A60_0000 + n)),
+            v6: None,
+        };
         let node_port = if i % 10 == 0 { 30000 + (i % 2700) as u16 } else { 0 };
-        service.ports.push(ServicePort { name: "http".to_string(), protocol: Protocol::Tcp, port: 80, node_port });
+        service.ports.push(ServicePort {
+            name: "http".to_string(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port,
+        });
         if i % 25 == 0 {
             service.service_type = ServiceType::LoadBalancer;
-            service.load_balancer_ingress.push(LoadBalancerIngress { ip: ip(0xCB00_7100 + n % 256), ip_mode: None });
+            service.load_balancer_ingress.push(LoadBalancerIngress {
+                ip: ip(0xCB00_7100 + n % 256),
+                ip_mode: None,
+            });
         } else if node_port != 0 {
             service.service_type = ServiceType::NodePort;
         }
@@ -68,7 +82,11 @@ pub fn cluster(services: usize, endpoints_per_service: usize) -> Cluster {
             key: ObjectKey::new(key.namespace.clone(), format!("svc{i}-abcde")),
             service: key,
             address_type: AddressType::Ipv4,
-            ports: vec![EndpointPort { name: "http".to_string(), port: 8080, protocol: Protocol::Tcp }],
+            ports: vec![EndpointPort {
+                name: "http".to_string(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
             endpoints,
         });
         cluster.services.push(service);

@@ -28,13 +28,21 @@ pub struct CompileArgs {
 pub fn run(args: &CompileArgs) -> Result<()> {
     let (node, manifests) = if args.clusters.is_empty() && args.node.is_none() {
         let node = parse_node_config(input::EXAMPLE_NODE, "example/node.yaml")?;
-        (node, parse_manifests(input::EXAMPLE_CLUSTER, "example/cluster.yaml")?)
+        (
+            node,
+            parse_manifests(input::EXAMPLE_CLUSTER, "example/cluster.yaml")?,
+        )
     } else {
-        (input::load_node(args.node.as_deref())?, input::load_manifests(&args.clusters)?)
+        (
+            input::load_node(args.node.as_deref())?,
+            input::load_manifests(&args.clusters)?,
+        )
     };
     let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
     input::report_diagnostics(&manifests.diagnostics);
     input::report_diagnostics(&plan.diagnostics);
-    let text = render_plan(&plan);
-    std::io::stdout().lock().write_all(text.as_bytes()).context("cannot write to stdout")
+    std::io::stdout()
+        .lock()
+        .write_all(&render_plan(&plan))
+        .context("cannot write to stdout")
 }

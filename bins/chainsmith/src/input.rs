@@ -14,9 +14,14 @@ pub const EXAMPLE_NODE: &str = include_str!("example/node.yaml");
 
 /// Reads a text file, refusing anything too large to be a manifest.
 pub fn read_text(path: &Path) -> Result<String> {
-    let size = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
     if size > MAX_INPUT_BYTES as u64 {
-        bail!("{} is {size} bytes; inputs larger than {MAX_INPUT_BYTES} bytes are refused", path.display());
+        bail!(
+            "{} is {size} bytes; inputs larger than {MAX_INPUT_BYTES} bytes are refused",
+            path.display()
+        );
     }
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }

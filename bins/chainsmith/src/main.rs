@@ -15,6 +15,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The same allocator the benchmarks measure with (see README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// kube-proxy's iptables mode as a declarative rule compiler.
 #[derive(Debug, Parser)]
 #[command(name = "chainsmith", version, about, long_about = None)]

@@ -51,7 +51,9 @@ impl RuleMetrics {
     pub fn record(&self, family: IpFamily, counts: &RuleCounts, payload_bytes: usize) {
         let family = family.as_str();
         let set = |gauge: &IntGaugeVec, label: &str, value: usize| {
-            gauge.with_label_values(&[label, family]).set(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge
+                .with_label_values(&[label, family])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
         };
         set(&self.iptables_total, "filter", counts.filter_total);
         set(&self.iptables_total, "nat", counts.nat_total);
@@ -59,7 +61,9 @@ impl RuleMetrics {
         set(&self.iptables_last, "nat", counts.nat_last);
         set(&self.no_local_endpoints, "internal", counts.no_local_internal);
         set(&self.no_local_endpoints, "external", counts.no_local_external);
-        self.payload_bytes.with_label_values(&[family]).set(i64::try_from(payload_bytes).unwrap_or(i64::MAX));
+        self.payload_bytes
+            .with_label_values(&[family])
+            .set(i64::try_from(payload_bytes).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every gauge.

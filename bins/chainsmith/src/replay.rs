@@ -43,10 +43,21 @@ pub struct ReplayArgs {
 
 pub fn run(args: &ReplayArgs) -> Result<()> {
     if !args.clock.is_empty() && args.clock.len() != args.states.len() {
-        bail!("--clock has {} values for {} states", args.clock.len(), args.states.len());
+        bail!(
+            "--clock has {} values for {} states",
+            args.clock.len(),
+            args.states.len()
+        );
     }
-    if let Some(bad) = args.full_sync_at.iter().find(|n| **n == 0 || **n > args.states.len()) {
-        bail!("--full-sync-at {bad} is not a sync between 1 and {}", args.states.len());
+    if let Some(bad) = args
+        .full_sync_at
+        .iter()
+        .find(|n| **n == 0 || **n > args.states.len())
+    {
+        bail!(
+            "--full-sync-at {bad} is not a sync between 1 and {}",
+            args.states.len()
+        );
     }
     let clock_ms = clock_millis(&args.clock)?;
     let node = input::load_node(Some(&args.node))?;
@@ -69,9 +80,16 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         engine.replace_state(&manifests.services, &manifests.endpoint_slices);
         let now_ms = clock_ms.get(index).copied().unwrap_or(0);
         let outcome = engine.sync(now_ms, args.full_sync_at.contains(&step));
-        let payload = std::str::from_utf8(outcome.payload).context("payload is not UTF-8")?.to_string();
+        let payload = std::str::from_utf8(outcome.payload)
+            .context("payload is not UTF-8")?
+            .to_string();
         let (kind, counts) = (outcome.kind, outcome.counts);
-        kernel.apply(&payload).with_context(|| format!("sync {step} ({}) produced a payload the kernel would refuse", state.display()))?;
+        kernel.apply(&payload).with_context(|| {
+            format!(
+                "sync {step} ({}) produced a payload the kernel would refuse",
+                state.display()
+            )
+        })?;
         engine.commit(true);
         write(&args.out.join(format!("{step:02}.iptables")), &payload)?;
         let metrics = RuleMetrics::new()?;

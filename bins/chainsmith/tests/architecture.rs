@@ -6,6 +6,9 @@
 //! no randomness, no processes, files or clocks. Only the translation crate
 //! knows `k8s-openapi`, and only the binary touches the world.
 
+// Test helpers outside #[test] functions may panic and print too.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,18 +25,52 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("chainsmith-naming", &[]),
     ("chainsmith-k8s", &["chainsmith-model"]),
     ("chainsmith-planner", &["chainsmith-model", "chainsmith-naming"]),
-    ("chainsmith-restore", &["chainsmith-naming", "chainsmith-planner"]),
-    ("chainsmith-sync", &["chainsmith-model", "chainsmith-naming", "chainsmith-planner", "chainsmith-restore"]),
+    (
+        "chainsmith-restore",
+        &["chainsmith-model", "chainsmith-naming", "chainsmith-planner"],
+    ),
+    (
+        "chainsmith-sync",
+        &[
+            "chainsmith-model",
+            "chainsmith-naming",
+            "chainsmith-planner",
+            "chainsmith-restore",
+        ],
+    ),
 ];
 
-const PURE: &[&str] = &["chainsmith-model", "chainsmith-naming", "chainsmith-planner", "chainsmith-restore", "chainsmith-sync"];
+const PURE: &[&str] = &[
+    "chainsmith-model",
+    "chainsmith-naming",
+    "chainsmith-planner",
+    "chainsmith-restore",
+    "chainsmith-sync",
+];
 
 /// External crates no pure crate may pull in, even indirectly.
-const FORBIDDEN_IN_PURE: &[&str] =
-    &["tokio", "kube", "kube-client", "kube-runtime", "k8s-openapi", "hyper", "prometheus", "rand", "serde-saphyr"];
+const FORBIDDEN_IN_PURE: &[&str] = &[
+    "tokio",
+    "kube",
+    "kube-client",
+    "kube-runtime",
+    "k8s-openapi",
+    "hyper",
+    "prometheus",
+    "rand",
+    "serde-saphyr",
+];
 
 /// External crates the translation layer and the benches must not pull in.
-const FORBIDDEN_IN_TRANSLATION: &[&str] = &["tokio", "kube", "kube-client", "kube-runtime", "hyper", "prometheus", "rand"];
+const FORBIDDEN_IN_TRANSLATION: &[&str] = &[
+    "tokio",
+    "kube",
+    "kube-client",
+    "kube-runtime",
+    "hyper",
+    "prometheus",
+    "rand",
+];
 
 struct Metadata {
     names: BTreeMap<String, String>,
@@ -48,33 +85,61 @@ fn metadata() -> Metadata {
         .current_dir(workspace_root())
         .output()
         .expect("cargo metadata");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: Value = serde_json::from_slice(&output.stdout).expect("metadata json");
     let mut names = BTreeMap::new();
     let mut manifests = BTreeMap::new();
     for package in json["packages"].as_array().expect("packages") {
         let id = package["id"].as_str().expect("id").to_string();
         names.insert(id.clone(), package["name"].as_str().expect("name").to_string());
-        manifests.insert(id, PathBuf::from(package["manifest_path"].as_str().expect("manifest")));
+        manifests.insert(
+            id,
+            PathBuf::from(package["manifest_path"].as_str().expect("manifest")),
+        );
     }
-    let members = json["workspace_members"].as_array().expect("members").iter().filter_map(Value::as_str).map(String::from).collect();
+    let members = json["workspace_members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect();
     let mut deps = BTreeMap::new();
     for node in json["resolve"]["nodes"].as_array().expect("resolve") {
         let normal: Vec<String> = node["deps"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|dep| dep["dep_kinds"].as_array().into_iter().flatten().any(|kind| kind["kind"].is_null()))
+            .filter(|dep| {
+                dep["dep_kinds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|kind| kind["kind"].is_null())
+            })
             .filter_map(|dep| dep["pkg"].as_str().map(String::from))
             .collect();
         deps.insert(node["id"].as_str().expect("id").to_string(), normal);
     }
-    Metadata { names, members, deps, manifests }
+    Metadata {
+        names,
+        members,
+        deps,
+        manifests,
+    }
 }
 
 impl Metadata {
     fn id_of(&self, name: &str) -> String {
-        self.members.iter().find(|id| self.names[*id] == name).unwrap_or_else(|| panic!("no member {name}")).clone()
+        self.members
+            .iter()
+            .find(|id| self.names[*id] == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+            .clone()
     }
 
     fn transitive(&self, id: &str) -> BTreeSet<String> {
@@ -110,12 +175,19 @@ fn crates_depend_only_on_lower_layers() {
 fn pure_crates_pull_in_no_runtime_client_or_io_crates() {
     let meta = metadata();
     for name in PURE {
-        let found: Vec<String> = meta.transitive(&meta.id_of(name)).into_iter().filter(|d| FORBIDDEN_IN_PURE.contains(&d.as_str())).collect();
+        let found: Vec<String> = meta
+            .transitive(&meta.id_of(name))
+            .into_iter()
+            .filter(|d| FORBIDDEN_IN_PURE.contains(&d.as_str()))
+            .collect();
         assert!(found.is_empty(), "{name} pulls in {found:?}");
     }
     for name in ["chainsmith-k8s", "chainsmith-benches"] {
-        let found: Vec<String> =
-            meta.transitive(&meta.id_of(name)).into_iter().filter(|d| FORBIDDEN_IN_TRANSLATION.contains(&d.as_str())).collect();
+        let found: Vec<String> = meta
+            .transitive(&meta.id_of(name))
+            .into_iter()
+            .filter(|d| FORBIDDEN_IN_TRANSLATION.contains(&d.as_str()))
+            .collect();
         assert!(found.is_empty(), "{name} pulls in {found:?}");
     }
 }
@@ -125,13 +197,25 @@ fn pure_crates_pull_in_no_runtime_client_or_io_crates() {
 #[test]
 fn pure_sources_have_no_side_effects() {
     const BANNED: &[&str] = &[
-        "std::fs", "std::process", "Instant", "SystemTime", "std::thread", "std::env", "TcpStream", "UdpSocket",
-        "tokio", "println!", "eprintln!",
+        "std::fs",
+        "std::process",
+        "Instant",
+        "SystemTime",
+        "std::thread",
+        "std::env",
+        "TcpStream",
+        "UdpSocket",
+        "tokio",
+        "println!",
+        "eprintln!",
     ];
     let meta = metadata();
     let mut checked = 0;
     for name in PURE.iter().chain(&["chainsmith-k8s"]) {
-        let dir = meta.manifests[&meta.id_of(name)].parent().expect("crate dir").join("src");
+        let dir = meta.manifests[&meta.id_of(name)]
+            .parent()
+            .expect("crate dir")
+            .join("src");
         for file in rust_files(&dir) {
             let text = std::fs::read_to_string(&file).expect("source");
             let library = text.split("#[cfg(test)]").next().unwrap_or_default();
@@ -150,11 +234,18 @@ fn every_crate_root_starts_with_a_doc_comment() {
     let meta = metadata();
     for id in &meta.members {
         let dir = meta.manifests[id].parent().expect("crate dir").to_path_buf();
-        let roots: Vec<PathBuf> =
-            ["src/lib.rs", "src/main.rs"].iter().map(|p| dir.join(p)).filter(|p| p.exists()).collect();
+        let roots: Vec<PathBuf> = ["src/lib.rs", "src/main.rs"]
+            .iter()
+            .map(|p| dir.join(p))
+            .filter(|p| p.exists())
+            .collect();
         for root in roots {
             let text = std::fs::read_to_string(&root).expect("root");
-            assert!(text.starts_with("//!"), "{} does not start with a //! doc comment", root.display());
+            assert!(
+                text.starts_with("//!"),
+                "{} does not start with a //! doc comment",
+                root.display()
+            );
         }
     }
 }

@@ -11,6 +11,9 @@
 //! consistency check, and after every step the tables left by the partial
 //! syncs (compat and minimal) must equal those of one full sync.
 
+// Test helpers outside #[test] functions may panic and print too.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,13 +47,19 @@ fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for entry in std::fs::read_dir(conformance_dir()).expect("conformance dir") {
         let dir = entry.expect("entry").path();
-        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         if !dir.join("node.yaml").exists() {
             continue;
         }
         let step_dirs: Vec<PathBuf> = if dir.join("steps").is_dir() {
-            let mut dirs: Vec<PathBuf> =
-                std::fs::read_dir(dir.join("steps")).expect("steps").map(|e| e.expect("step").path()).collect();
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("steps"))
+                .expect("steps")
+                .map(|e| e.expect("step").path())
+                .collect();
             dirs.sort();
             dirs
         } else {
@@ -59,7 +68,11 @@ fn cases() -> Vec<Case> {
         let steps = step_dirs
             .into_iter()
             .map(|dir| {
-                let flags = if dir.join("step.yaml").exists() { load_yaml(&dir.join("step.yaml")) } else { Value::Null };
+                let flags = if dir.join("step.yaml").exists() {
+                    load_yaml(&dir.join("step.yaml"))
+                } else {
+                    Value::Null
+                };
                 Step {
                     force_full: flags["forceFullSync"].as_bool().unwrap_or(false),
                     stale_cleanup_due: flags["staleChainCleanupDue"].as_bool().unwrap_or(false),
@@ -94,8 +107,17 @@ fn replay(case: &Case, mode: &str, force_all_full: bool) -> Vec<(String, String)
         .map(|(i, _)| (i + 1).to_string())
         .collect();
     let mut command = Command::new(env!("CARGO_BIN_EXE_chainsmith"));
-    command.arg("replay").arg("--node").arg(case.dir.join("node.yaml")).arg("--out").arg(out.path());
-    command.arg("--partial-sync").arg(mode).arg("--clock").arg(clock.join(","));
+    command
+        .arg("replay")
+        .arg("--node")
+        .arg(case.dir.join("node.yaml"))
+        .arg("--out")
+        .arg(out.path());
+    command
+        .arg("--partial-sync")
+        .arg(mode)
+        .arg("--clock")
+        .arg(clock.join(","));
     if !full.is_empty() {
         command.arg("--full-sync-at").arg(full.join(","));
     }
@@ -103,16 +125,30 @@ fn replay(case: &Case, mode: &str, force_all_full: bool) -> Vec<(String, String)
         command.arg(step.dir.join("cluster.yaml"));
     }
     let output = command.output().expect("run chainsmith");
-    assert!(output.status.success(), "{}: replay failed: {}", case.name, String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}: replay failed: {}",
+        case.name,
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Upstream logs the same node-config problems; object warnings would mean
     // the inputs were misread.
-    let object_warnings: Vec<&str> =
-        stderr.lines().filter(|l| l.starts_with("warning:") && !l.contains("node config")).collect();
-    assert!(object_warnings.is_empty(), "{}: unexpected warnings:\n{}", case.name, object_warnings.join("\n"));
+    let object_warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:") && !l.contains("node config"))
+        .collect();
+    assert!(
+        object_warnings.is_empty(),
+        "{}: unexpected warnings:\n{}",
+        case.name,
+        object_warnings.join("\n")
+    );
     (1..=case.steps.len())
         .map(|n| {
-            let read = |ext: &str| std::fs::read_to_string(out.path().join(format!("{n:02}.{ext}"))).expect("output");
+            let read = |ext: &str| {
+                std::fs::read_to_string(out.path().join(format!("{n:02}.{ext}"))).expect("output")
+            };
             (read("iptables"), read("metrics"))
         })
         .collect()
@@ -124,21 +160,24 @@ fn parse_seconds(text: &str) -> f64 {
 
 /// `name{label="value",...} number` lines of a Prometheus text exposition.
 fn metric_value(exposition: &str, name: &str, labels: &BTreeMap<String, String>) -> Option<f64> {
-    exposition.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (series_name, label_text) = series.split_once('{').unwrap_or((series, "}"));
-        if series_name != name {
-            return None;
-        }
-        let found: BTreeMap<String, String> = label_text
-            .trim_end_matches('}')
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        (found == *labels).then(|| value.parse().ok()).flatten()
-    })
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = series.split_once('{').unwrap_or((series, "}"));
+            if series_name != name {
+                return None;
+            }
+            let found: BTreeMap<String, String> = label_text
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect();
+            (found == *labels).then(|| value.parse().ok()).flatten()
+        })
 }
 
 #[derive(Default)]
@@ -160,41 +199,83 @@ impl Tally {
 }
 
 fn diff(want: &str, got: &str) -> String {
-    similar::TextDiff::from_lines(want, got).unified_diff().header("want", "got").to_string()
+    similar::TextDiff::from_lines(want, got)
+        .unified_diff()
+        .header("want", "got")
+        .to_string()
 }
 
-fn check_step(tally: &mut Tally, case: &Case, index: usize, step: &Step, payload: &str, metrics: &str, kernel: &RuleSet) {
+fn check_step(
+    tally: &mut Tally,
+    case: &Case,
+    index: usize,
+    step: &Step,
+    payload: &str,
+    metrics: &str,
+    kernel: &RuleSet,
+) {
     let tag = format!("{} step {}", case.name, index + 1);
     let normal = normalize(payload, false).unwrap_or_else(|e| panic!("{tag}: output does not parse: {e}"));
     if let Ok(want) = std::fs::read_to_string(step.dir.join("expected.iptables")) {
-        tally.check("expected.iptables", normal == want, || format!("{tag}: expected.iptables differs:\n{}", diff(&want, &normal)));
+        tally.check("expected.iptables", normal == want, || {
+            format!("{tag}: expected.iptables differs:\n{}", diff(&want, &normal))
+        });
     }
     if let Ok(want) = std::fs::read_to_string(step.dir.join("derived.iptables")) {
         // Upstream's own order is map order for several ports of one Service and
         // several NodePort addresses; the suite compares those loosely (README).
         let loose = ["05-", "10-"].iter().any(|p| case.name.starts_with(p));
         let (want, got) = if loose {
-            (normalize(&want, true).expect("derived parses"), normalize(payload, true).expect("parses"))
+            (
+                normalize(&want, true).expect("derived parses"),
+                normalize(payload, true).expect("parses"),
+            )
         } else {
             (want, normal.clone())
         };
-        tally.check("derived.iptables", want == got, || format!("{tag}: derived.iptables differs:\n{}", diff(&want, &got)));
+        tally.check("derived.iptables", want == got, || {
+            format!("{tag}: derived.iptables differs:\n{}", diff(&want, &got))
+        });
     }
     if step.dir.join("expected-chains.yaml").exists() {
         let dump = chainsmith_restore::parse_dump(payload).expect("parses");
-        for chain in load_yaml(&step.dir.join("expected-chains.yaml")).as_array().into_iter().flatten() {
-            let (table, name) = (chain["table"].as_str().unwrap_or_default(), chain["chain"].as_str().unwrap_or_default());
-            let want: Vec<&str> = chain["rules"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            let got: Vec<&str> = dump.chain(table, name).map(|c| c.rules.iter().map(String::as_str).collect()).unwrap_or_default();
-            tally.check("expected-chains.yaml", want == got, || format!("{tag}: chain {table}/{name}:\n  want {want:#?}\n  got {got:#?}"));
+        for chain in load_yaml(&step.dir.join("expected-chains.yaml"))
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let (table, name) = (
+                chain["table"].as_str().unwrap_or_default(),
+                chain["chain"].as_str().unwrap_or_default(),
+            );
+            let want: Vec<&str> = chain["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let got: Vec<&str> = dump
+                .chain(table, name)
+                .map(|c| c.rules.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            tally.check("expected-chains.yaml", want == got, || {
+                format!("{tag}: chain {table}/{name}:\n  want {want:#?}\n  got {got:#?}")
+            });
         }
     }
     if step.dir.join("assertions.yaml").exists() {
         let lines: Vec<&str> = payload.split('\n').collect();
-        for assertion in load_yaml(&step.dir.join("assertions.yaml")).as_array().into_iter().flatten() {
+        for assertion in load_yaml(&step.dir.join("assertions.yaml"))
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let want = assertion["expected"].as_bool().unwrap_or(true);
             let got = if let Some(destination) = assertion["hasRuleWithDestination"].as_str() {
-                let (table, chain) = (assertion["table"].as_str().unwrap_or_default(), assertion["chain"].as_str().unwrap_or_default());
+                let (table, chain) = (
+                    assertion["table"].as_str().unwrap_or_default(),
+                    assertion["chain"].as_str().unwrap_or_default(),
+                );
                 kernel.chain(table, chain).unwrap_or_default().iter().any(|rule| {
                     let words = chainsmith_restore::parse::split_words(rule);
                     words.windows(2).any(|w| w[0] == "-d" && w[1] == destination)
@@ -205,19 +286,36 @@ fn check_step(tally: &mut Tally, case: &Case, index: usize, step: &Step, payload
                 payload.contains(text)
             } else if let Some(count) = assertion["countLines"].as_object() {
                 let prefix = count["startsWith"].as_str().unwrap_or_default();
-                let containing: Vec<&str> = count.get("containing").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-                let n = lines.iter().filter(|l| l.starts_with(prefix) && containing.iter().all(|c| l.contains(c))).count();
+                let containing: Vec<&str> = count
+                    .get("containing")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let n = lines
+                    .iter()
+                    .filter(|l| l.starts_with(prefix) && containing.iter().all(|c| l.contains(c)))
+                    .count();
                 let expected = assertion["expected"].as_u64().unwrap_or(u64::MAX);
-                tally.check("assertions.yaml", n as u64 == expected, || format!("{tag}: {assertion}: got {n}"));
+                tally.check("assertions.yaml", n as u64 == expected, || {
+                    format!("{tag}: {assertion}: got {n}")
+                });
                 continue;
             } else {
                 panic!("{tag}: unknown assertion {assertion}");
             };
-            tally.check("assertions.yaml", got == want, || format!("{tag}: assertion {assertion}: got {got}"));
+            tally.check("assertions.yaml", got == want, || {
+                format!("{tag}: assertion {assertion}: got {got}")
+            });
         }
     }
     if step.dir.join("metrics.yaml").exists() {
-        for metric in load_yaml(&step.dir.join("metrics.yaml")).as_array().into_iter().flatten() {
+        for metric in load_yaml(&step.dir.join("metrics.yaml"))
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let name = metric["name"].as_str().unwrap_or_default();
             let labels: BTreeMap<String, String> = metric["labels"]
                 .as_object()
@@ -227,7 +325,9 @@ fn check_step(tally: &mut Tally, case: &Case, index: usize, step: &Step, payload
                 .collect();
             let want = metric["value"].as_f64();
             let got = metric_value(metrics, name, &labels);
-            tally.check("metrics.yaml", want == got, || format!("{tag}: metric {name}{labels:?}: want {want:?}, got {got:?}"));
+            tally.check("metrics.yaml", want == got, || {
+                format!("{tag}: metric {name}{labels:?}: want {want:?}, got {got:?}")
+            });
         }
     }
     if step.dir.join("flows.yaml").exists() {
@@ -249,31 +349,44 @@ fn upstream_conformance_cases() {
             tally.steps += 1;
             let tag = format!("{} step {}", case.name, index + 1);
             let (payload, metrics) = &compat[index];
-            compat_kernel.apply(payload).unwrap_or_else(|e| panic!("{tag}: compat payload refused: {e}"));
-            minimal_kernel.apply(&minimal[index].0).unwrap_or_else(|e| panic!("{tag}: minimal payload refused: {e}"));
+            compat_kernel
+                .apply(payload)
+                .unwrap_or_else(|e| panic!("{tag}: compat payload refused: {e}"));
+            minimal_kernel
+                .apply(&minimal[index].0)
+                .unwrap_or_else(|e| panic!("{tag}: minimal payload refused: {e}"));
             check_step(&mut tally, case, index, step, payload, metrics, &compat_kernel);
 
             let full_payload = &full[index].0;
             let errors = consistency_errors(full_payload);
-            tally.check("consistency", errors.is_empty(), || format!("{tag}: full sync inconsistent: {errors:?}"));
+            tally.check("consistency", errors.is_empty(), || {
+                format!("{tag}: full sync inconsistent: {errors:?}")
+            });
             let mut fresh = RuleSet::new();
-            fresh.apply(full_payload).unwrap_or_else(|e| panic!("{tag}: full payload refused: {e}"));
+            fresh
+                .apply(full_payload)
+                .unwrap_or_else(|e| panic!("{tag}: full payload refused: {e}"));
             let want = fresh.to_restore_text();
             for (mode, kernel) in [("compat", &compat_kernel), ("minimal", &minimal_kernel)] {
                 let got = kernel.to_restore_text();
                 tally.check("incremental == full", got == want, || {
-                    format!("{tag}: {mode} syncs left different tables than one full sync:\n{}", diff(&want, &got))
+                    format!(
+                        "{tag}: {mode} syncs left different tables than one full sync:\n{}",
+                        diff(&want, &got)
+                    )
                 });
             }
         }
     }
     println!(
         "conformance: {} cases, {} steps; checks passed per kind: {:?}; steps with flows.yaml left to the tracer: {}",
-        tally.cases,
-        tally.steps,
-        tally.checks,
-        tally.flows_not_run
+        tally.cases, tally.steps, tally.checks, tally.flows_not_run
     );
     assert_eq!(tally.cases, 42, "the suite has 42 cases");
-    assert!(tally.failures.is_empty(), "{} conformance failures:\n{}", tally.failures.len(), tally.failures.join("\n\n"));
+    assert!(
+        tally.failures.is_empty(),
+        "{} conformance failures:\n{}",
+        tally.failures.len(),
+        tally.failures.join("\n\n")
+    );
 }

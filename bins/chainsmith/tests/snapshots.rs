@@ -2,6 +2,9 @@
 //! binary and locked with insta, so a pull request shows the rule changes it
 //! causes as snapshot diffs (review with `cargo insta review`).
 
+// Test helpers outside #[test] functions may panic and print too.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,7 +22,11 @@ fn compile(args: &[&str]) -> String {
         .current_dir(fixtures())
         .output()
         .expect("run chainsmith");
-    assert!(output.status.success(), "compile {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "compile {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let mut text = String::new();
     for line in String::from_utf8_lossy(&output.stderr).lines() {
         text.push_str("# ");
@@ -31,7 +38,11 @@ fn compile(args: &[&str]) -> String {
 }
 
 fn stem(path: &str) -> String {
-    Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or(path).to_string()
+    Path::new(path)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(path)
+        .to_string()
 }
 
 #[test]
@@ -41,7 +52,10 @@ fn fixture_clusters() {
     let entries = index.as_array().expect("INDEX.yaml is a list");
     assert!(entries.len() >= 20, "the index lists every fixture");
     for entry in entries {
-        let (cluster, node) = (entry["cluster"].as_str().expect("cluster"), entry["node"].as_str().expect("node"));
+        let (cluster, node) = (
+            entry["cluster"].as_str().expect("cluster"),
+            entry["node"].as_str().expect("node"),
+        );
         let note = entry["note"].as_str().unwrap_or_default();
         let name = format!("{}@{}", stem(cluster), stem(node));
         insta::with_settings!({

@@ -60,7 +60,10 @@ pub struct FeatureGates {
 
 impl Default for FeatureGates {
     fn default() -> Self {
-        FeatureGates { load_balancer_ip_mode: true, prefer_same_traffic_distribution: false }
+        FeatureGates {
+            load_balancer_ip_mode: true,
+            prefer_same_traffic_distribution: false,
+        }
     }
 }
 
@@ -116,7 +119,10 @@ impl Default for NodeConfig {
             node_port_addresses: Vec::new(),
             iptables_has_random_fully: true,
             conntrack_tcp_be_liberal: false,
-            nfacct: NfacctCounters { ct_state_invalid_dropped_pkts: true, localhost_nps_accepted_pkts: true },
+            nfacct: NfacctCounters {
+                ct_state_invalid_dropped_pkts: true,
+                localhost_nps_accepted_pkts: true,
+            },
             node_labels: BTreeMap::new(),
             feature_gates: FeatureGates::default(),
             sync_period_ms: 30_000,

@@ -24,17 +24,33 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// Builds a key.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
-    }
-
-    fn joined_bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.namespace.bytes().chain(std::iter::once(b'/')).chain(self.name.bytes())
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
 impl Ord for ObjectKey {
+    /// Compares `namespace/name` as one text without building it.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.joined_bytes().cmp(other.joined_bytes())
+        let (a, b) = (self.namespace.as_bytes(), other.namespace.as_bytes());
+        if a == b {
+            return self.name.cmp(&other.name);
+        }
+        let common = a.len().min(b.len());
+        match a[..common].cmp(&b[..common]) {
+            Ordering::Equal => {
+                // One namespace is a prefix of the other: the shorter one continues
+                // with '/', the longer one with its next byte.
+                if a.len() < b.len() {
+                    b'/'.cmp(&b[common])
+                } else {
+                    a[common].cmp(&b'/')
+                }
+            }
+            unequal => unequal,
+        }
     }
 }
 
@@ -240,7 +256,7 @@ mod tests {
 
     #[test]
     fn object_keys_sort_like_their_text() {
-        let mut keys = vec![
+        let mut keys = [
             ObjectKey::new("a", "b-c"),
             ObjectKey::new("a-b", "c"),
             ObjectKey::new("ns1", "svc10"),
@@ -248,6 +264,12 @@ mod tests {
         ];
         keys.sort();
         let mut texts: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        // Also a namespace that is a prefix of another, both ways round.
+        let (short, long) = (ObjectKey::new("a", "z"), ObjectKey::new("a0", "a"));
+        assert_eq!(short.cmp(&long), short.to_string().cmp(&long.to_string()));
+        assert_eq!(long.cmp(&short), long.to_string().cmp(&short.to_string()));
+        let (short, long) = (ObjectKey::new("a", "z"), ObjectKey::new("a.", "a"));
+        assert_eq!(short.cmp(&long), short.to_string().cmp(&long.to_string()));
         let sorted_texts = {
             let mut t = texts.clone();
             t.sort();

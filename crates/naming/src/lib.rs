@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 pub const MAX_CHAIN_NAME_LEN: usize = 28;
 
 /// An iptables chain name, stored inline.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The default is the empty name (a placeholder, never a valid chain).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChainName(ArrayString<MAX_CHAIN_NAME_LEN>);
 
 impl ChainName {
@@ -140,18 +141,32 @@ impl ServiceChainKind {
     /// The kind of a chain name, if it is a per-service chain (upstream's
     /// `isServiceChainName`, which decides what stale-chain cleanup may delete).
     pub fn of(name: &str) -> Option<ServiceChainKind> {
-        ServiceChainKind::ALL.into_iter().find(|kind| name.starts_with(kind.prefix()))
+        ServiceChainKind::ALL
+            .into_iter()
+            .find(|kind| name.starts_with(kind.prefix()))
     }
 }
 
 const HASH_LEN: usize = 16;
 
 fn hash16(parts: &[&str]) -> [u8; HASH_LEN] {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-    }
-    let digest = hasher.finalize();
+    // One contiguous input hashes faster than several updates; names are short.
+    let mut buffer = [0u8; 192];
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let digest = if total <= buffer.len() {
+        let mut at = 0;
+        for part in parts {
+            buffer[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+        }
+        Sha256::digest(&buffer[..total])
+    } else {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update(part.as_bytes());
+        }
+        hasher.finalize()
+    };
     // 10 bytes are exactly 16 base32 characters, so only those need encoding.
     let mut encoded = [0u8; HASH_LEN];
     data_encoding::BASE32_NOPAD.encode_mut(&digest[..10], &mut encoded);
@@ -167,7 +182,9 @@ pub struct ServicePortChains {
 impl ServicePortChains {
     /// Hashes `service_port_name` (`namespace/name:port`) and the lower-case protocol.
     pub fn new(service_port_name: &str, protocol: &str) -> ServicePortChains {
-        ServicePortChains { hash: hash16(&[service_port_name, protocol]) }
+        ServicePortChains {
+            hash: hash16(&[service_port_name, protocol]),
+        }
     }
 
     /// The chain of one kind (`Sep` is per endpoint: use [`endpoint_chain`]).
@@ -198,7 +215,10 @@ impl ServicePortChains {
 
 /// `KUBE-SEP-<e>` for one endpoint (`ip:port` or `[ipv6]:port`) of a service port.
 pub fn endpoint_chain(service_port_name: &str, protocol: &str, endpoint: &str) -> ChainName {
-    ChainName::with_hash(ServiceChainKind::Sep.prefix(), &hash16(&[service_port_name, protocol, endpoint]))
+    ChainName::with_hash(
+        ServiceChainKind::Sep.prefix(),
+        &hash16(&[service_port_name, protocol, endpoint]),
+    )
 }
 
 #[cfg(test)]
@@ -213,19 +233,42 @@ mod tests {
         assert_eq!(svc1.svl().as_str(), "KUBE-SVL-XPGD46QRK7WJZT7O");
         assert_eq!(svc1.ext().as_str(), "KUBE-EXT-XPGD46QRK7WJZT7O");
         assert_eq!(svc1.fw().as_str(), "KUBE-FW-XPGD46QRK7WJZT7O");
-        assert_eq!(endpoint_chain("ns1/svc1:p80", "tcp", "10.180.0.1:80").as_str(), "KUBE-SEP-SXIVWICOYRO3J4NJ");
-        assert_eq!(ServicePortChains::new("ns1/svc1", "tcp").svc().as_str(), "KUBE-SVC-AQI2S6QIMU7PVVRP");
+        assert_eq!(
+            endpoint_chain("ns1/svc1:p80", "tcp", "10.180.0.1:80").as_str(),
+            "KUBE-SEP-SXIVWICOYRO3J4NJ"
+        );
+        assert_eq!(
+            ServicePortChains::new("ns1/svc1", "tcp").svc().as_str(),
+            "KUBE-SVC-AQI2S6QIMU7PVVRP"
+        );
         assert_eq!(
             endpoint_chain("ns1/svc1:p80", "tcp", "[fd00:10:180::1]:80").as_str(),
             "KUBE-SEP-OGYCNMB4EMRUSJ6N"
         );
-        assert_eq!(ServicePortChains::new("ns5/svc5:p80", "tcp").fw().as_str(), "KUBE-FW-NUKIZ6OKUXPJNT4C");
+        assert_eq!(
+            ServicePortChains::new("ns5/svc5:p80", "tcp").fw().as_str(),
+            "KUBE-FW-NUKIZ6OKUXPJNT4C"
+        );
         // The 2018-era reference node (spec section 11).
         let sleep = ServicePortChains::new("default/sleep:tcp-80-80-8r4el", "tcp");
         assert_eq!(sleep.svc().as_str(), "KUBE-SVC-KHFRG3HD2BG7I4YD");
         assert_eq!(
             endpoint_chain("default/sleep:tcp-80-80-8r4el", "tcp", "10.123.32.5:80").as_str(),
             "KUBE-SEP-GZIIAEF444AZU3YY"
+        );
+    }
+
+    #[test]
+    fn long_inputs_hash_the_same_as_short_ones_would() {
+        let long_name = format!("ns/{}:p", "x".repeat(250));
+        let joined = format!("{long_name}tcp");
+        let expected = {
+            let digest = Sha256::digest(joined.as_bytes());
+            data_encoding::BASE32_NOPAD.encode(&digest[..10])
+        };
+        assert_eq!(
+            ServicePortChains::new(&long_name, "tcp").svc().as_str(),
+            format!("KUBE-SVC-{expected}")
         );
     }
 
@@ -238,8 +281,14 @@ mod tests {
 
     #[test]
     fn service_chain_kinds_are_recognised_by_prefix() {
-        assert_eq!(ServiceChainKind::of("KUBE-SEP-SXIVWICOYRO3J4NJ"), Some(ServiceChainKind::Sep));
-        assert_eq!(ServiceChainKind::of("KUBE-FW-NUKIZ6OKUXPJNT4C"), Some(ServiceChainKind::Fw));
+        assert_eq!(
+            ServiceChainKind::of("KUBE-SEP-SXIVWICOYRO3J4NJ"),
+            Some(ServiceChainKind::Sep)
+        );
+        assert_eq!(
+            ServiceChainKind::of("KUBE-FW-NUKIZ6OKUXPJNT4C"),
+            Some(ServiceChainKind::Fw)
+        );
         assert_eq!(ServiceChainKind::of("KUBE-SERVICES"), None);
         assert_eq!(ServiceChainKind::of("KUBE-MARK-MASQ"), None);
         assert_eq!(ServiceChainKind::of("KUBE-XLB-ABC"), None);

@@ -19,7 +19,8 @@ pub mod nfacct {
     pub const LOCALHOST_NODEPORTS_ACCEPTED: &str = "localhost_nps_accepted_pkts";
 }
 
-const NODEPORTS_JUMP_COMMENT: &str = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+const NODEPORTS_JUMP_COMMENT: &str =
+    "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
 
 /// How the local traffic detector matches, as iptables arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +60,17 @@ impl NodeContext {
         let mut diagnostics = Vec::new();
         let detector = resolve_detector(&config, &mut diagnostics);
         let localhost_node_ports = family == IpFamily::V4 && config.localhost_node_ports;
-        let node_port_destinations = resolve_node_port_destinations(&config, localhost_node_ports, &mut diagnostics);
+        let node_port_destinations =
+            resolve_node_port_destinations(&config, localhost_node_ports, &mut diagnostics);
         let mark_with_mask = format!("{0}/{0}", config.masquerade_mark);
-        NodeContext { config, mark_with_mask, detector, localhost_node_ports, node_port_destinations, diagnostics }
+        NodeContext {
+            config,
+            mark_with_mask,
+            detector,
+            localhost_node_ports,
+            node_port_destinations,
+            diagnostics,
+        }
     }
 
     /// The configuration this context was built from.
@@ -116,12 +125,21 @@ impl NodeContext {
             fixed::KUBE_PROXY_FIREWALL,
             fixed::KUBE_FIREWALL,
         ];
-        if self.localhost_node_ports { &WITH_FIREWALL } else { &WITH_FIREWALL[..5] }
+        if self.localhost_node_ports {
+            &WITH_FIREWALL
+        } else {
+            &WITH_FIREWALL[..5]
+        }
     }
 
     /// Fixed nat chains, in upstream's declaration order.
     pub fn nat_chains(&self) -> &'static [&'static str] {
-        &[fixed::KUBE_SERVICES, fixed::KUBE_NODEPORTS, fixed::KUBE_POSTROUTING, fixed::KUBE_MARK_MASQ]
+        &[
+            fixed::KUBE_SERVICES,
+            fixed::KUBE_NODEPORTS,
+            fixed::KUBE_POSTROUTING,
+            fixed::KUBE_MARK_MASQ,
+        ]
     }
 
     /// filter rules written before any service's (the localhost anti-martian rule).
@@ -129,44 +147,105 @@ impl NodeContext {
         if self.localhost_node_ports {
             let args = [
                 Arg::Comment(["block incoming localnet connections", "", ""]),
-                Arg::Destination { addr: "127.0.0.0/8", negated: false },
-                Arg::Source { addr: "127.0.0.0/8", negated: true },
-                Arg::ConntrackState { states: "RELATED,ESTABLISHED,DNAT", negated: true },
+                Arg::Destination {
+                    addr: "127.0.0.0/8",
+                    negated: false,
+                },
+                Arg::Source {
+                    addr: "127.0.0.0/8",
+                    negated: true,
+                },
+                Arg::ConntrackState {
+                    states: "RELATED,ESTABLISHED,DNAT",
+                    negated: true,
+                },
             ];
-            sink.rule(&Rule { chain: fixed::KUBE_FIREWALL, args: &args, target: Target::Jump("DROP") });
+            sink.rule(&Rule {
+                chain: fixed::KUBE_FIREWALL,
+                args: &args,
+                target: Target::Jump("DROP"),
+            });
         }
     }
 
     /// filter rules written after every service's (KUBE-FORWARD).
     pub fn emit_filter_tail(&self, sink: &mut impl RuleSink) {
         if !self.config.conntrack_tcp_be_liberal {
-            let invalid = Arg::ConntrackState { states: "INVALID", negated: false };
+            let invalid = Arg::ConntrackState {
+                states: "INVALID",
+                negated: false,
+            };
             let counted = [invalid, Arg::Nfacct(nfacct::CT_STATE_INVALID_DROPPED)];
-            let args = if self.config.nfacct.ct_state_invalid_dropped_pkts { &counted[..] } else { &counted[..1] };
-            sink.rule(&Rule { chain: fixed::KUBE_FORWARD, args, target: Target::Jump("DROP") });
+            let args = if self.config.nfacct.ct_state_invalid_dropped_pkts {
+                &counted[..]
+            } else {
+                &counted[..1]
+            };
+            sink.rule(&Rule {
+                chain: fixed::KUBE_FORWARD,
+                args,
+                target: Target::Jump("DROP"),
+            });
         }
         let args = [
             Arg::Comment(["kubernetes forwarding rules", "", ""]),
-            Arg::Mark { mark: &self.mark_with_mask, negated: false },
+            Arg::Mark {
+                mark: &self.mark_with_mask,
+                negated: false,
+            },
         ];
-        sink.rule(&Rule { chain: fixed::KUBE_FORWARD, args: &args, target: Target::Jump("ACCEPT") });
+        sink.rule(&Rule {
+            chain: fixed::KUBE_FORWARD,
+            args: &args,
+            target: Target::Jump("ACCEPT"),
+        });
         let args = [
             Arg::Comment(["kubernetes forwarding conntrack rule", "", ""]),
-            Arg::ConntrackState { states: "RELATED,ESTABLISHED", negated: false },
+            Arg::ConntrackState {
+                states: "RELATED,ESTABLISHED",
+                negated: false,
+            },
         ];
-        sink.rule(&Rule { chain: fixed::KUBE_FORWARD, args: &args, target: Target::Jump("ACCEPT") });
+        sink.rule(&Rule {
+            chain: fixed::KUBE_FORWARD,
+            args: &args,
+            target: Target::Jump("ACCEPT"),
+        });
     }
 
     /// nat rules written before any service's (KUBE-POSTROUTING, KUBE-MARK-MASQ).
     pub fn emit_nat_head(&self, sink: &mut impl RuleSink) {
         let mark = self.config.masquerade_mark.as_str();
-        let args = [Arg::Mark { mark: &self.mark_with_mask, negated: true }];
-        sink.rule(&Rule { chain: fixed::KUBE_POSTROUTING, args: &args, target: Target::Jump("RETURN") });
-        sink.rule(&Rule { chain: fixed::KUBE_POSTROUTING, args: &[], target: Target::MarkXor(mark) });
-        let args = [Arg::Comment(["kubernetes service traffic requiring SNAT", "", ""])];
+        let args = [Arg::Mark {
+            mark: &self.mark_with_mask,
+            negated: true,
+        }];
+        sink.rule(&Rule {
+            chain: fixed::KUBE_POSTROUTING,
+            args: &args,
+            target: Target::Jump("RETURN"),
+        });
+        sink.rule(&Rule {
+            chain: fixed::KUBE_POSTROUTING,
+            args: &[],
+            target: Target::MarkXor(mark),
+        });
+        let args = [Arg::Comment([
+            "kubernetes service traffic requiring SNAT",
+            "",
+            "",
+        ])];
         let random_fully = self.config.iptables_has_random_fully;
-        sink.rule(&Rule { chain: fixed::KUBE_POSTROUTING, args: &args, target: Target::Masquerade { random_fully } });
-        sink.rule(&Rule { chain: fixed::KUBE_MARK_MASQ, args: &[], target: Target::MarkOr(mark) });
+        sink.rule(&Rule {
+            chain: fixed::KUBE_POSTROUTING,
+            args: &args,
+            target: Target::Masquerade { random_fully },
+        });
+        sink.rule(&Rule {
+            chain: fixed::KUBE_MARK_MASQ,
+            args: &[],
+            target: Target::MarkOr(mark),
+        });
     }
 
     /// nat rules written last: the jump(s) to KUBE-NODEPORTS, which must stay
@@ -179,15 +258,36 @@ impl NodeContext {
                 let all = [
                     comment,
                     Arg::DestinationTypeLocal,
-                    Arg::Destination { addr: excluded_loopback.unwrap_or_default(), negated: true },
+                    Arg::Destination {
+                        addr: excluded_loopback.unwrap_or_default(),
+                        negated: true,
+                    },
                 ];
-                let args = if excluded_loopback.is_some() { &all[..] } else { &all[..2] };
-                sink.rule(&Rule { chain: fixed::KUBE_SERVICES, args, target });
+                let args = if excluded_loopback.is_some() {
+                    &all[..]
+                } else {
+                    &all[..2]
+                };
+                sink.rule(&Rule {
+                    chain: fixed::KUBE_SERVICES,
+                    args,
+                    target,
+                });
             }
             NodePortDestinations::NodeIps(ips) => {
                 for ip in ips {
-                    let args = [comment, Arg::Destination { addr: ip, negated: false }];
-                    sink.rule(&Rule { chain: fixed::KUBE_SERVICES, args: &args, target });
+                    let args = [
+                        comment,
+                        Arg::Destination {
+                            addr: ip,
+                            negated: false,
+                        },
+                    ];
+                    sink.rule(&Rule {
+                        chain: fixed::KUBE_SERVICES,
+                        args: &args,
+                        target,
+                    });
                 }
             }
         }
@@ -214,7 +314,9 @@ fn resolve_detector(config: &NodeConfig, diagnostics: &mut Vec<Diagnostic>) -> O
         LocalTrafficDetector::ClusterCidr(cidr) => cidr_of_family(cidr, "ClusterCIDR"),
         LocalTrafficDetector::NodeCidr(cidr) => cidr_of_family(cidr, "NodeCIDR"),
         LocalTrafficDetector::BridgeInterface(name) => Some(DetectorMatch::Interface(name.clone())),
-        LocalTrafficDetector::InterfaceNamePrefix(prefix) => Some(DetectorMatch::Interface(format!("{prefix}+"))),
+        LocalTrafficDetector::InterfaceNamePrefix(prefix) => {
+            Some(DetectorMatch::Interface(format!("{prefix}+")))
+        }
     }
 }
 
@@ -224,8 +326,11 @@ fn resolve_node_port_destinations(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> NodePortDestinations {
     let family = config.ip_family;
-    let cidrs: Vec<&IpNet> =
-        config.node_port_addresses.iter().filter(|cidr| IpFamily::of_net(cidr) == family).collect();
+    let cidrs: Vec<&IpNet> = config
+        .node_port_addresses
+        .iter()
+        .filter(|cidr| IpFamily::of_net(cidr) == family)
+        .collect();
     // No CIDR of this family, or a zero CIDR among them, means "every local address".
     if cidrs.is_empty() || cidrs.iter().any(|cidr| cidr.prefix_len() == 0) {
         let excluded_loopback = match family {

@@ -33,4 +33,4 @@ pub use context::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, nfacct};
 pub use endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
 pub use plan::{Plan, PortKey, ServicePortPlan};
 pub use rules::{Arg, CountingSink, Rule, RuleSink, Table, Target};
-pub use service_port::{Addr, ServicePortInfo, service_ports};
+pub use service_port::{Addr, ServiceAddresses, ServicePortInfo, service_ports};

@@ -2,10 +2,10 @@
 //! `syncProxyRules` and `topology.go` `CategorizeEndpoints`).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Protocol, Service};
+use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, ObjectKind, Protocol, Service};
 use chainsmith_naming::{ChainName, fixed};
 
 use crate::context::nfacct;
@@ -55,9 +55,10 @@ enum TopologyMode {
 pub struct ServicePortPlan {
     info: Arc<ServicePortInfo>,
     endpoints: PortEndpoints,
-    cluster: Vec<u32>,
-    local: Vec<u32>,
-    reachable: Vec<u32>,
+    /// Per endpoint, which lists it is on ([`CLUSTER`], [`LOCAL`], [`REACHABLE`]).
+    roles: Vec<u8>,
+    cluster_count: usize,
+    local_count: usize,
     has_endpoints: bool,
     has_internal: bool,
     has_external: bool,
@@ -68,24 +69,42 @@ pub struct ServicePortPlan {
     allow_from_node: bool,
 }
 
+/// Role bits of an endpoint within one service port.
+const CLUSTER: u8 = 1;
+const LOCAL: u8 = 2;
+const REACHABLE: u8 = 4;
+
 impl ServicePortPlan {
     /// Decides the chains of one service port from its info and all of its
     /// endpoints (of any condition, sorted by endpoint text).
     pub fn new(info: Arc<ServicePortInfo>, endpoints: PortEndpoints, ctx: &NodeContext) -> ServicePortPlan {
         let config = ctx.config();
+        let mut roles = vec![0u8; endpoints.len()];
+        let mark = |roles: &mut [u8], bit: u8, keep: &dyn Fn(&EndpointInfo) -> bool| -> usize {
+            let mut count = 0;
+            for (role, ep) in roles.iter_mut().zip(endpoints.iter()) {
+                if keep(ep) {
+                    *role |= bit;
+                    count += 1;
+                }
+            }
+            count
+        };
         let mut has_endpoints = false;
-        let mut cluster = Vec::new();
+        let mut cluster_count = 0;
         let mut topology = TopologyMode::None;
         if info.uses_cluster_endpoints() {
             topology = topology_mode(&endpoints, config);
-            cluster = select(&endpoints, |ep| ep.ready && available_for_topology(ep, topology, config));
-            if cluster.is_empty() {
-                cluster = select(&endpoints, EndpointInfo::serving_terminating);
+            cluster_count = mark(&mut roles, CLUSTER, &|ep| {
+                ep.ready && available_for_topology(ep, topology, config)
+            });
+            if cluster_count == 0 {
+                cluster_count = mark(&mut roles, CLUSTER, &EndpointInfo::serving_terminating);
             }
-            has_endpoints = !cluster.is_empty();
+            has_endpoints = cluster_count > 0;
         }
-        let mut local = Vec::new();
-        let mut reachable = cluster.clone();
+        let mut local_count = 0;
+        let mut union = false;
         if info.uses_local_endpoints() {
             let mut local_ready = false;
             let mut local_serving_terminating = false;
@@ -100,35 +119,43 @@ impl ServicePortPlan {
             }
             let use_terminating = !local_ready && local_serving_terminating;
             if local_ready {
-                local = select(&endpoints, |ep| ep.local && ep.ready);
+                local_count = mark(&mut roles, LOCAL, &|ep| ep.local && ep.ready);
             } else if use_terminating {
-                local = select(&endpoints, |ep| ep.local && ep.serving_terminating());
+                local_count = mark(&mut roles, LOCAL, &|ep| ep.local && ep.serving_terminating());
             }
-            if !info.uses_cluster_endpoints() {
-                reachable = local.clone();
-            } else if topology != TopologyMode::None || use_terminating {
-                // Cluster may hold remote endpoints, local may hold terminating or
-                // topology-excluded ones: the union gets endpoint chains.
-                reachable.extend_from_slice(&local);
-                reachable.sort_unstable();
-                reachable.dedup();
+            // Cluster may hold remote endpoints, local may hold terminating or
+            // topology-excluded ones: then both get endpoint chains.
+            union = info.uses_cluster_endpoints() && (topology != TopologyMode::None || use_terminating);
+        }
+        let reachable_from = match (info.uses_cluster_endpoints(), info.uses_local_endpoints()) {
+            (_, false) => CLUSTER,
+            (false, true) => LOCAL,
+            (true, true) if union => CLUSTER | LOCAL,
+            (true, true) => CLUSTER,
+        };
+        for role in &mut roles {
+            if *role & reachable_from != 0 {
+                *role |= REACHABLE;
             }
         }
 
-        let has_internal = has_endpoints && (!info.internal_policy_local || !local.is_empty());
-        let has_external = has_endpoints && (!info.external_policy_local || !local.is_empty());
-        let uses_svc = !cluster.is_empty() && info.uses_cluster_endpoints();
-        let uses_svl = !local.is_empty() && info.uses_local_endpoints();
+        let addresses = &info.addresses;
+        let has_internal = has_endpoints && (!info.internal_policy_local || local_count > 0);
+        let has_external = has_endpoints && (!info.external_policy_local || local_count > 0);
+        let uses_svc = cluster_count > 0 && info.uses_cluster_endpoints();
+        let uses_svl = local_count > 0 && info.uses_local_endpoints();
         let uses_ext = has_endpoints && info.externally_accessible();
-        let uses_fw = has_endpoints && !info.load_balancer_vips.is_empty() && !info.source_ranges.is_empty();
-        let allow_from_node =
-            config.node_ip.is_some_and(|node_ip| info.source_ranges.iter().any(|r| r.value.contains(&node_ip)));
+        let uses_fw =
+            has_endpoints && !addresses.load_balancer_vips.is_empty() && !addresses.source_ranges.is_empty();
+        let allow_from_node = config
+            .node_ip
+            .is_some_and(|node_ip| addresses.source_ranges.iter().any(|r| r.value.contains(&node_ip)));
         ServicePortPlan {
             info,
             endpoints,
-            cluster,
-            local,
-            reachable,
+            roles,
+            cluster_count,
+            local_count,
             has_endpoints,
             has_internal,
             has_external,
@@ -138,6 +165,14 @@ impl ServicePortPlan {
             uses_fw,
             allow_from_node,
         }
+    }
+
+    fn with_role(&self, bit: u8) -> impl Iterator<Item = &EndpointInfo> + Clone {
+        self.endpoints
+            .iter()
+            .zip(&self.roles)
+            .filter(move |(_, role)| *role & bit != 0)
+            .map(|(ep, _)| ep)
     }
 
     /// The derived service port.
@@ -150,28 +185,37 @@ impl ServicePortPlan {
         &self.endpoints
     }
 
+    /// Orders plans as [`PortKey`] does, without building keys.
+    pub fn key_cmp(&self, other: &ServicePortPlan) -> Ordering {
+        let (a, b) = (&*self.info, &*other.info);
+        a.service()
+            .cmp(b.service())
+            .then_with(|| a.port_name.cmp(&b.port_name))
+            .then_with(|| a.protocol.cmp(&b.protocol))
+    }
+
     /// The key that orders this plan.
     pub fn key(&self) -> PortKey {
         PortKey {
-            service: self.info.service.clone(),
+            service: self.info.service().clone(),
             port_name: self.info.port_name.clone(),
             protocol: self.info.protocol,
         }
     }
 
     /// Endpoints used by cluster traffic policy.
-    pub fn cluster_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> {
-        self.cluster.iter().map(|&i| &self.endpoints[i as usize])
+    pub fn cluster_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> + Clone {
+        self.with_role(CLUSTER)
     }
 
     /// Endpoints used by local traffic policy.
-    pub fn local_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> {
-        self.local.iter().map(|&i| &self.endpoints[i as usize])
+    pub fn local_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> + Clone {
+        self.with_role(LOCAL)
     }
 
     /// Endpoints that get a `KUBE-SEP-` chain.
-    pub fn reachable_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> {
-        self.reachable.iter().map(|&i| &self.endpoints[i as usize])
+    pub fn reachable_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> + Clone {
+        self.with_role(REACHABLE)
     }
 
     /// Some usable endpoint exists anywhere in the cluster.
@@ -204,15 +248,26 @@ impl ServicePortPlan {
             self.uses_svc.then(|| info.svc_chain()),
             self.uses_svl.then(|| info.svl_chain()),
         ];
-        fixed.into_iter().flatten().chain(self.reachable_endpoints().map(|ep| ep.chain))
+        fixed
+            .into_iter()
+            .flatten()
+            .chain(self.reachable_endpoints().map(|ep| ep.chain))
     }
 
     fn internal_chain(&self) -> ChainName {
-        if self.info.internal_policy_local { self.info.svl_chain() } else { self.info.svc_chain() }
+        if self.info.internal_policy_local {
+            self.info.svl_chain()
+        } else {
+            self.info.svc_chain()
+        }
     }
 
     fn external_policy_chain(&self) -> ChainName {
-        if self.info.external_policy_local { self.info.svl_chain() } else { self.info.svc_chain() }
+        if self.info.external_policy_local {
+            self.info.svl_chain()
+        } else {
+            self.info.svc_chain()
+        }
     }
 
     /// The port's filter rules (rejects, drops, firewall drops, health-check
@@ -222,41 +277,75 @@ impl ServicePortPlan {
         let name: &str = &info.name;
         let proto = Arg::Protocol(info.protocol);
         let dport = Arg::DestinationPort(info.port);
-        let (no_endpoints, no_local) = ([name, " has no endpoints", ""], [name, " has no local endpoints", ""]);
+        let (no_endpoints, no_local) = (
+            [name, " has no endpoints", ""],
+            [name, " has no local endpoints", ""],
+        );
         let (internal, external) = if !self.has_endpoints {
             ((no_endpoints, "REJECT"), (no_endpoints, "REJECT"))
         } else {
             ((no_local, "DROP"), (no_local, "DROP"))
         };
         if !self.has_internal {
-            let args = [Arg::Comment(internal.0), proto, dest(&info.cluster_ip.text), dport];
-            sink.rule(&Rule { chain: fixed::KUBE_SERVICES, args: &args, target: Target::Jump(internal.1) });
+            let args = [
+                Arg::Comment(internal.0),
+                proto,
+                dest(&info.addresses.cluster_ip.text),
+                dport,
+            ];
+            sink.rule(&Rule {
+                chain: fixed::KUBE_SERVICES,
+                args: &args,
+                target: Target::Jump(internal.1),
+            });
         }
         let reject_external = |sink: &mut _, addr: &str| {
             let args = [Arg::Comment(external.0), proto, dest(addr), dport];
-            emit(sink, fixed::KUBE_EXTERNAL_SERVICES, &args, Target::Jump(external.1));
+            emit(
+                sink,
+                fixed::KUBE_EXTERNAL_SERVICES,
+                &args,
+                Target::Jump(external.1),
+            );
         };
-        for ip in &info.external_ips {
+        for ip in &info.addresses.external_ips {
             if !self.has_external {
                 reject_external(sink, &ip.text);
             }
         }
         if self.uses_fw {
             let fw = info.fw_chain();
-            for vip in &info.load_balancer_vips {
-                let args = [Arg::Comment([name, " traffic not accepted by ", fw.as_str()]), proto, dest(&vip.text), dport];
-                sink.rule(&Rule { chain: fixed::KUBE_PROXY_FIREWALL, args: &args, target: Target::Jump("DROP") });
+            for vip in &info.addresses.load_balancer_vips {
+                let args = [
+                    Arg::Comment([name, " traffic not accepted by ", fw.as_str()]),
+                    proto,
+                    dest(&vip.text),
+                    dport,
+                ];
+                sink.rule(&Rule {
+                    chain: fixed::KUBE_PROXY_FIREWALL,
+                    args: &args,
+                    target: Target::Jump("DROP"),
+                });
             }
         }
         if !self.has_external {
-            for vip in &info.load_balancer_vips {
+            for vip in &info.addresses.load_balancer_vips {
                 reject_external(sink, &vip.text);
             }
         }
         if info.node_port != 0 && !self.has_external {
-            let args =
-                [Arg::Comment(external.0), Arg::DestinationTypeLocal, proto, Arg::DestinationPort(info.node_port)];
-            sink.rule(&Rule { chain: fixed::KUBE_EXTERNAL_SERVICES, args: &args, target: Target::Jump(external.1) });
+            let args = [
+                Arg::Comment(external.0),
+                Arg::DestinationTypeLocal,
+                proto,
+                Arg::DestinationPort(info.node_port),
+            ];
+            sink.rule(&Rule {
+                chain: fixed::KUBE_EXTERNAL_SERVICES,
+                args: &args,
+                target: Target::Jump(external.1),
+            });
         }
         if info.health_check_node_port != 0 {
             let args = [
@@ -264,7 +353,11 @@ impl ServicePortPlan {
                 Arg::Protocol(Protocol::Tcp),
                 Arg::DestinationPort(info.health_check_node_port),
             ];
-            sink.rule(&Rule { chain: fixed::KUBE_NODEPORTS, args: &args, target: Target::Jump("ACCEPT") });
+            sink.rule(&Rule {
+                chain: fixed::KUBE_NODEPORTS,
+                args: &args,
+                target: Target::Jump("ACCEPT"),
+            });
         }
     }
 
@@ -277,21 +370,48 @@ impl ServicePortPlan {
         let dport = Arg::DestinationPort(info.port);
         if self.has_internal {
             let internal = self.internal_chain();
-            let args = [Arg::Comment([name, " cluster IP", ""]), proto, dest(&info.cluster_ip.text), dport];
-            sink.rule(&Rule { chain: fixed::KUBE_SERVICES, args: &args, target: Target::Jump(internal.as_str()) });
+            let args = [
+                Arg::Comment([name, " cluster IP", ""]),
+                proto,
+                dest(&info.addresses.cluster_ip.text),
+                dport,
+            ];
+            sink.rule(&Rule {
+                chain: fixed::KUBE_SERVICES,
+                args: &args,
+                target: Target::Jump(internal.as_str()),
+            });
         }
         if !self.has_endpoints {
             return;
         }
         let ext = info.ext_chain();
-        for ip in &info.external_ips {
-            let args = [Arg::Comment([name, " external IP", ""]), proto, dest(&ip.text), dport];
-            sink.rule(&Rule { chain: fixed::KUBE_SERVICES, args: &args, target: Target::Jump(ext.as_str()) });
+        for ip in &info.addresses.external_ips {
+            let args = [
+                Arg::Comment([name, " external IP", ""]),
+                proto,
+                dest(&ip.text),
+                dport,
+            ];
+            sink.rule(&Rule {
+                chain: fixed::KUBE_SERVICES,
+                args: &args,
+                target: Target::Jump(ext.as_str()),
+            });
         }
         let lb_target = if self.uses_fw { info.fw_chain() } else { ext };
-        for vip in &info.load_balancer_vips {
-            let args = [Arg::Comment([name, " loadbalancer IP", ""]), proto, dest(&vip.text), dport];
-            sink.rule(&Rule { chain: fixed::KUBE_SERVICES, args: &args, target: Target::Jump(lb_target.as_str()) });
+        for vip in &info.addresses.load_balancer_vips {
+            let args = [
+                Arg::Comment([name, " loadbalancer IP", ""]),
+                proto,
+                dest(&vip.text),
+                dport,
+            ];
+            sink.rule(&Rule {
+                chain: fixed::KUBE_SERVICES,
+                args: &args,
+                target: Target::Jump(lb_target.as_str()),
+            });
         }
         if info.node_port != 0 {
             let node_port = Arg::DestinationPort(info.node_port);
@@ -303,10 +423,18 @@ impl ServicePortPlan {
                     node_port,
                     Arg::Nfacct(nfacct::LOCALHOST_NODEPORTS_ACCEPTED),
                 ];
-                sink.rule(&Rule { chain: fixed::KUBE_NODEPORTS, args: &args, target: Target::Jump(ext.as_str()) });
+                sink.rule(&Rule {
+                    chain: fixed::KUBE_NODEPORTS,
+                    args: &args,
+                    target: Target::Jump(ext.as_str()),
+                });
             }
             let args = [Arg::Comment([name, "", ""]), proto, node_port];
-            sink.rule(&Rule { chain: fixed::KUBE_NODEPORTS, args: &args, target: Target::Jump(ext.as_str()) });
+            sink.rule(&Rule {
+                chain: fixed::KUBE_NODEPORTS,
+                args: &args,
+                target: Target::Jump(ext.as_str()),
+            });
         }
     }
 
@@ -323,14 +451,22 @@ impl ServicePortPlan {
             let base = [
                 Arg::Comment([name, " cluster IP", ""]),
                 Arg::Protocol(info.protocol),
-                dest(&info.cluster_ip.text),
+                dest(&info.addresses.cluster_ip.text),
                 Arg::DestinationPort(info.port),
             ];
             if config.masquerade_all {
-                sink.rule(&Rule { chain: internal.as_str(), args: &base, target: mark_masq });
+                sink.rule(&Rule {
+                    chain: internal.as_str(),
+                    args: &base,
+                    target: mark_masq,
+                });
             } else if let Some(not_local) = ctx.not_local_match() {
                 let args = [base[0], base[1], base[2], base[3], not_local];
-                sink.rule(&Rule { chain: internal.as_str(), args: &args, target: mark_masq });
+                sink.rule(&Rule {
+                    chain: internal.as_str(),
+                    args: &args,
+                    target: mark_masq,
+                });
             }
         }
 
@@ -339,25 +475,54 @@ impl ServicePortPlan {
             let ext = ext.as_str();
             let svc = info.svc_chain();
             if !info.external_policy_local {
-                let args = [Arg::Comment(["masquerade traffic for ", name, " external destinations"])];
-                sink.rule(&Rule { chain: ext, args: &args, target: mark_masq });
+                let args = [Arg::Comment([
+                    "masquerade traffic for ",
+                    name,
+                    " external destinations",
+                ])];
+                sink.rule(&Rule {
+                    chain: ext,
+                    args: &args,
+                    target: mark_masq,
+                });
             } else {
                 if let Some(local) = ctx.local_match() {
-                    let args = [Arg::Comment(["pod traffic for ", name, " external destinations"]), local];
-                    sink.rule(&Rule { chain: ext, args: &args, target: Target::Jump(svc.as_str()) });
+                    let args = [
+                        Arg::Comment(["pod traffic for ", name, " external destinations"]),
+                        local,
+                    ];
+                    sink.rule(&Rule {
+                        chain: ext,
+                        args: &args,
+                        target: Target::Jump(svc.as_str()),
+                    });
                 }
                 let args = [
                     Arg::Comment(["masquerade LOCAL traffic for ", name, " external destinations"]),
                     Arg::SourceTypeLocal,
                 ];
-                sink.rule(&Rule { chain: ext, args: &args, target: mark_masq });
-                let args =
-                    [Arg::Comment(["route LOCAL traffic for ", name, " external destinations"]), Arg::SourceTypeLocal];
-                sink.rule(&Rule { chain: ext, args: &args, target: Target::Jump(svc.as_str()) });
+                sink.rule(&Rule {
+                    chain: ext,
+                    args: &args,
+                    target: mark_masq,
+                });
+                let args = [
+                    Arg::Comment(["route LOCAL traffic for ", name, " external destinations"]),
+                    Arg::SourceTypeLocal,
+                ];
+                sink.rule(&Rule {
+                    chain: ext,
+                    args: &args,
+                    target: Target::Jump(svc.as_str()),
+                });
             }
             if self.has_external {
                 let policy = self.external_policy_chain();
-                sink.rule(&Rule { chain: ext, args: &[], target: Target::Jump(policy.as_str()) });
+                sink.rule(&Rule {
+                    chain: ext,
+                    args: &[],
+                    target: Target::Jump(policy.as_str()),
+                });
             }
         }
 
@@ -365,68 +530,141 @@ impl ServicePortPlan {
             let fw = info.fw_chain();
             let ext = info.ext_chain();
             let comment = Arg::Comment([name, " loadbalancer IP", ""]);
-            for range in &info.source_ranges {
-                let args = [comment, Arg::Source { addr: &range.text, negated: false }];
-                sink.rule(&Rule { chain: fw.as_str(), args: &args, target: Target::Jump(ext.as_str()) });
+            for range in &info.addresses.source_ranges {
+                let args = [
+                    comment,
+                    Arg::Source {
+                        addr: &range.text,
+                        negated: false,
+                    },
+                ];
+                sink.rule(&Rule {
+                    chain: fw.as_str(),
+                    args: &args,
+                    target: Target::Jump(ext.as_str()),
+                });
             }
             if self.allow_from_node {
-                for vip in &info.load_balancer_vips {
-                    let args = [comment, Arg::Source { addr: &vip.text, negated: false }];
-                    sink.rule(&Rule { chain: fw.as_str(), args: &args, target: Target::Jump(ext.as_str()) });
+                for vip in &info.addresses.load_balancer_vips {
+                    let args = [
+                        comment,
+                        Arg::Source {
+                            addr: &vip.text,
+                            negated: false,
+                        },
+                    ];
+                    sink.rule(&Rule {
+                        chain: fw.as_str(),
+                        args: &args,
+                        target: Target::Jump(ext.as_str()),
+                    });
                 }
             }
-            let args = [Arg::Comment(["other traffic to ", name, " will be dropped by KUBE-PROXY-FIREWALL"])];
-            sink.rule(&Rule { chain: fw.as_str(), args: &args, target: Target::None });
+            let args = [Arg::Comment([
+                "other traffic to ",
+                name,
+                " will be dropped by KUBE-PROXY-FIREWALL",
+            ])];
+            sink.rule(&Rule {
+                chain: fw.as_str(),
+                args: &args,
+                target: Target::None,
+            });
         }
 
         if self.uses_svc {
-            self.emit_balancing(info.svc_chain(), &self.cluster, large_cluster, sink);
+            self.emit_balancing(
+                info.svc_chain(),
+                self.cluster_endpoints(),
+                self.cluster_count,
+                large_cluster,
+                sink,
+            );
         }
         if self.uses_svl {
-            self.emit_balancing(info.svl_chain(), &self.local, large_cluster, sink);
+            self.emit_balancing(
+                info.svl_chain(),
+                self.local_endpoints(),
+                self.local_count,
+                large_cluster,
+                sink,
+            );
         }
 
         for ep in self.reachable_endpoints() {
             let chain = ep.chain.as_str();
             let comment = Arg::Comment([name, "", ""]);
-            let hairpin = Arg::Source { addr: &ep.ip.text, negated: false };
+            let hairpin = Arg::Source {
+                addr: ep.ip_text(),
+                negated: false,
+            };
             let all = [comment, hairpin];
             let args = if large_cluster { &all[1..] } else { &all[..] };
-            sink.rule(&Rule { chain, args, target: mark_masq });
-            let all = [comment, Arg::RecentSet { name: chain }, Arg::Protocol(info.protocol)];
+            sink.rule(&Rule {
+                chain,
+                args,
+                target: mark_masq,
+            });
+            let all = [
+                comment,
+                Arg::RecentSet { name: chain },
+                Arg::Protocol(info.protocol),
+            ];
             let args = match (large_cluster, info.affinity_seconds.is_some()) {
                 (false, true) => &all[..],
                 (true, true) => &all[1..],
                 (false, false) => &[all[0], all[2]][..],
                 (true, false) => &all[2..],
             };
-            sink.rule(&Rule { chain, args, target: Target::Dnat(&ep.endpoint) });
+            sink.rule(&Rule {
+                chain,
+                args,
+                target: Target::Dnat(ep.endpoint()),
+            });
         }
     }
 
-    fn emit_balancing(&self, chain: ChainName, members: &[u32], large_cluster: bool, sink: &mut impl RuleSink) {
+    fn emit_balancing<'p>(
+        &'p self,
+        chain: ChainName,
+        members: impl Iterator<Item = &'p EndpointInfo> + Clone,
+        n: usize,
+        large_cluster: bool,
+        sink: &mut impl RuleSink,
+    ) {
         let info = &*self.info;
         let name: &str = &info.name;
         let chain = chain.as_str();
         if let Some(seconds) = info.affinity_seconds {
-            for &i in members {
-                let ep = &self.endpoints[i as usize];
+            for ep in members.clone() {
                 let all = [
-                    Arg::Comment([name, " -> ", &ep.endpoint]),
-                    Arg::RecentCheck { name: ep.chain.as_str(), seconds },
+                    Arg::Comment([name, " -> ", ep.endpoint()]),
+                    Arg::RecentCheck {
+                        name: ep.chain.as_str(),
+                        seconds,
+                    },
                 ];
                 let args = if large_cluster { &all[1..] } else { &all[..] };
-                sink.rule(&Rule { chain, args, target: Target::Jump(ep.chain.as_str()) });
+                sink.rule(&Rule {
+                    chain,
+                    args,
+                    target: Target::Jump(ep.chain.as_str()),
+                });
             }
         }
-        let n = members.len();
-        for (position, &i) in members.iter().enumerate() {
-            let ep = &self.endpoints[i as usize];
-            let all = [Arg::Comment([name, " -> ", &ep.endpoint]), Arg::RandomProbability { one_in: n - position }];
+        for (position, ep) in members.enumerate() {
+            let all = [
+                Arg::Comment([name, " -> ", ep.endpoint()]),
+                Arg::RandomProbability { one_in: n - position },
+            ];
             let with_comment = usize::from(large_cluster);
             let without_probability = if position + 1 < n { 2 } else { 1 };
             let args = &all[with_comment..without_probability];
-            sink.rule(&Rule { chain, args, target: Target::Jump(ep.chain.as_str()) });
+            sink.rule(&Rule {
+                chain,
+                args,
+                target: Target::Jump(ep.chain.as_str()),
+            });
         }
     }
 
@@ -448,10 +686,6 @@ fn emit(sink: &mut impl RuleSink, chain: &str, args: &[Arg<'_>], target: Target<
 
 fn dest(addr: &str) -> Arg<'_> {
     Arg::Destination { addr, negated: false }
-}
-
-fn select(endpoints: &[EndpointInfo], keep: impl Fn(&EndpointInfo) -> bool) -> Vec<u32> {
-    (0u32..).zip(endpoints).filter(|(_, ep)| keep(ep)).map(|(i, _)| i).collect()
 }
 
 /// Upstream `topologyModeFromHints`: hints apply only if every ready endpoint
@@ -485,7 +719,7 @@ fn available_for_topology(ep: &EndpointInfo, mode: TopologyMode, config: &NodeCo
     match mode {
         TopologyMode::None => true,
         TopologyMode::SameZone => ep.zone_hints.iter().any(|z| Some(z.as_str()) == config.zone()),
-        TopologyMode::SameNode => ep.node_hints.iter().any(|n| *n == config.node_name),
+        TopologyMode::SameNode => ep.node_hints.contains(&config.node_name),
     }
 }
 
@@ -507,42 +741,66 @@ impl Plan {
     pub fn compile(services: &[Service], slices: &[EndpointSlice], config: &NodeConfig) -> Plan {
         let ctx = Arc::new(NodeContext::new(config.clone()));
         let mut diagnostics = ctx.diagnostics().to_vec();
-        let mut slices_by_service: HashMap<&ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
+        // Walking the Services in key order builds the plans in their final order,
+        // with no sort of the (pointer-heavy) plans afterwards.
+        let mut services: Vec<&Service> = services.iter().collect();
+        services.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut slices_by_service: HashMap<&ObjectKey, Vec<&EndpointSlice>> =
+            HashMap::with_capacity(services.len());
         for slice in slices {
             slices_by_service.entry(&slice.service).or_default().push(slice);
         }
-        let mut ports: BTreeMap<PortKey, Arc<ServicePortPlan>> = BTreeMap::new();
+        let mut ports: Vec<Arc<ServicePortPlan>> = Vec::with_capacity(services.len());
         let mut total_endpoints = 0;
+        let mut previous: Option<&ObjectKey> = None;
         for service in services {
-            let infos = service_ports(service, &ctx);
+            if previous == Some(&service.key) {
+                diagnostics.push(Diagnostic::warning(
+                    ObjectKind::Service,
+                    Some(service.key.clone()),
+                    "",
+                    "listed more than once (later one skipped)",
+                ));
+                continue;
+            }
+            previous = Some(&service.key);
+            let mut infos = service_ports(service, &ctx);
             if infos.is_empty() {
                 continue;
             }
-            let mut own_slices = slices_by_service.get(&service.key).cloned().unwrap_or_default();
-            own_slices.sort_by(|a, b| a.key.cmp(&b.key));
+            infos.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
+            let own_slices = slices_by_service
+                .get_mut(&service.key)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let mut own_slices = own_slices;
+            own_slices.sort_by(|a, b| a.key.name.cmp(&b.key.name));
             let endpoints = endpoints_by_port(&service.key, own_slices, &ctx, None);
+            let mut previous_port: Option<(String, Protocol)> = None;
             for info in infos {
-                let key = PortKey { service: info.service.clone(), port_name: info.port_name.clone(), protocol: info.protocol };
-                if ports.contains_key(&key) {
+                let port = (info.port_name.clone(), info.protocol);
+                if previous_port.as_ref() == Some(&port) {
                     diagnostics.push(Diagnostic::warning(
-                        chainsmith_model::ObjectKind::Service,
-                        Some(info.service.clone()),
+                        ObjectKind::Service,
+                        Some(service.key.clone()),
                         "spec.ports",
-                        format!("port {:?}/{} listed twice (later one skipped)", info.port_name, info.protocol),
+                        format!("port {:?}/{} listed twice (later one skipped)", port.0, port.1),
                     ));
                     continue;
                 }
-                let port_endpoints = endpoints
-                    .get(&(info.port_name.clone(), info.protocol))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(Vec::new()));
+                let port_endpoints = endpoints.get(&port).cloned().unwrap_or_default();
+                previous_port = Some(port);
                 total_endpoints += port_endpoints.len();
-                ports.insert(key, Arc::new(ServicePortPlan::new(Arc::new(info), port_endpoints, &ctx)));
+                ports.push(Arc::new(ServicePortPlan::new(
+                    Arc::new(info),
+                    port_endpoints,
+                    &ctx,
+                )));
             }
         }
         Plan {
             ctx,
-            ports: ports.into_values().collect(),
+            ports,
             large_cluster: total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
             diagnostics,
         }

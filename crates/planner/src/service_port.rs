@@ -1,6 +1,7 @@
 //! One Service -> its service ports for one family (upstream `serviceport.go`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chainsmith_model::{
     IpFamily, IpNet, LoadBalancerIpMode, ObjectKey, Protocol, Service, ServiceType, SessionAffinity,
@@ -26,13 +27,29 @@ impl<T: ToString> Addr<T> {
     }
 }
 
+/// What every port of one Service shares for one family (kept once per
+/// Service, not once per port).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceAddresses {
+    /// The Service.
+    pub service: ObjectKey,
+    /// The cluster IP of the family.
+    pub cluster_ip: Addr<IpAddr>,
+    /// External IPs of the family.
+    pub external_ips: Vec<Addr<IpAddr>>,
+    /// Load-balancer ingress IPs of the family that kube-proxy captures.
+    pub load_balancer_vips: Vec<Addr<IpAddr>>,
+    /// Source ranges of the family (empty when any of them is a zero CIDR).
+    pub source_ranges: Vec<Addr<IpNet>>,
+}
+
 /// What kube-proxy derives from one `spec.ports` entry for one family. Equality
 /// of two infos is what upstream's change tracker compares: a Service update
 /// that leaves every info equal does not count as a change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServicePortInfo {
-    /// The Service.
-    pub service: ObjectKey,
+    /// The Service-wide part: key, cluster IP, external and load-balancer IPs.
+    pub addresses: Arc<ServiceAddresses>,
     /// The port's name (may be empty).
     pub port_name: String,
     /// `namespace/name:port` (`namespace/name` for an unnamed port): the text in
@@ -40,18 +57,10 @@ pub struct ServicePortInfo {
     pub name: Box<str>,
     /// The protocol.
     pub protocol: Protocol,
-    /// The cluster IP of the family.
-    pub cluster_ip: Addr<IpAddr>,
     /// `port`.
     pub port: u16,
     /// `nodePort`; 0 when none.
     pub node_port: u16,
-    /// External IPs of the family.
-    pub external_ips: Vec<Addr<IpAddr>>,
-    /// Load-balancer ingress IPs of the family that kube-proxy captures.
-    pub load_balancer_vips: Vec<Addr<IpAddr>>,
-    /// Source ranges of the family (empty when any of them is a zero CIDR).
-    pub source_ranges: Vec<Addr<IpNet>>,
     /// ClientIP affinity timeout, if affinity is on.
     pub affinity_seconds: Option<u32>,
     /// `externalTrafficPolicy: Local` on an externally accessible Service type.
@@ -60,15 +69,22 @@ pub struct ServicePortInfo {
     pub internal_policy_local: bool,
     /// Health-check node port (LoadBalancer with external policy Local), else 0.
     pub health_check_node_port: u16,
-    /// The hash behind this port's SVC/SVL/EXT/FW chains.
-    pub chains: ServicePortChains,
+    /// This port's SVC, SVL, EXT and FW chains (one hash, four prefixes).
+    chains: [ChainName; 4],
 }
 
 impl ServicePortInfo {
     /// Reachable from outside in the rule-generation sense: a node port, a
     /// load-balancer IP or an external IP.
     pub fn externally_accessible(&self) -> bool {
-        self.node_port != 0 || !self.load_balancer_vips.is_empty() || !self.external_ips.is_empty()
+        self.node_port != 0
+            || !self.addresses.load_balancer_vips.is_empty()
+            || !self.addresses.external_ips.is_empty()
+    }
+
+    /// The Service this port belongs to.
+    pub fn service(&self) -> &ObjectKey {
+        &self.addresses.service
     }
 
     /// Needs the cluster endpoints (also true for external policy Local, for the
@@ -84,22 +100,22 @@ impl ServicePortInfo {
 
     /// `KUBE-SVC-<h>`.
     pub fn svc_chain(&self) -> ChainName {
-        self.chains.svc()
+        self.chains[0]
     }
 
     /// `KUBE-SVL-<h>`.
     pub fn svl_chain(&self) -> ChainName {
-        self.chains.svl()
+        self.chains[1]
     }
 
     /// `KUBE-EXT-<h>`.
     pub fn ext_chain(&self) -> ChainName {
-        self.chains.ext()
+        self.chains[2]
     }
 
     /// `KUBE-FW-<h>`.
     pub fn fw_chain(&self) -> ChainName {
-        self.chains.fw()
+        self.chains[3]
     }
 }
 
@@ -121,13 +137,18 @@ pub fn service_ports(service: &Service, ctx: &NodeContext) -> Vec<ServicePortInf
     };
     let external_policy_local = api_external && service.external_traffic_policy == TrafficPolicy::Local;
     let internal_policy_local = service.internal_traffic_policy == TrafficPolicy::Local;
-    let health_check_node_port = if service.service_type == ServiceType::LoadBalancer && external_policy_local {
+    let health_check_node_port = if service.service_type == ServiceType::LoadBalancer && external_policy_local
+    {
         service.health_check_node_port
     } else {
         0
     };
-    let external_ips: Vec<Addr<IpAddr>> =
-        service.external_ips.iter().filter(of_family).map(|ip| Addr::new(*ip)).collect();
+    let external_ips: Vec<Addr<IpAddr>> = service
+        .external_ips
+        .iter()
+        .filter(of_family)
+        .map(|ip| Addr::new(*ip))
+        .collect();
     let load_balancer_vips: Vec<Addr<IpAddr>> = service
         .load_balancer_ingress
         .iter()
@@ -152,25 +173,28 @@ pub fn service_ports(service: &Service, ctx: &NodeContext) -> Vec<ServicePortInf
         SessionAffinity::None => None,
         SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
     };
-    let cluster_ip = Addr::new(cluster_ip);
+    let addresses = Arc::new(ServiceAddresses {
+        service: service.key.clone(),
+        cluster_ip: Addr::new(cluster_ip),
+        external_ips,
+        load_balancer_vips,
+        source_ranges,
+    });
 
     service
         .ports
         .iter()
         .map(|port| {
             let name = port_name_string(&service.key, &port.name);
-            let chains = ServicePortChains::new(&name, port.protocol.as_iptables());
+            let hash = ServicePortChains::new(&name, port.protocol.as_iptables());
+            let chains = [hash.svc(), hash.svl(), hash.ext(), hash.fw()];
             ServicePortInfo {
-                service: service.key.clone(),
+                addresses: addresses.clone(),
                 port_name: port.name.clone(),
                 name: name.into_boxed_str(),
                 protocol: port.protocol,
-                cluster_ip: cluster_ip.clone(),
                 port: port.port,
                 node_port: port.node_port,
-                external_ips: external_ips.clone(),
-                load_balancer_vips: load_balancer_vips.clone(),
-                source_ranges: source_ranges.clone(),
                 affinity_seconds,
                 external_policy_local,
                 internal_policy_local,

@@ -46,7 +46,9 @@ pub fn normalize(text: &str, loose: bool) -> Result<String, ParseError> {
     dump.tables.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = String::with_capacity(text.len());
     for table in &mut dump.tables {
-        table.chains.sort_by(|a, b| chain_rank(&a.name).cmp(&chain_rank(&b.name)));
+        table
+            .chains
+            .sort_by(|a, b| chain_rank(&a.name).cmp(&chain_rank(&b.name)));
         for chain in &mut table.chains {
             sort_chain(&table.name, chain, loose);
         }
@@ -54,7 +56,10 @@ pub fn normalize(text: &str, loose: bool) -> Result<String, ParseError> {
         out.push_str(&table.name);
         out.push('\n');
         for chain in &table.chains {
-            out.push_str(&format!(":{} {} [{}:{}]\n", chain.name, chain.policy, chain.counters.0, chain.counters.1));
+            out.push_str(&format!(
+                ":{} {} [{}:{}]\n",
+                chain.name, chain.policy, chain.counters.0, chain.counters.1
+            ));
         }
         for chain in &table.chains {
             for rule in &chain.rules {
@@ -73,13 +78,24 @@ pub fn normalize(text: &str, loose: bool) -> Result<String, ParseError> {
 }
 
 fn sort_chain(table: &str, chain: &mut ChainDump, loose: bool) {
-    let by_service = matches!((table, chain.name.as_str()), ("filter" | "nat", "KUBE-NODEPORTS") | ("filter", "KUBE-SERVICES"))
-        || (loose && table == "filter" && matches!(chain.name.as_str(), "KUBE-EXTERNAL-SERVICES" | "KUBE-PROXY-FIREWALL"));
+    let by_service = matches!(
+        (table, chain.name.as_str()),
+        ("filter" | "nat", "KUBE-NODEPORTS") | ("filter", "KUBE-SERVICES")
+    ) || (loose
+        && table == "filter"
+        && matches!(
+            chain.name.as_str(),
+            "KUBE-EXTERNAL-SERVICES" | "KUBE-PROXY-FIREWALL"
+        ));
     let nat_services = table == "nat" && chain.name == "KUBE-SERVICES";
     let rules = &mut chain.rules;
     if loose && (by_service || nat_services) {
         rules.sort_by(|a, b| {
-            (is_last_rule(a), service_name_of(a), a.as_str()).cmp(&(is_last_rule(b), service_name_of(b), b.as_str()))
+            (is_last_rule(a), service_name_of(a), a.as_str()).cmp(&(
+                is_last_rule(b),
+                service_name_of(b),
+                b.as_str(),
+            ))
         });
     } else if by_service {
         rules.sort_by(|a, b| service_name_of(a).cmp(service_name_of(b)));
@@ -91,7 +107,16 @@ fn sort_chain(table: &str, chain: &mut ChainDump, loose: bool) {
     }
 }
 
-const BUILTIN_TARGETS: [&str; 8] = ["ACCEPT", "REJECT", "DROP", "MARK", "RETURN", "DNAT", "SNAT", "MASQUERADE"];
+const BUILTIN_TARGETS: [&str; 8] = [
+    "ACCEPT",
+    "REJECT",
+    "DROP",
+    "MARK",
+    "RETURN",
+    "DNAT",
+    "SNAT",
+    "MASQUERADE",
+];
 const ALWAYS_ALLOWED_CHAINS: [&str; 8] = [
     "KUBE-SERVICES",
     "KUBE-EXTERNAL-SERVICES",
@@ -110,7 +135,10 @@ const ALWAYS_ALLOWED_CHAINS: [&str; 8] = [
 pub fn consistency_errors(text: &str) -> Vec<String> {
     let sections: Vec<&str> = text.trim_start_matches('\n').split("COMMIT\n").collect();
     if sections.len() < 3 || sections.last().is_some_and(|rest| !rest.is_empty()) {
-        return vec![format!("bad rule data ({} tables)", sections.len().saturating_sub(1))];
+        return vec![format!(
+            "bad rule data ({} tables)",
+            sections.len().saturating_sub(1)
+        )];
     }
     let mut errors = Vec::new();
     for section in &sections[..sections.len() - 1] {
@@ -138,14 +166,25 @@ pub fn consistency_errors(text: &str) -> Vec<String> {
             }
         }
         let created: BTreeSet<&str> = declared.difference(&deleted).copied().collect();
-        let missing: BTreeSet<&str> = jumped.union(&filled).filter(|c| !created.contains(*c)).copied().collect();
+        let missing: BTreeSet<&str> = jumped
+            .union(&filled)
+            .filter(|c| !created.contains(*c))
+            .copied()
+            .collect();
         if !missing.is_empty() {
-            errors.push(format!("some chains in {table} are used but were not created: {missing:?}"));
+            errors.push(format!(
+                "some chains in {table} are used but were not created: {missing:?}"
+            ));
         }
-        let empty: BTreeSet<&str> =
-            jumped.iter().filter(|c| !filled.contains(*c) && **c != "KUBE-NODEPORTS").copied().collect();
+        let empty: BTreeSet<&str> = jumped
+            .iter()
+            .filter(|c| !filled.contains(*c) && **c != "KUBE-NODEPORTS")
+            .copied()
+            .collect();
         if !empty.is_empty() {
-            errors.push(format!("some chains in {table} are jumped to but have no rules: {empty:?}"));
+            errors.push(format!(
+                "some chains in {table} are jumped to but have no rules: {empty:?}"
+            ));
         }
         let extra: BTreeSet<&str> = created
             .iter()
@@ -153,7 +192,9 @@ pub fn consistency_errors(text: &str) -> Vec<String> {
             .copied()
             .collect();
         if !extra.is_empty() {
-            errors.push(format!("some chains in {table} are created but not used: {extra:?}"));
+            errors.push(format!(
+                "some chains in {table} are created but not used: {extra:?}"
+            ));
         }
     }
     errors

@@ -56,7 +56,8 @@ impl Dump {
 
     /// A chain by table and name.
     pub fn chain(&self, table: &str, chain: &str) -> Option<&ChainDump> {
-        self.table(table).and_then(|t| t.chains.iter().find(|c| c.name == chain))
+        self.table(table)
+            .and_then(|t| t.chains.iter().find(|c| c.name == chain))
     }
 }
 
@@ -76,12 +77,18 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let fail = |message: String| ParseError { line: line_no, message };
+        let fail = |message: String| ParseError {
+            line: line_no,
+            message,
+        };
         if state == State::Table {
             let Some(name) = line.strip_prefix('*') else {
                 return Err(fail(format!("expected a table (\"*name\"), found {line:?}")));
             };
-            dump.tables.push(TableDump { name: name.to_string(), chains: Vec::new() });
+            dump.tables.push(TableDump {
+                name: name.to_string(),
+                chains: Vec::new(),
+            });
             state = State::Declarations;
             continue;
         }
@@ -99,7 +106,8 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
             state = State::Table;
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let chain_name = rest.split(' ').next().unwrap_or_default();
-            let chain = find_chain(table, chain_name).ok_or_else(|| fail(format!("rule for undeclared chain {chain_name:?}")))?;
+            let chain = find_chain(table, chain_name)
+                .ok_or_else(|| fail(format!("rule for undeclared chain {chain_name:?}")))?;
             if chain.deleted {
                 return Err(fail(format!("rule for deleted chain {chain_name:?}")));
             }
@@ -108,7 +116,9 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
             let chain = find_chain(table, chain_name.trim())
                 .ok_or_else(|| fail(format!("deletion of undeclared chain {chain_name:?}")))?;
             if !chain.rules.is_empty() {
-                return Err(fail(format!("deletion of chain {chain_name:?} after adding rules to it")));
+                return Err(fail(format!(
+                    "deletion of chain {chain_name:?} after adding rules to it"
+                )));
             }
             chain.deleted = true;
         } else {
@@ -116,7 +126,10 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
         }
     }
     if state != State::Table {
-        return Err(ParseError { line: text.lines().count(), message: "missing COMMIT at the end".to_string() });
+        return Err(ParseError {
+            line: text.lines().count(),
+            message: "missing COMMIT at the end".to_string(),
+        });
     }
     Ok(dump)
 }
@@ -129,7 +142,8 @@ fn find_chain<'t>(table: &'t mut TableDump, name: &str) -> Option<&'t mut ChainD
 fn parse_chain_line(line: &str) -> Option<Result<ChainDump, String>> {
     let rest = line.strip_prefix(':')?;
     let mut words = rest.split(' ');
-    let (Some(name), Some(policy), Some(counters), None) = (words.next(), words.next(), words.next(), words.next())
+    let (Some(name), Some(policy), Some(counters), None) =
+        (words.next(), words.next(), words.next(), words.next())
     else {
         return Some(Err(format!("bad chain line {line:?}")));
     };
@@ -151,7 +165,11 @@ fn parse_chain_line(line: &str) -> Option<Result<ChainDump, String>> {
 }
 
 fn parse_counter(text: &str) -> Option<u64> {
-    if text.is_empty() { Some(0) } else { text.parse().ok() }
+    if text.is_empty() {
+        Some(0)
+    } else {
+        text.parse().ok()
+    }
 }
 
 /// Splits a rule into words the way iptables does for restore input: a
@@ -177,7 +195,10 @@ pub fn split_words(rule: &str) -> Vec<&str> {
 /// The `--comment` value of a rule, if it has one.
 pub fn comment_of(rule: &str) -> Option<&str> {
     let words = split_words(rule);
-    words.iter().position(|w| *w == "--comment").and_then(|i| words.get(i + 1).copied())
+    words
+        .iter()
+        .position(|w| *w == "--comment")
+        .and_then(|i| words.get(i + 1).copied())
 }
 
 #[cfg(test)]
@@ -189,9 +210,16 @@ mod tests {
         let text = "*filter\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j ACCEPT\nCOMMIT\n*nat\n:KUBE-SEP-X - [0:0]\n:INPUT ACCEPT [3:180]\n-X KUBE-SEP-X\nCOMMIT\n";
         let dump = parse_dump(text).expect("parses");
         assert_eq!(dump.tables.len(), 2);
-        assert_eq!(dump.chain("filter", "KUBE-SERVICES").map(|c| c.rules.len()), Some(1));
+        assert_eq!(
+            dump.chain("filter", "KUBE-SERVICES").map(|c| c.rules.len()),
+            Some(1)
+        );
         assert_eq!(dump.chain("nat", "KUBE-SEP-X").map(|c| c.deleted), Some(true));
-        assert_eq!(dump.chain("nat", "INPUT").map(|c| (c.policy.as_str(), c.counters)), Some(("ACCEPT", (3, 180))));
+        assert_eq!(
+            dump.chain("nat", "INPUT")
+                .map(|c| (c.policy.as_str(), c.counters)),
+            Some(("ACCEPT", (3, 180)))
+        );
     }
 
     #[test]
@@ -212,7 +240,10 @@ mod tests {
     fn quoted_words_stay_together() {
         let rule = r#"-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -j X"#;
         assert_eq!(comment_of(rule), Some("ns1/svc1:p80 cluster IP"));
-        assert_eq!(comment_of("-A X -m comment --comment ns1/svc1:p80 -j Y"), Some("ns1/svc1:p80"));
+        assert_eq!(
+            comment_of("-A X -m comment --comment ns1/svc1:p80 -j Y"),
+            Some("ns1/svc1:p80")
+        );
         assert_eq!(split_words(rule).len(), 8);
     }
 }

@@ -16,8 +16,20 @@ pub struct ApplyError {
     pub message: String,
 }
 
-const BUILTIN_TARGETS: [&str; 12] =
-    ["ACCEPT", "DROP", "REJECT", "RETURN", "MARK", "DNAT", "SNAT", "MASQUERADE", "LOG", "CONNMARK", "NOTRACK", "CT"];
+const BUILTIN_TARGETS: [&str; 12] = [
+    "ACCEPT",
+    "DROP",
+    "REJECT",
+    "RETURN",
+    "MARK",
+    "DNAT",
+    "SNAT",
+    "MASQUERADE",
+    "LOG",
+    "CONNMARK",
+    "NOTRACK",
+    "CT",
+];
 
 /// The chains and rules of each table, as a sequence of payloads leaves them.
 ///
@@ -44,7 +56,10 @@ impl RuleSet {
         for (index, raw) in payload.lines().enumerate() {
             let line_no = index + 1;
             let line = raw.trim();
-            let fail = |message: String| ApplyError { line: line_no, message };
+            let fail = |message: String| ApplyError {
+                line: line_no,
+                message,
+            };
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -73,7 +88,9 @@ impl RuleSet {
             };
             let rule_text = || after_words(line, 2);
             match command {
-                "-A" => chain_mut(table, chain_name).map_err(&fail)?.push(format!("-A {chain_name} {}", rule_text())),
+                "-A" => chain_mut(table, chain_name)
+                    .map_err(&fail)?
+                    .push(format!("-A {chain_name} {}", rule_text())),
                 "-I" => {
                     let (position, body) = match words.get(2).and_then(|w| w.parse::<usize>().ok()) {
                         Some(position) => (position, after_words(line, 3)),
@@ -107,9 +124,10 @@ impl RuleSet {
             }
         }
         match current {
-            Some((name, _)) => {
-                Err(ApplyError { line: payload.lines().count(), message: format!("table {name} without COMMIT") })
-            }
+            Some((name, _)) => Err(ApplyError {
+                line: payload.lines().count(),
+                message: format!("table {name} without COMMIT"),
+            }),
             None => Ok(()),
         }
     }
@@ -121,7 +139,10 @@ impl RuleSet {
 
     /// The names of the chains of a table, sorted.
     pub fn chain_names(&self, table: &str) -> impl Iterator<Item = &str> {
-        self.tables.get(table).into_iter().flat_map(|chains| chains.keys().map(String::as_str))
+        self.tables
+            .get(table)
+            .into_iter()
+            .flat_map(|chains| chains.keys().map(String::as_str))
     }
 
     /// The whole state as restore text (tables and chains sorted by name, rules
@@ -155,18 +176,26 @@ fn after_words(line: &str, count: usize) -> &str {
     rest
 }
 
-fn chain_mut<'t>(table: &'t mut BTreeMap<String, Vec<String>>, name: &str) -> Result<&'t mut Vec<String>, String> {
-    table.get_mut(name).ok_or_else(|| format!("chain {name} does not exist"))
+fn chain_mut<'t>(
+    table: &'t mut BTreeMap<String, Vec<String>>,
+    name: &str,
+) -> Result<&'t mut Vec<String>, String> {
+    table
+        .get_mut(name)
+        .ok_or_else(|| format!("chain {name} does not exist"))
 }
 
 fn check_references(table: &BTreeMap<String, Vec<String>>) -> Result<(), String> {
     for rules in table.values() {
         for rule in rules {
             let words = split_words(rule);
-            if let Some(target) = words.iter().position(|w| *w == "-j").and_then(|i| words.get(i + 1)) {
-                if !BUILTIN_TARGETS.contains(target) && !table.contains_key(*target) {
-                    return Err(format!("rule jumps to missing chain {target}: {rule:?}"));
-                }
+            let target = words
+                .iter()
+                .position(|w| *w == "-j")
+                .and_then(|i| words.get(i + 1));
+            if let Some(target) = target.filter(|t| !BUILTIN_TARGETS.contains(t) && !table.contains_key(**t))
+            {
+                return Err(format!("rule jumps to missing chain {target}: {rule:?}"));
             }
         }
     }
@@ -180,8 +209,12 @@ mod tests {
     #[test]
     fn declared_chains_are_flushed_and_undeclared_ones_kept() {
         let mut rules = RuleSet::new();
-        rules.apply("*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -j ACCEPT\nCOMMIT\n").expect("first");
-        rules.apply("*nat\n:B - [0:0]\n-A B -j DROP\nCOMMIT\n").expect("second");
+        rules
+            .apply("*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -j ACCEPT\nCOMMIT\n")
+            .expect("first");
+        rules
+            .apply("*nat\n:B - [0:0]\n-A B -j DROP\nCOMMIT\n")
+            .expect("second");
         assert_eq!(rules.chain("nat", "A"), Some(&["-A A -j B".to_string()][..]));
         assert_eq!(rules.chain("nat", "B"), Some(&["-A B -j DROP".to_string()][..]));
     }
@@ -189,7 +222,9 @@ mod tests {
     #[test]
     fn refused_sections_change_nothing() {
         let mut rules = RuleSet::new();
-        rules.apply("*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -j ACCEPT\nCOMMIT\n").expect("first");
+        rules
+            .apply("*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -j ACCEPT\nCOMMIT\n")
+            .expect("first");
         let before = rules.clone();
         // B is still referenced by A, so it cannot go.
         assert!(rules.apply("*nat\n:B - [0:0]\n-X B\nCOMMIT\n").is_err());
@@ -200,8 +235,15 @@ mod tests {
     #[test]
     fn insert_and_delete_by_text() {
         let mut rules = RuleSet::new();
-        rules.apply("*filter\n:A - [0:0]\n-A A -m comment --comment \"x y\" -j ACCEPT\nCOMMIT\n").expect("first");
-        rules.apply("*filter\n-I A 1 -j DROP\n-D A -m comment --comment \"x y\" -j ACCEPT\nCOMMIT\n").expect("edit");
-        assert_eq!(rules.chain("filter", "A"), Some(&["-A A -j DROP".to_string()][..]));
+        rules
+            .apply("*filter\n:A - [0:0]\n-A A -m comment --comment \"x y\" -j ACCEPT\nCOMMIT\n")
+            .expect("first");
+        rules
+            .apply("*filter\n-I A 1 -j DROP\n-D A -m comment --comment \"x y\" -j ACCEPT\nCOMMIT\n")
+            .expect("edit");
+        assert_eq!(
+            rules.chain("filter", "A"),
+            Some(&["-A A -j DROP".to_string()][..])
+        );
     }
 }

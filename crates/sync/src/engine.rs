@@ -9,8 +9,8 @@ use chainsmith_planner::{
     CountingSink, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, PortEndpoints, PortKey, Rule, RuleSink,
     ServicePortInfo, ServicePortPlan, endpoints_by_port, service_ports,
 };
-use chainsmith_restore::render::{ChainRequest, PayloadCounts, write_rule};
 use chainsmith_restore::PayloadWriter;
+use chainsmith_restore::render::{ChainRequest, PayloadCounts, write_rule};
 
 /// Upstream's `FullSyncPeriod`: a full resync at least this often.
 pub const FULL_SYNC_PERIOD_MS: u64 = 60 * 60 * 1000;
@@ -111,14 +111,24 @@ struct Totals {
 impl Totals {
     fn add(&mut self, counts: &PortCounts, sign: bool) {
         let apply = |total: &mut usize, value: usize| {
-            *total = if sign { *total + value } else { total.saturating_sub(value) };
+            *total = if sign {
+                *total + value
+            } else {
+                total.saturating_sub(value)
+            };
         };
         apply(&mut self.filter, counts.filter);
         apply(&mut self.nat_shared, counts.nat_shared);
         apply(&mut self.nat_own, counts.nat_own);
         apply(&mut self.endpoints, counts.endpoints);
-        apply(&mut self.lacks_local_internal, usize::from(counts.lacks_local_internal));
-        apply(&mut self.lacks_local_external, usize::from(counts.lacks_local_external));
+        apply(
+            &mut self.lacks_local_internal,
+            usize::from(counts.lacks_local_internal),
+        );
+        apply(
+            &mut self.lacks_local_external,
+            usize::from(counts.lacks_local_external),
+        );
         apply(&mut self.ports, 1);
     }
 }
@@ -135,7 +145,6 @@ struct Pending {
     kind: SyncKind,
     now_ms: u64,
     large_cluster: bool,
-    declared: Vec<ChainName>,
     deleted: Vec<ChainName>,
     scanned: bool,
 }
@@ -155,7 +164,8 @@ pub struct SyncEngine {
     ports_of_service: HashMap<ObjectKey, Vec<PortKey>>,
     totals: Totals,
     dirty: BTreeSet<ObjectKey>,
-    kernel_nat_chains: HashSet<ChainName>,
+    /// Per-service chains that may exist in the kernel but are no longer wanted.
+    stale: BTreeSet<ChainName>,
     needs_full: bool,
     last_full_ms: Option<u64>,
     last_stale_scan_ms: Option<u64>,
@@ -187,7 +197,7 @@ impl SyncEngine {
             ports_of_service: HashMap::new(),
             totals: Totals::default(),
             dirty: BTreeSet::new(),
-            kernel_nat_chains: HashSet::new(),
+            stale: BTreeSet::new(),
             needs_full: true,
             last_full_ms: None,
             last_stale_scan_ms: None,
@@ -216,7 +226,10 @@ impl SyncEngine {
     /// this changes what the proxier derives from it.
     pub fn set_service(&mut self, key: &ObjectKey, service: Option<&Service>) -> bool {
         let mut infos: Vec<Arc<ServicePortInfo>> = match service {
-            Some(service) => service_ports(service, &self.ctx).into_iter().map(Arc::new).collect(),
+            Some(service) => service_ports(service, &self.ctx)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
             None => Vec::new(),
         };
         infos.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
@@ -242,7 +255,11 @@ impl SyncEngine {
         let old_owner = self.slice_owner.get(key).cloned();
         if let (Some(slice), Some(owner)) = (slice, &old_owner) {
             let unchanged = *owner == slice.service
-                && self.slices.get(owner).and_then(|s| s.get(&key.name)).is_some_and(|old| *old == canonical(slice));
+                && self
+                    .slices
+                    .get(owner)
+                    .and_then(|s| s.get(&key.name))
+                    .is_some_and(|old| *old == canonical(slice));
             if unchanged {
                 return false;
             }
@@ -261,7 +278,10 @@ impl SyncEngine {
             self.dirty.insert(owner);
         }
         if let Some(slice) = slice {
-            self.slices.entry(slice.service.clone()).or_default().insert(key.name.clone(), canonical(slice));
+            self.slices
+                .entry(slice.service.clone())
+                .or_default()
+                .insert(key.name.clone(), canonical(slice));
             self.slice_owner.insert(key.clone(), slice.service.clone());
             self.dirty.insert(slice.service.clone());
         }
@@ -273,7 +293,12 @@ impl SyncEngine {
     pub fn replace_state(&mut self, services: &[Service], slices: &[EndpointSlice]) -> usize {
         let before = self.dirty.len();
         let wanted: HashMap<&ObjectKey, &Service> = services.iter().map(|s| (&s.key, s)).collect();
-        let gone: Vec<ObjectKey> = self.services.keys().filter(|k| !wanted.contains_key(k)).cloned().collect();
+        let gone: Vec<ObjectKey> = self
+            .services
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .cloned()
+            .collect();
         for key in gone {
             self.set_service(&key, None);
         }
@@ -281,7 +306,12 @@ impl SyncEngine {
             self.set_service(&service.key, Some(service));
         }
         let wanted: HashMap<&ObjectKey, &EndpointSlice> = slices.iter().map(|s| (&s.key, s)).collect();
-        let gone: Vec<ObjectKey> = self.slice_owner.keys().filter(|k| !wanted.contains_key(k)).cloned().collect();
+        let gone: Vec<ObjectKey> = self
+            .slice_owner
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .cloned()
+            .collect();
         for key in gone {
             self.set_endpoint_slice(&key, None);
         }
@@ -295,7 +325,11 @@ impl SyncEngine {
     /// `iptables-save -t nat` before a full sync); per-service chains among
     /// them that are not wanted are deleted by the next scan.
     pub fn set_existing_nat_chains(&mut self, chains: impl IntoIterator<Item = ChainName>) {
-        self.kernel_nat_chains = chains.into_iter().filter(|c| c.service_chain_kind().is_some()).collect();
+        let wanted: HashSet<ChainName> = self.ports.values().flat_map(|e| e.plan.own_chains()).collect();
+        self.stale = chains
+            .into_iter()
+            .filter(|c| c.service_chain_kind().is_some() && !wanted.contains(c))
+            .collect();
     }
 
     /// Requests a full sync next time (after an outside change such as a flush).
@@ -309,21 +343,34 @@ impl SyncEngine {
     pub fn sync(&mut self, now_ms: u64, force_full: bool) -> SyncOutcome<'_> {
         let old_plans = self.replan_dirty();
         let large_cluster = self.totals.endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
-        let periodic = self.last_full_ms.is_none_or(|last| now_ms.saturating_sub(last) > FULL_SYNC_PERIOD_MS);
+        let periodic = self
+            .last_full_ms
+            .is_none_or(|last| now_ms.saturating_sub(last) > FULL_SYNC_PERIOD_MS);
         // A minimal partial sync keeps unchanged chains, which is only right while
         // their comments follow the same large-cluster mode.
-        let mode_flip = self.mode == PartialSyncMode::Minimal && self.applied_large_cluster != Some(large_cluster);
-        let kind = if force_full || self.needs_full || periodic || mode_flip { SyncKind::Full } else { SyncKind::Partial };
+        let mode_flip =
+            self.mode == PartialSyncMode::Minimal && self.applied_large_cluster != Some(large_cluster);
+        let kind = if force_full || self.needs_full || periodic || mode_flip {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
         let changed_services = self.dirty.len();
 
-        let (payload_counts, declared, deleted, scanned) = match (kind, self.mode) {
+        let (payload_counts, deleted, scanned) = match (kind, self.mode) {
             (SyncKind::Partial, PartialSyncMode::Minimal) => {
-                let (counts, declared, deleted) = self.write_minimal(&old_plans, large_cluster);
-                (counts, declared, deleted, false)
+                let (counts, deleted) = self.write_minimal(&old_plans, large_cluster);
+                (counts, deleted, false)
             }
             _ => self.write_upstream(kind, now_ms, large_cluster),
         };
-        self.pending = Some(Pending { kind, now_ms, large_cluster, declared, deleted, scanned });
+        self.pending = Some(Pending {
+            kind,
+            now_ms,
+            large_cluster,
+            deleted,
+            scanned,
+        });
         let totals = self.totals;
         let counts = RuleCounts {
             filter_total: self.fixed_filter_rules + totals.filter,
@@ -338,7 +385,11 @@ impl SyncEngine {
             changed_services,
             large_cluster,
         };
-        SyncOutcome { kind, payload: self.writer.payload(), counts }
+        SyncOutcome {
+            kind,
+            payload: self.writer.payload(),
+            counts,
+        }
     }
 
     /// Records whether the last payload was applied. A failure makes the next
@@ -360,9 +411,8 @@ impl SyncEngine {
             self.last_stale_scan_ms = Some(pending.now_ms);
         }
         self.applied_large_cluster = Some(pending.large_cluster);
-        self.kernel_nat_chains.extend(pending.declared);
         for chain in &pending.deleted {
-            self.kernel_nat_chains.remove(chain);
+            self.stale.remove(chain);
         }
     }
 
@@ -378,7 +428,9 @@ impl SyncEngine {
                 }
             }
             let endpoints = match self.slices.get(service) {
-                Some(slices) => endpoints_by_port(service, slices.values(), &self.ctx, self.endpoints.get(service)),
+                Some(slices) => {
+                    endpoints_by_port(service, slices.values(), &self.ctx, self.endpoints.get(service))
+                }
                 None => BTreeMap::new(),
             };
             let mut keys = Vec::new();
@@ -386,18 +438,37 @@ impl SyncEngine {
                 let port_endpoints = endpoints
                     .get(&(info.port_name.clone(), info.protocol))
                     .cloned()
-                    .unwrap_or_else(|| Arc::from(Vec::new()));
+                    .unwrap_or_default();
                 let plan = ServicePortPlan::new(info.clone(), port_endpoints, &self.ctx);
                 let counts = PortCounts::of(&plan, &self.ctx);
                 self.totals.add(&counts, true);
                 let key = plan.key();
                 keys.push(key.clone());
-                self.ports.insert(key, PortEntry { plan: Arc::new(plan), counts });
+                self.ports.insert(
+                    key,
+                    PortEntry {
+                        plan: Arc::new(plan),
+                        counts,
+                    },
+                );
             }
             if endpoints.is_empty() {
                 self.endpoints.remove(service);
             } else {
                 self.endpoints.insert(service.clone(), endpoints);
+            }
+            let wanted: HashSet<ChainName> = keys
+                .iter()
+                .filter_map(|key| self.ports.get(key))
+                .flat_map(|e| e.plan.own_chains())
+                .collect();
+            for chain in old.iter().flat_map(|plan| plan.own_chains()) {
+                if !wanted.contains(&chain) {
+                    self.stale.insert(chain);
+                }
+            }
+            for chain in &wanted {
+                self.stale.remove(chain);
             }
             if !keys.is_empty() {
                 self.ports_of_service.insert(service.clone(), keys);
@@ -413,31 +484,24 @@ impl SyncEngine {
         kind: SyncKind,
         now_ms: u64,
         large_cluster: bool,
-    ) -> (PayloadCounts, Vec<ChainName>, Vec<ChainName>, bool) {
+    ) -> (PayloadCounts, Vec<ChainName>, bool) {
         let full = kind == SyncKind::Full;
         let scan_due = match self.mode {
             PartialSyncMode::Minimal => full,
             PartialSyncMode::Compat => {
                 !large_cluster
-                    || self.last_stale_scan_ms.is_none_or(|last| {
-                        now_ms.saturating_sub(last) > self.ctx.config().sync_period_ms
-                    })
+                    || self
+                        .last_stale_scan_ms
+                        .is_none_or(|last| now_ms.saturating_sub(last) > self.ctx.config().sync_period_ms)
             }
         };
         let dirty = &self.dirty;
-        let writes_own = |plan: &ServicePortPlan| full || dirty.contains(&plan.info().service);
-        let mut stale = Vec::new();
-        if scan_due {
-            let active: HashSet<ChainName> = self.ports.values().flat_map(|e| e.plan.own_chains()).collect();
-            stale = self.kernel_nat_chains.iter().filter(|c| !active.contains(*c)).copied().collect();
-            stale.sort();
-        }
-        let declared: Vec<ChainName> = self
-            .ports
-            .values()
-            .filter(|e| writes_own(&e.plan))
-            .flat_map(|e| e.plan.own_chains())
-            .collect();
+        let writes_own = |plan: &ServicePortPlan| full || dirty.contains(plan.info().service());
+        let stale: Vec<ChainName> = if scan_due {
+            self.stale.iter().copied().collect()
+        } else {
+            Vec::new()
+        };
         let ports = &self.ports;
         let counts = self.writer.write_upstream(
             &self.ctx,
@@ -445,7 +509,7 @@ impl SyncEngine {
             || ports.values().map(|e| (&*e.plan, writes_own(&e.plan))),
             &stale,
         );
-        (counts, declared, stale, scan_due)
+        (counts, stale, scan_due)
     }
 
     /// The minimal payload: only chains whose content changed.
@@ -453,13 +517,11 @@ impl SyncEngine {
         &mut self,
         old_plans: &[(ObjectKey, Vec<Arc<ServicePortPlan>>)],
         large_cluster: bool,
-    ) -> (PayloadCounts, Vec<ChainName>, Vec<ChainName>) {
+    ) -> (PayloadCounts, Vec<ChainName>) {
         let ctx = &*self.ctx;
         let mut filter_chains = BTreeSet::new();
         let mut nat_fixed_chains = BTreeSet::new();
         let mut own: Vec<(&ServicePortPlan, Vec<ChainName>)> = Vec::new();
-        let mut deleted = Vec::new();
-        let mut declared = Vec::new();
         for (service, old) in old_plans {
             let new: Vec<&ServicePortPlan> = self
                 .ports_of_service
@@ -482,16 +544,18 @@ impl SyncEngine {
             let old_own = own_texts(old.iter().map(|p| &**p), ctx, large_cluster);
             let new_own = own_texts(new.iter().copied(), ctx, large_cluster);
             for plan in &new {
-                let changed: Vec<ChainName> =
-                    plan.own_chains().filter(|chain| old_own.get(chain) != new_own.get(chain)).collect();
-                declared.extend_from_slice(&changed);
+                let changed: Vec<ChainName> = plan
+                    .own_chains()
+                    .filter(|chain| old_own.get(chain) != new_own.get(chain))
+                    .collect();
                 if !changed.is_empty() {
                     own.push((plan, changed));
                 }
             }
-            deleted.extend(old_own.keys().filter(|chain| !new_own.contains_key(*chain)).copied());
         }
-        deleted.sort();
+        // Chains that went away were moved to `stale` when their Service was
+        // planned again; a minimal sync deletes them at once.
+        let deleted: Vec<ChainName> = self.stale.iter().copied().collect();
         let request = ChainRequest {
             all_ports: self.ports.values().map(|e| &*e.plan),
             filter_chains: ordered(ctx.filter_chains(), &filter_chains),
@@ -500,7 +564,7 @@ impl SyncEngine {
             nat_deleted: deleted.clone(),
         };
         let counts = self.writer.write_chains(ctx, large_cluster, &request);
-        (counts, declared, deleted)
+        (counts, deleted)
     }
 }
 
@@ -521,7 +585,11 @@ const SHARED_CHAINS: [(&str, Table); 6] = [
 ];
 
 fn ordered(order: &[&'static str], wanted: &BTreeSet<&'static str>) -> Vec<&'static str> {
-    order.iter().copied().filter(|chain| wanted.contains(chain)).collect()
+    order
+        .iter()
+        .copied()
+        .filter(|chain| wanted.contains(chain))
+        .collect()
 }
 
 /// Renders rules into one text per chain.
@@ -543,10 +611,21 @@ fn shared_texts<'p>(
     ctx: &NodeContext,
 ) -> HashMap<(Table, &'static str), Vec<u8>> {
     fn shared_key(table: Table) -> impl Fn(&str) -> Option<(Table, &'static str)> {
-        move |chain| SHARED_CHAINS.iter().find(|(c, t)| *t == table && *c == chain).map(|(c, t)| (*t, *c))
+        move |chain| {
+            SHARED_CHAINS
+                .iter()
+                .find(|(c, t)| *t == table && *c == chain)
+                .map(|(c, t)| (*t, *c))
+        }
     }
-    let mut filter = PerChain { texts: HashMap::new(), key: |c| shared_key(Table::Filter)(c) };
-    let mut nat = PerChain { texts: HashMap::new(), key: |c| shared_key(Table::Nat)(c) };
+    let mut filter = PerChain {
+        texts: HashMap::new(),
+        key: |c| shared_key(Table::Filter)(c),
+    };
+    let mut nat = PerChain {
+        texts: HashMap::new(),
+        key: |c| shared_key(Table::Nat)(c),
+    };
     for plan in plans {
         plan.emit_filter(&mut filter);
         plan.emit_nat_shared(ctx, &mut nat);
@@ -560,7 +639,10 @@ fn own_texts<'p>(
     ctx: &NodeContext,
     large_cluster: bool,
 ) -> HashMap<ChainName, Vec<u8>> {
-    let mut sink = PerChain { texts: HashMap::new(), key: |c| ChainName::new(c) };
+    let mut sink = PerChain {
+        texts: HashMap::new(),
+        key: |c| ChainName::new(c),
+    };
     for plan in plans {
         // Declared chains exist even without rules.
         for chain in plan.own_chains() {
@@ -568,7 +650,8 @@ fn own_texts<'p>(
         }
         plan.emit_nat_own(ctx, large_cluster, &mut sink);
     }
-    sink.texts.retain(|chain, _| ServiceChainKind::of(chain.as_str()).is_some());
+    sink.texts
+        .retain(|chain, _| ServiceChainKind::of(chain.as_str()).is_some());
     sink.texts
 }
 
@@ -576,6 +659,6 @@ fn own_texts<'p>(
 /// reordering alone is not a change (as upstream's endpoint-slice cache sees it).
 fn canonical(slice: &EndpointSlice) -> EndpointSlice {
     let mut slice = slice.clone();
-    slice.endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+    slice.endpoints.sort_by_key(|endpoint| endpoint.address);
     slice
 }
