@@ -108,13 +108,14 @@ impl Object for EndpointSlice {
 }
 
 /// A manifest that could not be read at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     /// Not YAML. `line`/`column` are 1-based (0 when the reader could not tell,
     /// e.g. a resource budget was exceeded).
+    #[error("{file}:{line}:{column}: {message}")]
     Syntax {
         /// The name the caller gave the input (`cluster.yaml`).
-        source: String,
+        file: String,
         /// 1-based line.
         line: usize,
         /// 1-based column.
@@ -123,39 +124,16 @@ pub enum ManifestError {
         message: String,
     },
     /// Larger than [`MAX_INPUT_BYTES`].
+    #[error("{file}: {size} bytes is more than the limit of {limit} bytes")]
     TooLarge {
         /// The name the caller gave the input.
-        source: String,
+        file: String,
         /// Its size in bytes.
         size: usize,
         /// The limit in bytes.
         limit: usize,
     },
 }
-
-// Written by hand: thiserror would take the `source` field for the error's cause.
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ManifestError::Syntax {
-                source,
-                line,
-                column,
-                message,
-            } => {
-                write!(f, "{source}:{line}:{column}: {message}")
-            }
-            ManifestError::TooLarge { source, size, limit } => {
-                write!(
-                    f,
-                    "{source}: {size} bytes is more than the limit of {limit} bytes"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for ManifestError {}
 
 /// Reads multi-document YAML holding Services and EndpointSlices (also inside
 /// `kind: List` or `ServiceList`-style lists). Objects that cannot be used are
@@ -164,7 +142,7 @@ impl std::error::Error for ManifestError {}
 pub fn parse_manifests(text: &str, source: &str) -> Result<Manifests, ManifestError> {
     if text.len() > MAX_INPUT_BYTES {
         return Err(ManifestError::TooLarge {
-            source: source.to_owned(),
+            file: source.to_owned(),
             size: text.len(),
             limit: MAX_INPUT_BYTES,
         });
@@ -173,7 +151,7 @@ pub fn parse_manifests(text: &str, source: &str) -> Result<Manifests, ManifestEr
         serde_saphyr::from_multiple_with_options(text, yaml::options()).map_err(|e| {
             let (line, column, message) = yaml::describe(&e);
             ManifestError::Syntax {
-                source: source.to_owned(),
+                file: source.to_owned(),
                 line,
                 column,
                 message,

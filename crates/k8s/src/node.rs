@@ -5,7 +5,6 @@
 //! every rule, so there is nothing sensible to fall back to.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
 use chainsmith_model::{
@@ -17,12 +16,13 @@ use serde::Deserialize;
 use crate::yaml::{self, MAX_INPUT_BYTES};
 
 /// A node config that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeConfigError {
     /// Not YAML. `line`/`column` are 1-based (0 when unknown).
+    #[error("{file}:{line}:{column}: {message}")]
     Syntax {
         /// The name the caller gave the input (`node.yaml`).
-        source: String,
+        file: String,
         /// 1-based line.
         line: usize,
         /// 1-based column.
@@ -31,60 +31,26 @@ pub enum NodeConfigError {
         message: String,
     },
     /// An unknown key, a value of the wrong type or an invalid value.
+    #[error("{file}: {}{message}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
     Invalid {
         /// The name the caller gave the input.
-        source: String,
+        file: String,
         /// The key path (`localTrafficDetector.cidr`); empty for the whole file.
         field: String,
         /// What is wrong, quoting the value.
         message: String,
     },
     /// Larger than [`MAX_INPUT_BYTES`].
+    #[error("{file}: {size} bytes is more than the limit of {limit} bytes")]
     TooLarge {
         /// The name the caller gave the input.
-        source: String,
+        file: String,
         /// Its size in bytes.
         size: usize,
         /// The limit in bytes.
         limit: usize,
     },
 }
-
-// Written by hand: thiserror would take the `source` field for the error's cause.
-impl fmt::Display for NodeConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NodeConfigError::Syntax {
-                source,
-                line,
-                column,
-                message,
-            } => {
-                write!(f, "{source}:{line}:{column}: {message}")
-            }
-            NodeConfigError::Invalid {
-                source,
-                field,
-                message,
-            } if field.is_empty() => {
-                write!(f, "{source}: {message}")
-            }
-            NodeConfigError::Invalid {
-                source,
-                field,
-                message,
-            } => write!(f, "{source}: {field}: {message}"),
-            NodeConfigError::TooLarge { source, size, limit } => {
-                write!(
-                    f,
-                    "{source}: {size} bytes is more than the limit of {limit} bytes"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for NodeConfigError {}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -150,7 +116,7 @@ struct GatesFile {
 pub fn parse_node_config(text: &str, source: &str) -> Result<NodeConfig, NodeConfigError> {
     if text.len() > MAX_INPUT_BYTES {
         return Err(NodeConfigError::TooLarge {
-            source: source.to_owned(),
+            file: source.to_owned(),
             size: text.len(),
             limit: MAX_INPUT_BYTES,
         });
@@ -162,7 +128,7 @@ pub fn parse_node_config(text: &str, source: &str) -> Result<NodeConfig, NodeCon
             message = "more than one YAML document".to_owned();
         }
         return Err(NodeConfigError::Syntax {
-            source: source.to_owned(),
+            file: source.to_owned(),
             line,
             column,
             message,
@@ -186,7 +152,7 @@ pub fn parse_node_config(text: &str, source: &str) -> Result<NodeConfig, NodeCon
             };
             let field = if path == "." { String::new() } else { path };
             return Err(NodeConfigError::Invalid {
-                source: source.to_owned(),
+                file: source.to_owned(),
                 field,
                 message,
             });
@@ -194,7 +160,7 @@ pub fn parse_node_config(text: &str, source: &str) -> Result<NodeConfig, NodeCon
     };
     file.validate()
         .map_err(|(field, message)| NodeConfigError::Invalid {
-            source: source.to_owned(),
+            file: source.to_owned(),
             field,
             message,
         })
