@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"): formatting, lints, every
+# test including the real-kernel ones, and the conformance suite's independent
+# Python checker as a second opinion. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real-kernel tests need root, iproute2, iptables (both backends) and nfacct.
+need=()
+for tool in ip iptables-restore iptables-legacy-restore ip6tables-restore nfacct conntrack; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing what the real-kernel tests need (missing: ${need[*]})"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables nfacct conntrack >/dev/null
+  else
+    echo "missing ${need[*]}: run as root on a Debian-like machine, or install them" >&2
+    exit 1
+  fi
+fi
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+
+export CHAINSMITH_KERNEL_TESTS=1
+# Snapshots are reviewed, never written, by a test run.
+export CI=true INSTA_UPDATE=no
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== conformance, second opinion (check.py)"
+scripts/check-conformance-with-python.sh target/debug/chainsmith
+echo "== all tests passed"
