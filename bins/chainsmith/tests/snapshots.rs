@@ -69,6 +69,62 @@ fn fixture_clusters() {
     }
 }
 
+/// A short sequence of cluster states replayed in both partial-sync modes:
+/// the snapshot shows what each sync writes, and the rule metrics after it.
+#[test]
+fn replay_scenario() {
+    let states = [
+        "replay/01-initial.yaml",
+        "replay/02-scale-up.yaml",
+        "replay/03-delete-api.yaml",
+        "replay/04-web-becomes-loadbalancer.yaml",
+    ];
+    for mode in ["compat", "minimal"] {
+        let out = tempfile::tempdir().expect("tempdir");
+        let output = Command::new(env!("CARGO_BIN_EXE_chainsmith"))
+            .args([
+                "replay",
+                "--node",
+                "nodes/ipv4.yaml",
+                "--partial-sync",
+                mode,
+                "--out",
+            ])
+            .arg(out.path())
+            .args(states)
+            .current_dir(fixtures())
+            .output()
+            .expect("run chainsmith");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summaries = String::from_utf8_lossy(&output.stderr).into_owned();
+        let mut text = String::new();
+        for (step, summary) in summaries.lines().enumerate() {
+            let read = |ext: &str| {
+                std::fs::read_to_string(out.path().join(format!("{:02}.{ext}", step + 1))).expect("output")
+            };
+            text.push_str(&format!("### sync {summary}\n{}", read("iptables")));
+            let metrics: String = read("metrics")
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("# {l}\n"))
+                .collect();
+            text.push_str(&metrics);
+        }
+        insta::with_settings!({
+            snapshot_path => "../../../snapshots",
+            prepend_module_to_snapshot => false,
+            description => format!("chainsmith replay --partial-sync {mode} --node nodes/ipv4.yaml {}", states.join(" ")),
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(format!("replay@{mode}"), text);
+        });
+    }
+}
+
 #[test]
 fn bundled_example() {
     insta::with_settings!({

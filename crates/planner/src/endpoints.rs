@@ -78,14 +78,22 @@ pub fn endpoints_by_port<'a>(
 ) -> BTreeMap<(String, Protocol), PortEndpoints> {
     let family = ctx.family();
     let node_name = ctx.config().node_name.as_str();
-    let mut by_port: BTreeMap<(&str, Protocol), Vec<EndpointInfo>> = BTreeMap::new();
+    // Services have a handful of ports: a list beats a map here.
+    let mut by_port: Vec<((&str, Protocol), Vec<EndpointInfo>)> = Vec::new();
     for slice in slices {
         if slice.address_type.family() != Some(family) {
             continue;
         }
         for port in &slice.ports {
-            let endpoints = by_port.entry((port.name.as_str(), port.protocol)).or_default();
-            endpoints.reserve(slice.endpoints.len());
+            let key = (port.name.as_str(), port.protocol);
+            let at = match by_port.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
+                None => {
+                    by_port.push((key, Vec::with_capacity(slice.endpoints.len())));
+                    by_port.len() - 1
+                }
+            };
+            let endpoints = &mut by_port[at].1;
             for endpoint in slice
                 .endpoints
                 .iter()
@@ -157,13 +165,7 @@ fn endpoint_text(ip: &IpAddr, port: u16) -> (ArrayString<ENDPOINT_TEXT_CAPACITY>
     // The capacity covers the longest possible text, so writing cannot fail.
     let (start, end) = match ip {
         IpAddr::V4(v4) => {
-            // The formatter machinery is slow for what is four small numbers.
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text.push('.');
-                }
-                text.push_str(itoa::Buffer::new().format(octet));
-            }
+            push_ipv4(&mut text, v4);
             (0, text.len())
         }
         IpAddr::V6(v6) => {
@@ -176,6 +178,16 @@ fn endpoint_text(ip: &IpAddr, port: u16) -> (ArrayString<ENDPOINT_TEXT_CAPACITY>
     text.push(':');
     text.push_str(itoa::Buffer::new().format(port));
     (text, start as u8, end as u8)
+}
+
+/// Dotted-quad text; the formatter machinery is slow for four small numbers.
+pub(crate) fn push_ipv4<const N: usize>(text: &mut ArrayString<N>, v4: &std::net::Ipv4Addr) {
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(itoa::Buffer::new().format(octet));
+    }
 }
 
 #[cfg(test)]

@@ -20,10 +20,26 @@ pub struct Addr<T> {
     pub text: Box<str>,
 }
 
-impl<T: ToString> Addr<T> {
-    fn new(value: T) -> Addr<T> {
-        let text = value.to_string().into_boxed_str();
+impl Addr<IpAddr> {
+    fn ip(value: IpAddr) -> Addr<IpAddr> {
+        let text = match value {
+            IpAddr::V4(v4) => {
+                let mut text = arrayvec::ArrayString::<15>::new();
+                crate::endpoints::push_ipv4(&mut text, &v4);
+                Box::from(text.as_str())
+            }
+            IpAddr::V6(v6) => v6.to_string().into_boxed_str(),
+        };
         Addr { value, text }
+    }
+}
+
+impl Addr<IpNet> {
+    fn net(value: IpNet) -> Addr<IpNet> {
+        Addr {
+            value,
+            text: value.to_string().into_boxed_str(),
+        }
     }
 }
 
@@ -147,7 +163,7 @@ pub fn service_ports(service: &Service, ctx: &NodeContext) -> Vec<ServicePortInf
         .external_ips
         .iter()
         .filter(of_family)
-        .map(|ip| Addr::new(*ip))
+        .map(|ip| Addr::ip(*ip))
         .collect();
     let load_balancer_vips: Vec<Addr<IpAddr>> = service
         .load_balancer_ingress
@@ -158,13 +174,13 @@ pub fn service_ports(service: &Service, ctx: &NodeContext) -> Vec<ServicePortInf
         })
         .map(|ingress| ingress.ip)
         .filter(|ip| IpFamily::of(ip) == family)
-        .map(Addr::new)
+        .map(Addr::ip)
         .collect();
     let mut source_ranges: Vec<Addr<IpNet>> = service
         .load_balancer_source_ranges
         .iter()
         .filter(|net| IpFamily::of_net(net) == family)
-        .map(|net| Addr::new(*net))
+        .map(|net| Addr::net(*net))
         .collect();
     if source_ranges.iter().any(|net| net.value.prefix_len() == 0) {
         source_ranges.clear();
@@ -175,7 +191,7 @@ pub fn service_ports(service: &Service, ctx: &NodeContext) -> Vec<ServicePortInf
     };
     let addresses = Arc::new(ServiceAddresses {
         service: service.key.clone(),
-        cluster_ip: Addr::new(cluster_ip),
+        cluster_ip: Addr::ip(cluster_ip),
         external_ips,
         load_balancer_vips,
         source_ranges,
