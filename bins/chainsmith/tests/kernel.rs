@@ -9,29 +9,17 @@
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 
 use chainsmith_restore::parse_dump;
 use chainsmith_testkit::{Netns, kernel_tests_enabled};
+use common::fixtures;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../snapshots/fixtures")
-}
-
 fn compile(node: &str, cluster: &str) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_chainsmith"))
-        .args(["compile", "--node", node, cluster])
-        .current_dir(fixtures())
-        .output()
-        .expect("run chainsmith");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = common::chainsmith_in_fixtures(&["compile", "--node", node, cluster]);
     String::from_utf8(output.stdout).expect("utf8")
 }
 

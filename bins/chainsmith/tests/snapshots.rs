@@ -5,28 +5,18 @@
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::fixtures;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../snapshots/fixtures")
-}
-
-/// Compiles in the fixture directory so diagnostics name files relatively.
+/// Compiled output, with the diagnostics on stderr as leading `#` lines.
 fn compile(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_chainsmith"))
-        .arg("compile")
-        .args(args)
-        .current_dir(fixtures())
-        .output()
-        .expect("run chainsmith");
-    assert!(
-        output.status.success(),
-        "compile {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut full = vec!["compile"];
+    full.extend_from_slice(args);
+    let output = common::chainsmith_in_fixtures(&full);
     let mut text = String::new();
     for line in String::from_utf8_lossy(&output.stderr).lines() {
         text.push_str("# ");
@@ -81,25 +71,18 @@ fn replay_scenario() {
     ];
     for mode in ["compat", "minimal"] {
         let out = tempfile::tempdir().expect("tempdir");
-        let output = Command::new(env!("CARGO_BIN_EXE_chainsmith"))
-            .args([
-                "replay",
-                "--node",
-                "nodes/ipv4.yaml",
-                "--partial-sync",
-                mode,
-                "--out",
-            ])
-            .arg(out.path())
-            .args(states)
-            .current_dir(fixtures())
-            .output()
-            .expect("run chainsmith");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let out_dir = out.path().to_str().expect("utf8 path");
+        let mut args = vec![
+            "replay",
+            "--node",
+            "nodes/ipv4.yaml",
+            "--partial-sync",
+            mode,
+            "--out",
+            out_dir,
+        ];
+        args.extend_from_slice(&states);
+        let output = common::chainsmith_in_fixtures(&args);
         let summaries = String::from_utf8_lossy(&output.stderr).into_owned();
         let mut text = String::new();
         for (step, summary) in summaries.lines().enumerate() {

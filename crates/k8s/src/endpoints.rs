@@ -8,7 +8,7 @@ use chainsmith_model::{
 };
 use k8s_openapi::api::discovery::v1 as api;
 
-use crate::report::{HEADLESS_LABEL, Report, SERVICE_PROXY_NAME_LABEL, namespace_or_default, port_number};
+use crate::report::{Report, port_number, start};
 
 /// Translates an EndpointSlice the way kube-proxy's endpoint slice cache reads it.
 ///
@@ -19,29 +19,9 @@ pub fn endpoint_slice_from_k8s(
     slice: &api::EndpointSlice,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<EndpointSlice> {
+    let (key, mut report) = start(ObjectKind::EndpointSlice, &slice.metadata, diags)?;
     let meta = &slice.metadata;
-    let namespace = namespace_or_default(meta.namespace.as_deref());
-    let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) else {
-        Report::new(ObjectKind::EndpointSlice, None, diags)
-            .warn("metadata.name", "missing name (EndpointSlice skipped)");
-        return None;
-    };
-    let key = ObjectKey::new(namespace, name);
-    let mut report = Report::new(ObjectKind::EndpointSlice, Some(key.clone()), diags);
-    if !report.check_name("metadata.namespace", namespace) || !report.check_name("metadata.name", name) {
-        return None;
-    }
-
     let labels = meta.labels.as_ref();
-    for label in [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL] {
-        if labels.is_some_and(|l| l.contains_key(label)) {
-            report.info(
-                format!("metadata.labels[{label:?}]"),
-                "not for kube-proxy (EndpointSlice skipped)",
-            );
-            return None;
-        }
-    }
     let label_field = format!("metadata.labels[{SERVICE_NAME_LABEL:?}]");
     let Some(service_name) = labels
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
@@ -78,8 +58,8 @@ pub fn endpoint_slice_from_k8s(
         None => Vec::new(),
     };
     Some(EndpointSlice {
+        service: ObjectKey::new(key.namespace.clone(), service_name.as_str()),
         key,
-        service: ObjectKey::new(namespace, service_name.as_str()),
         address_type,
         ports,
         endpoints,

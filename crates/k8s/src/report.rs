@@ -1,6 +1,7 @@
 //! Diagnostics about one object, and the checks shared by Services and slices.
 
 use chainsmith_model::{Diagnostic, ObjectKey, ObjectKind};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Label that hands a Service (and its slices) to another proxy implementation.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -45,6 +46,38 @@ impl<'a> Report<'a> {
         self.warn(field, message);
         false
     }
+}
+
+/// The checks every Service and EndpointSlice starts with: a name, names that
+/// cannot corrupt a payload, and none of the labels that keep an object from
+/// kube-proxy (its informers' label selector). Returns the object's key and
+/// its report, or `None` (with a diagnostic) when the object is skipped.
+pub fn start<'a>(
+    kind: ObjectKind,
+    meta: &ObjectMeta,
+    diags: &'a mut Vec<Diagnostic>,
+) -> Option<(ObjectKey, Report<'a>)> {
+    let namespace = namespace_or_default(meta.namespace.as_deref());
+    let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) else {
+        Report::new(kind, None, diags).warn("metadata.name", format!("missing name ({kind} skipped)"));
+        return None;
+    };
+    let key = ObjectKey::new(namespace, name);
+    let mut report = Report::new(kind, Some(key.clone()), diags);
+    if !report.check_name("metadata.namespace", namespace) || !report.check_name("metadata.name", name) {
+        return None;
+    }
+    let labels = meta.labels.as_ref();
+    for label in [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL] {
+        if labels.is_some_and(|l| l.contains_key(label)) {
+            report.info(
+                format!("metadata.labels[{label:?}]"),
+                format!("not for kube-proxy ({kind} skipped)"),
+            );
+            return None;
+        }
+    }
+    Some((key, report))
 }
 
 /// `metadata.namespace`, defaulting the way `kubectl apply` does.

@@ -4,13 +4,12 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use chainsmith_model::{
-    ClusterIps, Diagnostic, IpFamily, LoadBalancerIngress, LoadBalancerIpMode, ObjectKey, ObjectKind,
-    Protocol, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy, parse_cidr_sloppy,
-    parse_ip_sloppy,
+    ClusterIps, Diagnostic, IpFamily, LoadBalancerIngress, LoadBalancerIpMode, ObjectKind, Protocol, Service,
+    ServicePort, ServiceType, SessionAffinity, TrafficPolicy, parse_cidr_sloppy, parse_ip_sloppy,
 };
 use k8s_openapi::api::core::v1 as api;
 
-use crate::report::{HEADLESS_LABEL, Report, SERVICE_PROXY_NAME_LABEL, namespace_or_default, port_number};
+use crate::report::{Report, port_number, start};
 
 /// API default of `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_STICKY_SECONDS: u32 = 10_800;
@@ -24,30 +23,7 @@ const MAX_STICKY_SECONDS: u32 = 86_400;
 /// Services that cannot be used safely (a warning says why). Bad fields that
 /// kube-proxy would ignore are dropped with a warning; the rest is kept.
 pub fn service_from_k8s(svc: &api::Service, diags: &mut Vec<Diagnostic>) -> Option<Service> {
-    let meta = &svc.metadata;
-    let namespace = namespace_or_default(meta.namespace.as_deref());
-    let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) else {
-        let key = None;
-        Report::new(ObjectKind::Service, key, diags).warn("metadata.name", "missing name (Service skipped)");
-        return None;
-    };
-    let key = ObjectKey::new(namespace, name);
-    let mut report = Report::new(ObjectKind::Service, Some(key.clone()), diags);
-    if !report.check_name("metadata.namespace", namespace) || !report.check_name("metadata.name", name) {
-        return None;
-    }
-
-    // kube-proxy's informer label selector never delivers these.
-    let labels = meta.labels.as_ref();
-    for label in [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL] {
-        if labels.is_some_and(|l| l.contains_key(label)) {
-            report.info(
-                format!("metadata.labels[{label:?}]"),
-                "not for kube-proxy (Service skipped)",
-            );
-            return None;
-        }
-    }
+    let (key, mut report) = start(ObjectKind::Service, &svc.metadata, diags)?;
 
     let default_spec = api::ServiceSpec::default();
     let spec = svc.spec.as_ref().unwrap_or(&default_spec);

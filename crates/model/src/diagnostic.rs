@@ -66,14 +66,7 @@ impl Diagnostic {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Diagnostic {
-        Diagnostic {
-            severity: Severity::Warning,
-            kind,
-            object,
-            field: field.into(),
-            message: message.into(),
-            source: None,
-        }
+        Diagnostic::new(Severity::Warning, kind, object, field.into(), message.into())
     }
 
     /// An informational note about one object.
@@ -83,12 +76,22 @@ impl Diagnostic {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Diagnostic {
+        Diagnostic::new(Severity::Info, kind, object, field.into(), message.into())
+    }
+
+    fn new(
+        severity: Severity,
+        kind: ObjectKind,
+        object: Option<ObjectKey>,
+        field: String,
+        message: String,
+    ) -> Diagnostic {
         Diagnostic {
-            severity: Severity::Info,
+            severity,
             kind,
             object,
-            field: field.into(),
-            message: message.into(),
+            field,
+            message,
             source: None,
         }
     }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use chainsmith_model::{Diagnostic, IpFamily, IpNet, LocalTrafficDetector, NodeConfig, ObjectKind};
 use chainsmith_naming::fixed;
 
-use crate::rules::{Arg, Rule, RuleSink, Target};
+use crate::rules::{Arg, RuleSink, Target, emit};
 
 /// Above this many endpoints (over all service ports) kube-proxy enters
 /// large-cluster mode and drops the per-endpoint comments.
@@ -160,11 +160,7 @@ impl NodeContext {
                     negated: true,
                 },
             ];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_FIREWALL,
-                args: &args,
-                target: Target::Jump("DROP"),
-            });
+            emit(sink, fixed::KUBE_FIREWALL, &args, Target::Jump("DROP"));
         }
     }
 
@@ -181,11 +177,7 @@ impl NodeContext {
             } else {
                 &counted[..1]
             };
-            sink.rule(&Rule {
-                chain: fixed::KUBE_FORWARD,
-                args,
-                target: Target::Jump("DROP"),
-            });
+            emit(sink, fixed::KUBE_FORWARD, args, Target::Jump("DROP"));
         }
         let args = [
             Arg::Comment(["kubernetes forwarding rules", "", ""]),
@@ -194,11 +186,7 @@ impl NodeContext {
                 negated: false,
             },
         ];
-        sink.rule(&Rule {
-            chain: fixed::KUBE_FORWARD,
-            args: &args,
-            target: Target::Jump("ACCEPT"),
-        });
+        emit(sink, fixed::KUBE_FORWARD, &args, Target::Jump("ACCEPT"));
         let args = [
             Arg::Comment(["kubernetes forwarding conntrack rule", "", ""]),
             Arg::ConntrackState {
@@ -206,11 +194,7 @@ impl NodeContext {
                 negated: false,
             },
         ];
-        sink.rule(&Rule {
-            chain: fixed::KUBE_FORWARD,
-            args: &args,
-            target: Target::Jump("ACCEPT"),
-        });
+        emit(sink, fixed::KUBE_FORWARD, &args, Target::Jump("ACCEPT"));
     }
 
     /// nat rules written before any service's (KUBE-POSTROUTING, KUBE-MARK-MASQ).
@@ -220,32 +204,21 @@ impl NodeContext {
             mark: &self.mark_with_mask,
             negated: true,
         }];
-        sink.rule(&Rule {
-            chain: fixed::KUBE_POSTROUTING,
-            args: &args,
-            target: Target::Jump("RETURN"),
-        });
-        sink.rule(&Rule {
-            chain: fixed::KUBE_POSTROUTING,
-            args: &[],
-            target: Target::MarkXor(mark),
-        });
+        emit(sink, fixed::KUBE_POSTROUTING, &args, Target::Jump("RETURN"));
+        emit(sink, fixed::KUBE_POSTROUTING, &[], Target::MarkXor(mark));
         let args = [Arg::Comment([
             "kubernetes service traffic requiring SNAT",
             "",
             "",
         ])];
         let random_fully = self.config.iptables_has_random_fully;
-        sink.rule(&Rule {
-            chain: fixed::KUBE_POSTROUTING,
-            args: &args,
-            target: Target::Masquerade { random_fully },
-        });
-        sink.rule(&Rule {
-            chain: fixed::KUBE_MARK_MASQ,
-            args: &[],
-            target: Target::MarkOr(mark),
-        });
+        emit(
+            sink,
+            fixed::KUBE_POSTROUTING,
+            &args,
+            Target::Masquerade { random_fully },
+        );
+        emit(sink, fixed::KUBE_MARK_MASQ, &[], Target::MarkOr(mark));
     }
 
     /// nat rules written last: the jump(s) to KUBE-NODEPORTS, which must stay
@@ -268,11 +241,7 @@ impl NodeContext {
                 } else {
                     &all[..2]
                 };
-                sink.rule(&Rule {
-                    chain: fixed::KUBE_SERVICES,
-                    args,
-                    target,
-                });
+                emit(sink, fixed::KUBE_SERVICES, args, target);
             }
             NodePortDestinations::NodeIps(ips) => {
                 for ip in ips {
@@ -283,11 +252,7 @@ impl NodeContext {
                             negated: false,
                         },
                     ];
-                    sink.rule(&Rule {
-                        chain: fixed::KUBE_SERVICES,
-                        args: &args,
-                        target,
-                    });
+                    emit(sink, fixed::KUBE_SERVICES, &args, target);
                 }
             }
         }

@@ -10,7 +10,7 @@ use chainsmith_naming::{ChainName, fixed};
 
 use crate::context::nfacct;
 use crate::endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
-use crate::rules::{Arg, Rule, RuleSink, Target};
+use crate::rules::{Arg, RuleSink, Target, emit};
 use crate::service_port::{ServicePortInfo, service_ports};
 use crate::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext};
 
@@ -293,11 +293,7 @@ impl ServicePortPlan {
                 dest(&info.addresses.cluster_ip.text),
                 dport,
             ];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_SERVICES,
-                args: &args,
-                target: Target::Jump(internal.1),
-            });
+            emit(sink, fixed::KUBE_SERVICES, &args, Target::Jump(internal.1));
         }
         let reject_external = |sink: &mut _, addr: &str| {
             let args = [Arg::Comment(external.0), proto, dest(addr), dport];
@@ -322,11 +318,7 @@ impl ServicePortPlan {
                     dest(&vip.text),
                     dport,
                 ];
-                sink.rule(&Rule {
-                    chain: fixed::KUBE_PROXY_FIREWALL,
-                    args: &args,
-                    target: Target::Jump("DROP"),
-                });
+                emit(sink, fixed::KUBE_PROXY_FIREWALL, &args, Target::Jump("DROP"));
             }
         }
         if !self.has_external {
@@ -341,11 +333,12 @@ impl ServicePortPlan {
                 proto,
                 Arg::DestinationPort(info.node_port),
             ];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_EXTERNAL_SERVICES,
-                args: &args,
-                target: Target::Jump(external.1),
-            });
+            emit(
+                sink,
+                fixed::KUBE_EXTERNAL_SERVICES,
+                &args,
+                Target::Jump(external.1),
+            );
         }
         if info.health_check_node_port != 0 {
             let args = [
@@ -353,11 +346,7 @@ impl ServicePortPlan {
                 Arg::Protocol(Protocol::Tcp),
                 Arg::DestinationPort(info.health_check_node_port),
             ];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_NODEPORTS,
-                args: &args,
-                target: Target::Jump("ACCEPT"),
-            });
+            emit(sink, fixed::KUBE_NODEPORTS, &args, Target::Jump("ACCEPT"));
         }
     }
 
@@ -376,11 +365,7 @@ impl ServicePortPlan {
                 dest(&info.addresses.cluster_ip.text),
                 dport,
             ];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_SERVICES,
-                args: &args,
-                target: Target::Jump(internal.as_str()),
-            });
+            emit(sink, fixed::KUBE_SERVICES, &args, Target::Jump(internal.as_str()));
         }
         if !self.has_endpoints {
             return;
@@ -393,11 +378,7 @@ impl ServicePortPlan {
                 dest(&ip.text),
                 dport,
             ];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_SERVICES,
-                args: &args,
-                target: Target::Jump(ext.as_str()),
-            });
+            emit(sink, fixed::KUBE_SERVICES, &args, Target::Jump(ext.as_str()));
         }
         let lb_target = if self.uses_fw { info.fw_chain() } else { ext };
         for vip in &info.addresses.load_balancer_vips {
@@ -407,11 +388,12 @@ impl ServicePortPlan {
                 dest(&vip.text),
                 dport,
             ];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_SERVICES,
-                args: &args,
-                target: Target::Jump(lb_target.as_str()),
-            });
+            emit(
+                sink,
+                fixed::KUBE_SERVICES,
+                &args,
+                Target::Jump(lb_target.as_str()),
+            );
         }
         if info.node_port != 0 {
             let node_port = Arg::DestinationPort(info.node_port);
@@ -423,18 +405,10 @@ impl ServicePortPlan {
                     node_port,
                     Arg::Nfacct(nfacct::LOCALHOST_NODEPORTS_ACCEPTED),
                 ];
-                sink.rule(&Rule {
-                    chain: fixed::KUBE_NODEPORTS,
-                    args: &args,
-                    target: Target::Jump(ext.as_str()),
-                });
+                emit(sink, fixed::KUBE_NODEPORTS, &args, Target::Jump(ext.as_str()));
             }
             let args = [Arg::Comment([name, "", ""]), proto, node_port];
-            sink.rule(&Rule {
-                chain: fixed::KUBE_NODEPORTS,
-                args: &args,
-                target: Target::Jump(ext.as_str()),
-            });
+            emit(sink, fixed::KUBE_NODEPORTS, &args, Target::Jump(ext.as_str()));
         }
     }
 
@@ -455,18 +429,10 @@ impl ServicePortPlan {
                 Arg::DestinationPort(info.port),
             ];
             if config.masquerade_all {
-                sink.rule(&Rule {
-                    chain: internal.as_str(),
-                    args: &base,
-                    target: mark_masq,
-                });
+                emit(sink, internal.as_str(), &base, mark_masq);
             } else if let Some(not_local) = ctx.not_local_match() {
                 let args = [base[0], base[1], base[2], base[3], not_local];
-                sink.rule(&Rule {
-                    chain: internal.as_str(),
-                    args: &args,
-                    target: mark_masq,
-                });
+                emit(sink, internal.as_str(), &args, mark_masq);
             }
         }
 
@@ -480,49 +446,29 @@ impl ServicePortPlan {
                     name,
                     " external destinations",
                 ])];
-                sink.rule(&Rule {
-                    chain: ext,
-                    args: &args,
-                    target: mark_masq,
-                });
+                emit(sink, ext, &args, mark_masq);
             } else {
                 if let Some(local) = ctx.local_match() {
                     let args = [
                         Arg::Comment(["pod traffic for ", name, " external destinations"]),
                         local,
                     ];
-                    sink.rule(&Rule {
-                        chain: ext,
-                        args: &args,
-                        target: Target::Jump(svc.as_str()),
-                    });
+                    emit(sink, ext, &args, Target::Jump(svc.as_str()));
                 }
                 let args = [
                     Arg::Comment(["masquerade LOCAL traffic for ", name, " external destinations"]),
                     Arg::SourceTypeLocal,
                 ];
-                sink.rule(&Rule {
-                    chain: ext,
-                    args: &args,
-                    target: mark_masq,
-                });
+                emit(sink, ext, &args, mark_masq);
                 let args = [
                     Arg::Comment(["route LOCAL traffic for ", name, " external destinations"]),
                     Arg::SourceTypeLocal,
                 ];
-                sink.rule(&Rule {
-                    chain: ext,
-                    args: &args,
-                    target: Target::Jump(svc.as_str()),
-                });
+                emit(sink, ext, &args, Target::Jump(svc.as_str()));
             }
             if self.has_external {
                 let policy = self.external_policy_chain();
-                sink.rule(&Rule {
-                    chain: ext,
-                    args: &[],
-                    target: Target::Jump(policy.as_str()),
-                });
+                emit(sink, ext, &[], Target::Jump(policy.as_str()));
             }
         }
 
@@ -538,11 +484,7 @@ impl ServicePortPlan {
                         negated: false,
                     },
                 ];
-                sink.rule(&Rule {
-                    chain: fw.as_str(),
-                    args: &args,
-                    target: Target::Jump(ext.as_str()),
-                });
+                emit(sink, fw.as_str(), &args, Target::Jump(ext.as_str()));
             }
             if self.allow_from_node {
                 for vip in &info.addresses.load_balancer_vips {
@@ -553,11 +495,7 @@ impl ServicePortPlan {
                             negated: false,
                         },
                     ];
-                    sink.rule(&Rule {
-                        chain: fw.as_str(),
-                        args: &args,
-                        target: Target::Jump(ext.as_str()),
-                    });
+                    emit(sink, fw.as_str(), &args, Target::Jump(ext.as_str()));
                 }
             }
             let args = [Arg::Comment([
@@ -565,11 +503,7 @@ impl ServicePortPlan {
                 name,
                 " will be dropped by KUBE-PROXY-FIREWALL",
             ])];
-            sink.rule(&Rule {
-                chain: fw.as_str(),
-                args: &args,
-                target: Target::None,
-            });
+            emit(sink, fw.as_str(), &args, Target::None);
         }
 
         if self.uses_svc {
@@ -600,11 +534,7 @@ impl ServicePortPlan {
             };
             let all = [comment, hairpin];
             let args = if large_cluster { &all[1..] } else { &all[..] };
-            sink.rule(&Rule {
-                chain,
-                args,
-                target: mark_masq,
-            });
+            emit(sink, chain, args, mark_masq);
             let all = [
                 comment,
                 Arg::RecentSet { name: chain },
@@ -616,11 +546,7 @@ impl ServicePortPlan {
                 (false, false) => &[all[0], all[2]][..],
                 (true, false) => &all[2..],
             };
-            sink.rule(&Rule {
-                chain,
-                args,
-                target: Target::Dnat(ep.endpoint()),
-            });
+            emit(sink, chain, args, Target::Dnat(ep.endpoint()));
         }
     }
 
@@ -645,11 +571,7 @@ impl ServicePortPlan {
                     },
                 ];
                 let args = if large_cluster { &all[1..] } else { &all[..] };
-                sink.rule(&Rule {
-                    chain,
-                    args,
-                    target: Target::Jump(ep.chain.as_str()),
-                });
+                emit(sink, chain, args, Target::Jump(ep.chain.as_str()));
             }
         }
         for (position, ep) in members.enumerate() {
@@ -660,11 +582,7 @@ impl ServicePortPlan {
             let with_comment = usize::from(large_cluster);
             let without_probability = if position + 1 < n { 2 } else { 1 };
             let args = &all[with_comment..without_probability];
-            sink.rule(&Rule {
-                chain,
-                args,
-                target: Target::Jump(ep.chain.as_str()),
-            });
+            emit(sink, chain, args, Target::Jump(ep.chain.as_str()));
         }
     }
 
@@ -678,10 +596,6 @@ impl ServicePortPlan {
         self.emit_nat_own(ctx, false, &mut own);
         (filter.rules, shared.rules, own.rules)
     }
-}
-
-fn emit(sink: &mut impl RuleSink, chain: &str, args: &[Arg<'_>], target: Target<'_>) {
-    sink.rule(&Rule { chain, args, target });
 }
 
 fn dest(addr: &str) -> Arg<'_> {

@@ -153,6 +153,12 @@ impl<F: FnMut(&Rule<'_>)> RuleSink for F {
     }
 }
 
+/// Emits one rule; every rule of the planner goes through here.
+#[inline(always)]
+pub(crate) fn emit(sink: &mut impl RuleSink, chain: &str, args: &[Arg<'_>], target: Target<'_>) {
+    sink.rule(&Rule { chain, args, target });
+}
+
 /// Counts rules (the `sync_proxy_rules_iptables_*` metrics count lines).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CountingSink {
