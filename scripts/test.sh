@@ -33,5 +33,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== conformance, second opinion (check.py)"
-scripts/check-conformance-with-python.sh target/debug/chainsmith
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+scripts/check-conformance-with-python.sh "$target_dir/debug/chainsmith"
 echo "== all tests passed"
