@@ -25,12 +25,14 @@
 
 mod context;
 mod endpoints;
+mod jumps;
 mod plan;
 mod rules;
 mod service_port;
 
 pub use context::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, nfacct};
 pub use endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
+pub use jumps::{BUILTIN_JUMPS, BuiltinJump};
 pub use plan::{Plan, PortKey, ServicePortPlan};
 pub use rules::{Arg, CountingSink, Rule, RuleSink, Table, Target};
 pub use service_port::{Addr, ServiceAddresses, ServicePortInfo, service_ports};

@@ -1,0 +1,182 @@
+//! The jumps from the built-in chains into kube-proxy's chains.
+//!
+//! kube-proxy does not write these with iptables-restore (that would replace
+//! whatever else lives in PREROUTING, INPUT, ...); on every full sync it checks
+//! each with `iptables -C` and inserts a missing one at the top with `-I`, in
+//! this order, so later entries end up above earlier ones in the same chain.
+
+use crate::Table;
+
+/// One jump rule from a built-in chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltinJump {
+    /// The table.
+    pub table: Table,
+    /// The built-in chain jumped from (`PREROUTING`, `INPUT`, ...).
+    pub from: &'static str,
+    /// kube-proxy's chain jumped to.
+    pub to: &'static str,
+    /// Matches before the comment (`-m conntrack --ctstate NEW`).
+    pub matches: &'static [&'static str],
+    /// The rule's comment, if any.
+    pub comment: Option<&'static str>,
+}
+
+impl BuiltinJump {
+    /// The rule's arguments as iptables takes them (no quoting: one vector
+    /// element per argument).
+    pub fn args(&self) -> Vec<&'static str> {
+        let mut args: Vec<&'static str> = self.matches.to_vec();
+        if let Some(comment) = self.comment {
+            args.extend(["-m", "comment", "--comment", comment]);
+        }
+        args.extend(["-j", self.to]);
+        args
+    }
+}
+
+const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
+
+/// Every jump, in upstream's insertion order (`iptablesJumpChains` followed by
+/// the kubelet firewall jumps).
+pub const BUILTIN_JUMPS: [BuiltinJump; 14] = [
+    jump(
+        Table::Filter,
+        "INPUT",
+        "KUBE-EXTERNAL-SERVICES",
+        NEW,
+        "kubernetes externally-visible service portals",
+    ),
+    jump(
+        Table::Filter,
+        "FORWARD",
+        "KUBE-EXTERNAL-SERVICES",
+        NEW,
+        "kubernetes externally-visible service portals",
+    ),
+    jump(
+        Table::Filter,
+        "INPUT",
+        "KUBE-NODEPORTS",
+        &[],
+        "kubernetes health check service ports",
+    ),
+    jump(
+        Table::Filter,
+        "FORWARD",
+        "KUBE-SERVICES",
+        NEW,
+        "kubernetes service portals",
+    ),
+    jump(
+        Table::Filter,
+        "OUTPUT",
+        "KUBE-SERVICES",
+        NEW,
+        "kubernetes service portals",
+    ),
+    jump(
+        Table::Filter,
+        "FORWARD",
+        "KUBE-FORWARD",
+        &[],
+        "kubernetes forwarding rules",
+    ),
+    jump(
+        Table::Filter,
+        "INPUT",
+        "KUBE-PROXY-FIREWALL",
+        NEW,
+        "kubernetes load balancer firewall",
+    ),
+    jump(
+        Table::Filter,
+        "OUTPUT",
+        "KUBE-PROXY-FIREWALL",
+        NEW,
+        "kubernetes load balancer firewall",
+    ),
+    jump(
+        Table::Filter,
+        "FORWARD",
+        "KUBE-PROXY-FIREWALL",
+        NEW,
+        "kubernetes load balancer firewall",
+    ),
+    jump(
+        Table::Nat,
+        "OUTPUT",
+        "KUBE-SERVICES",
+        &[],
+        "kubernetes service portals",
+    ),
+    jump(
+        Table::Nat,
+        "PREROUTING",
+        "KUBE-SERVICES",
+        &[],
+        "kubernetes service portals",
+    ),
+    jump(
+        Table::Nat,
+        "POSTROUTING",
+        "KUBE-POSTROUTING",
+        &[],
+        "kubernetes postrouting rules",
+    ),
+    BuiltinJump {
+        table: Table::Filter,
+        from: "INPUT",
+        to: "KUBE-FIREWALL",
+        matches: &[],
+        comment: None,
+    },
+    BuiltinJump {
+        table: Table::Filter,
+        from: "OUTPUT",
+        to: "KUBE-FIREWALL",
+        matches: &[],
+        comment: None,
+    },
+];
+
+const fn jump(
+    table: Table,
+    from: &'static str,
+    to: &'static str,
+    matches: &'static [&'static str],
+    comment: &'static str,
+) -> BuiltinJump {
+    BuiltinJump {
+        table,
+        from,
+        to,
+        matches,
+        comment: Some(comment),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_put_matches_then_comment_then_target() {
+        assert_eq!(
+            BUILTIN_JUMPS[0].args(),
+            [
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes externally-visible service portals",
+                "-j",
+                "KUBE-EXTERNAL-SERVICES"
+            ]
+        );
+        assert_eq!(BUILTIN_JUMPS[13].args(), ["-j", "KUBE-FIREWALL"]);
+    }
+}
