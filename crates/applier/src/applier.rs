@@ -1,0 +1,308 @@
+//! Applying payloads and kube-proxy's fixed objects.
+
+use chainsmith_naming::{ServiceChainKind, fixed};
+use chainsmith_planner::{BUILTIN_JUMPS, Table};
+
+use crate::tools::checked;
+use crate::{Runner, Tools};
+
+/// Tables that hold a `KUBE-PROXY-CANARY` chain; mangle is the one watched.
+pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
+
+/// Chains kube-proxy owns in the fixed part of its rules (KUBE-FIREWALL is
+/// shared with kubelet and left alone by cleanup, as upstream does).
+const OWNED_FIXED_CHAINS: [&str; 8] = [
+    fixed::KUBE_SERVICES,
+    fixed::KUBE_EXTERNAL_SERVICES,
+    fixed::KUBE_NODEPORTS,
+    fixed::KUBE_POSTROUTING,
+    fixed::KUBE_FORWARD,
+    fixed::KUBE_PROXY_FIREWALL,
+    fixed::KUBE_MARK_MASQ,
+    fixed::KUBE_PROXY_CANARY,
+];
+
+/// Why applying failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// A tool could not be started at all (missing binary, permissions).
+    #[error("cannot run {program}: {message}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The operating system's error.
+        message: String,
+    },
+    /// A command exited with an error.
+    #[error("{command} failed: {message}")]
+    Command {
+        /// The command line (for the log; it ran as an argument vector).
+        command: String,
+        /// Its standard error.
+        message: String,
+    },
+    /// iptables-restore refused the payload; the tables it had not committed
+    /// keep their previous rules.
+    #[error("{tool} refused the payload{}: {message}", line_suffix(*line, line_text.as_deref()))]
+    Restore {
+        /// The restore tool.
+        tool: String,
+        /// The 1-based payload line it named, if it named one.
+        line: Option<usize>,
+        /// That line's text.
+        line_text: Option<String>,
+        /// Its message.
+        message: String,
+    },
+}
+
+fn line_suffix(line: Option<usize>, text: Option<&str>) -> String {
+    match (line, text) {
+        (Some(line), Some(text)) => format!(" at line {line} ({text:?})"),
+        (Some(line), None) => format!(" at line {line}"),
+        _ => String::new(),
+    }
+}
+
+/// What one apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Bytes fed to iptables-restore (0 when there was nothing to do).
+    pub bytes: usize,
+}
+
+/// The line iptables-restore blames, from either spelling it uses
+/// (`iptables-restore: line 13 failed`, `Error occurred at line: 4`).
+pub fn failing_line(stderr: &str) -> Option<usize> {
+    stderr.lines().find_map(|line| {
+        let line = line.trim();
+        if let Some(rest) = line.split("line ").nth(1).filter(|_| line.ends_with("failed")) {
+            return rest.split_whitespace().next()?.parse().ok();
+        }
+        line.strip_prefix("Error occurred at line:")?.trim().parse().ok()
+    })
+}
+
+/// Applies payloads and ensures kube-proxy's fixed objects, through one set of
+/// tools and one runner.
+pub struct Applier {
+    tools: Tools,
+    runner: Box<dyn Runner>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("tools", &self.tools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Applier {
+    /// An applier using `tools` through `runner`.
+    pub fn new(tools: Tools, runner: Box<dyn Runner>) -> Applier {
+        Applier { tools, runner }
+    }
+
+    /// The tools in use.
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    fn iptables(&self, table: &str, args: &[&str]) -> std::io::Result<crate::CommandOutput> {
+        let mut full = vec!["-w", "-t", table];
+        full.extend_from_slice(args);
+        self.runner.run(self.tools.iptables(), &full, None)
+    }
+
+    fn iptables_checked(&self, table: &str, args: &[&str]) -> Result<(), ApplyError> {
+        let mut full = vec!["-w", "-t", table];
+        full.extend_from_slice(args);
+        checked(&*self.runner, self.tools.iptables(), &full).map(|_| ())
+    }
+
+    /// Feeds `payload` to `iptables-restore --noflush --wait`. An empty payload
+    /// runs nothing.
+    pub fn apply(&self, payload: &[u8]) -> Result<ApplyReport, ApplyError> {
+        if payload.is_empty() {
+            return Ok(ApplyReport { bytes: 0 });
+        }
+        let tool = self.tools.restore();
+        let output = self
+            .runner
+            .run(tool, &["--noflush", "--wait"], Some(payload))
+            .map_err(|e| ApplyError::Spawn {
+                program: tool.to_string(),
+                message: e.to_string(),
+            })?;
+        if output.success() {
+            return Ok(ApplyReport { bytes: payload.len() });
+        }
+        let line = failing_line(&output.stderr);
+        let line_text = line
+            .and_then(|n| payload.split(|b| *b == b'\n').nth(n.saturating_sub(1)))
+            .map(|text| String::from_utf8_lossy(text).into_owned());
+        let message = output
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ApplyError::Restore {
+            tool: tool.to_string(),
+            line,
+            line_text,
+            message,
+        })
+    }
+
+    /// Creates `chain` in `table` unless it exists.
+    fn ensure_chain(&self, table: &str, chain: &str) -> Result<(), ApplyError> {
+        let output = self
+            .iptables(table, &["-N", chain])
+            .map_err(|e| ApplyError::Spawn {
+                program: self.tools.iptables().to_string(),
+                message: e.to_string(),
+            })?;
+        if output.success() || output.stderr.contains("already exists") {
+            return Ok(());
+        }
+        Err(ApplyError::Command {
+            command: format!("{} -t {table} -N {chain}", self.tools.iptables()),
+            message: output.stderr.trim().to_string(),
+        })
+    }
+
+    /// Ensures every jump from the built-in chains (checked with `-C`, inserted
+    /// at the top with `-I` when missing, in upstream's order), creating the
+    /// target chains first. Returns how many jumps had to be inserted.
+    pub fn ensure_jumps(&self) -> Result<usize, ApplyError> {
+        let mut inserted = 0;
+        for jump in BUILTIN_JUMPS {
+            let table = jump.table.as_str();
+            self.ensure_chain(table, jump.to)?;
+            let rule = jump.args();
+            let mut check = vec!["-C", jump.from];
+            check.extend_from_slice(&rule);
+            let exists = self
+                .iptables(table, &check)
+                .map_err(|e| ApplyError::Spawn {
+                    program: self.tools.iptables().to_string(),
+                    message: e.to_string(),
+                })?
+                .success();
+            if !exists {
+                let mut insert = vec!["-I", jump.from];
+                insert.extend_from_slice(&rule);
+                self.iptables_checked(table, &insert)?;
+                inserted += 1;
+            }
+        }
+        Ok(inserted)
+    }
+
+    /// Creates the empty `KUBE-PROXY-CANARY` chains whose disappearance tells
+    /// that someone flushed the tables.
+    pub fn ensure_canaries(&self) -> Result<(), ApplyError> {
+        for table in CANARY_TABLES {
+            self.ensure_chain(table, fixed::KUBE_PROXY_CANARY)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the canary of `table` still exists.
+    pub fn canary_present(&self, table: &str) -> Result<bool, ApplyError> {
+        let output = self
+            .iptables(table, &["-S", fixed::KUBE_PROXY_CANARY])
+            .map_err(|e| ApplyError::Spawn {
+                program: self.tools.iptables().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(output.success())
+    }
+
+    /// Creates the nfacct counters the rules may name; returns for each whether
+    /// it exists now (rules must not name a counter that does not).
+    pub fn ensure_nfacct(&self, names: &[&str]) -> Vec<(String, bool)> {
+        names
+            .iter()
+            .map(|name| {
+                let ok = self
+                    .runner
+                    .run("nfacct", &["add", name], None)
+                    .is_ok_and(|output| {
+                        output.success()
+                            || output.stderr.contains("exists")
+                            || output.stdout.contains("exists")
+                    });
+                (name.to_string(), ok)
+            })
+            .collect()
+    }
+
+    /// `iptables-save -t TABLE`.
+    pub fn save_table(&self, table: &str) -> Result<String, ApplyError> {
+        Ok(checked(&*self.runner, self.tools.save(), &["-t", table])?.stdout)
+    }
+
+    /// The names of the chains that exist in `table`.
+    pub fn existing_chains(&self, table: &str) -> Result<Vec<String>, ApplyError> {
+        Ok(self
+            .save_table(table)?
+            .lines()
+            .filter_map(|line| line.strip_prefix(':'))
+            .filter_map(|rest| rest.split(' ').next())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Removes what kube-proxy installs, as `kube-proxy --cleanup` does: the
+    /// jumps from the built-in chains (not the kubelet firewall's), then every
+    /// chain it owns (flushed first). Returns the number of chains deleted.
+    pub fn cleanup(&self) -> Result<usize, ApplyError> {
+        for jump in BUILTIN_JUMPS.iter().filter(|j| j.to != fixed::KUBE_FIREWALL) {
+            let mut delete = vec!["-D", jump.from];
+            delete.extend_from_slice(&jump.args());
+            // A missing rule or chain is already clean.
+            let _ = self.iptables(jump.table.as_str(), &delete);
+        }
+        let mut payload = String::new();
+        let mut deleted = 0;
+        for table in [Table::Filter.as_str(), Table::Nat.as_str(), "mangle"] {
+            let ours: Vec<String> = self
+                .existing_chains(table)?
+                .into_iter()
+                .filter(|c| OWNED_FIXED_CHAINS.contains(&c.as_str()) || ServiceChainKind::of(c).is_some())
+                .collect();
+            if ours.is_empty() {
+                continue;
+            }
+            payload.push_str(&format!("*{table}\n"));
+            for chain in &ours {
+                payload.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            for chain in &ours {
+                payload.push_str(&format!("-X {chain}\n"));
+            }
+            payload.push_str("COMMIT\n");
+            deleted += ours.len();
+        }
+        self.apply(payload.as_bytes())?;
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_lines_are_found_in_both_spellings() {
+        let nft = "iptables-restore v1.8.9 (nf_tables): \nline 10: RULE_APPEND failed (No such file or directory): rule in chain KUBE-FORWARD\niptables-restore: line 13 failed\n";
+        assert_eq!(failing_line(nft), Some(13));
+        let legacy = "iptables-restore v1.8.9 (nf_tables): Chain 'KUBE-MISSING' does not exist\nError occurred at line: 4\nTry `iptables-restore -h' or 'iptables-restore --help' for more information.\n";
+        assert_eq!(failing_line(legacy), Some(4));
+        assert_eq!(failing_line("something else"), None);
+    }
+}

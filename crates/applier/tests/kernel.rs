@@ -1,0 +1,189 @@
+//! The applier against real iptables in network namespaces the tests create,
+//! on the nf_tables and the legacy backend.
+
+// Test helpers outside #[test] functions may panic and print too.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use chainsmith_applier::{Applier, ApplyError, Backend, NetnsRunner, Tools};
+use chainsmith_model::{
+    AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpFamily, LocalTrafficDetector,
+    NodeConfig, ObjectKey, Protocol, Service, ServicePort,
+};
+use chainsmith_sync::{PartialSyncMode, SyncEngine};
+use chainsmith_testkit::{Netns, kernel_tests_enabled};
+
+fn node() -> NodeConfig {
+    NodeConfig {
+        node_name: "node-a".into(),
+        node_ip: Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1))),
+        local_traffic_detector: LocalTrafficDetector::ClusterCidr("192.0.2.0/24".parse().expect("cidr")),
+        ..NodeConfig::default()
+    }
+}
+
+fn service(i: u8) -> (Service, EndpointSlice) {
+    let key = ObjectKey::new("ns", format!("svc{i}"));
+    let mut service = Service::new(key.clone());
+    service.cluster_ips = ClusterIps {
+        v4: Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))),
+        v6: None,
+    };
+    service.ports.push(ServicePort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        node_port: 0,
+    });
+    let slice = EndpointSlice {
+        key: ObjectKey::new("ns", format!("svc{i}-a")),
+        service: key,
+        address_type: AddressType::Ipv4,
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }],
+        endpoints: vec![Endpoint::ready(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + i)))],
+    };
+    (service, slice)
+}
+
+fn applier(netns: &Netns, backend: Backend) -> Applier {
+    let runner = NetnsRunner::new(netns.name());
+    let tools = Tools::detect(&runner, IpFamily::V4, Some(backend)).expect("tools");
+    Applier::new(tools, Box::new(runner))
+}
+
+/// The first sync of a small cluster, as the node binary will do it.
+fn first_sync(applier: &Applier) -> SyncEngine {
+    let mut config = node();
+    config.iptables_has_random_fully = applier.tools().random_fully;
+    let available = applier.ensure_nfacct(&["ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"]);
+    config.nfacct.ct_state_invalid_dropped_pkts = available[0].1;
+    config.nfacct.localhost_nps_accepted_pkts = available[1].1;
+    let mut engine = SyncEngine::new(config, PartialSyncMode::Minimal);
+    let (services, slices): (Vec<_>, Vec<_>) = (1..=3).map(service).unzip();
+    engine.replace_state(&services, &slices);
+    let payload = engine.sync(0, false).payload.to_vec();
+    applier.apply(&payload).expect("first sync");
+    engine.commit(true);
+    applier.ensure_jumps().expect("jumps");
+    applier.ensure_canaries().expect("canaries");
+    engine
+}
+
+#[test]
+fn applies_payloads_jumps_and_canaries_idempotently() {
+    if !kernel_tests_enabled("applies_payloads_jumps_and_canaries_idempotently") {
+        return;
+    }
+    for backend in [Backend::NfTables, Backend::Legacy] {
+        let netns = Netns::new("applier").expect("netns");
+        let applier = applier(&netns, backend);
+        assert_eq!(applier.tools().backend, backend);
+        first_sync(&applier);
+        assert_eq!(
+            applier.ensure_jumps().expect("again"),
+            0,
+            "{backend:?}: jumps are only inserted once"
+        );
+        let filter = applier.save_table("filter").expect("save");
+        // Each jump is inserted at the top, so the last inserted comes first.
+        let input: Vec<&str> = filter.lines().filter(|l| l.starts_with("-A INPUT ")).collect();
+        let order: Vec<&str> = input.iter().filter_map(|l| l.split("-j ").nth(1)).collect();
+        assert_eq!(
+            order,
+            [
+                "KUBE-FIREWALL",
+                "KUBE-PROXY-FIREWALL",
+                "KUBE-NODEPORTS",
+                "KUBE-EXTERNAL-SERVICES"
+            ],
+            "{backend:?}"
+        );
+        let nat = applier.save_table("nat").expect("save");
+        assert!(
+            nat.contains(
+                "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+            ),
+            "{nat}"
+        );
+        assert_eq!(
+            nat.matches("-j KUBE-SEP-").count(),
+            3,
+            "{backend:?}: three endpoints"
+        );
+        for table in ["mangle", "nat", "filter"] {
+            assert!(applier.canary_present(table).expect("canary"));
+        }
+        netns
+            .run(
+                applier.tools().iptables(),
+                &["-t", "mangle", "-X", "KUBE-PROXY-CANARY"],
+            )
+            .expect("delete canary");
+        assert!(
+            !applier.canary_present("mangle").expect("canary"),
+            "{backend:?}: a deleted canary is noticed"
+        );
+    }
+}
+
+#[test]
+fn a_refused_payload_names_its_line_and_keeps_the_previous_rules() {
+    if !kernel_tests_enabled("a_refused_payload_names_its_line_and_keeps_the_previous_rules") {
+        return;
+    }
+    for backend in [Backend::NfTables, Backend::Legacy] {
+        let netns = Netns::new("refused").expect("netns");
+        let applier = applier(&netns, backend);
+        first_sync(&applier);
+        let before = applier.save_table("nat").expect("save");
+        let bad = "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -m tcp -p tcp -d 198.51.100.9 --dport 80 -j KUBE-SVC-DOESNOTEXIST00\nCOMMIT\n";
+        let error = applier.apply(bad.as_bytes()).expect_err("must be refused");
+        let ApplyError::Restore { line, message, .. } = &error else {
+            panic!("{error}")
+        };
+        assert!(line.is_some(), "{backend:?}: the failing line is named: {error}");
+        assert!(!message.is_empty());
+        assert_eq!(
+            applier.save_table("nat").expect("save"),
+            before,
+            "{backend:?}: nothing of the refused table applied"
+        );
+    }
+}
+
+#[test]
+fn cleanup_removes_everything_it_installed() {
+    if !kernel_tests_enabled("cleanup_removes_everything_it_installed") {
+        return;
+    }
+    for backend in [Backend::NfTables, Backend::Legacy] {
+        let netns = Netns::new("cleanup").expect("netns");
+        let applier = applier(&netns, backend);
+        first_sync(&applier);
+        let deleted = applier.cleanup().expect("cleanup");
+        assert!(deleted >= 14, "{backend:?}: {deleted}");
+        for table in ["filter", "nat", "mangle"] {
+            let left: Vec<String> = applier
+                .existing_chains(table)
+                .expect("chains")
+                .into_iter()
+                .filter(|c| c.starts_with("KUBE-"))
+                .collect();
+            // Only kubelet's KUBE-FIREWALL stays, as with kube-proxy --cleanup.
+            assert!(
+                left.iter().all(|c| c == "KUBE-FIREWALL"),
+                "{backend:?} {table}: {left:?}"
+            );
+        }
+        let filter = applier.save_table("filter").expect("save");
+        assert!(
+            !filter.contains("KUBE-SERVICES") && !filter.contains("KUBE-NODEPORTS"),
+            "{filter}"
+        );
+    }
+}
