@@ -7,9 +7,13 @@
 //! errors are `anyhow` here and typed everywhere below.
 
 mod compile;
+mod diff;
+mod explain;
 mod input;
 mod metrics;
+mod narrate;
 mod replay;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -34,19 +38,33 @@ enum Command {
     /// Run one sync per cluster state, as a long-running proxier would, and
     /// write each payload (and its rule metrics) to a directory.
     Replay(replay::ReplayArgs),
+    /// Follow one packet through the rules, as the kernel would, and say why it
+    /// goes where it goes.
+    Trace(trace::TraceArgs),
+    /// Every entry point of one Service (cluster IP, NodePort, load-balancer
+    /// and external IPs) and what each does for pods, the node and outsiders.
+    Explain(explain::ExplainArgs),
+    /// Compare the rules the kernel holds (a dump, or live) with the rules a
+    /// cluster state should produce; exit status 1 when they differ.
+    Diff(diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Exit status as diff(1): 0 fine, 1 a difference found, 2 trouble.
     let result = match cli.command {
-        Command::Compile(args) => compile::run(&args),
-        Command::Replay(args) => replay::run(&args),
+        Command::Compile(args) => compile::run(&args).map(|()| false),
+        Command::Replay(args) => replay::run(&args).map(|()| false),
+        Command::Trace(args) => trace::run(&args).map(|()| false),
+        Command::Explain(args) => explain::run(&args).map(|()| false),
+        Command::Diff(args) => diff::run(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::from(1),
         Err(error) => {
             input::report_error(&error);
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

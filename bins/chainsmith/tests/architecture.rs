@@ -38,6 +38,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-restore",
         ],
     ),
+    (
+        "chainsmith-tracer",
+        &["chainsmith-model", "chainsmith-planner", "chainsmith-restore"],
+    ),
 ];
 
 const PURE: &[&str] = &[
@@ -46,6 +50,7 @@ const PURE: &[&str] = &[
     "chainsmith-planner",
     "chainsmith-restore",
     "chainsmith-sync",
+    "chainsmith-tracer",
 ];
 
 /// External crates no pure crate may pull in, even indirectly.

@@ -12,6 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 
 use chainsmith_restore::parse_dump;
 use chainsmith_testkit::{Netns, kernel_tests_enabled};
@@ -93,4 +94,109 @@ fn compiled_fixtures_are_accepted_by_both_kernel_backends() {
     }
     println!("{applied} payloads applied to a real kernel");
     assert!(applied >= 40);
+}
+
+/// `chainsmith diff --live` reads the kernel's tables back: right after a full
+/// sync (payload plus kube-proxy's jumps, as the node does it) every fixture
+/// shows no drift on both backends; after someone edits the tables, the edits
+/// are named.
+#[test]
+fn diff_reads_live_tables_and_names_drift() {
+    use chainsmith_applier::{Applier, Backend, NetnsRunner, Tools};
+    use chainsmith_model::IpFamily;
+    if !kernel_tests_enabled("diff_reads_live_tables_and_names_drift") {
+        return;
+    }
+    let index: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(fixtures().join("INDEX.yaml")).expect("index"))
+            .expect("yaml");
+    let mut clean = 0;
+    for entry in index.as_array().expect("list") {
+        let (cluster, node) = (
+            entry["cluster"].as_str().expect("cluster"),
+            entry["node"].as_str().expect("node"),
+        );
+        let node_config: Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(fixtures().join(node)).expect("node"))
+                .expect("yaml");
+        let family = if node_config["ipFamily"].as_str() == Some("IPv6") {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        };
+        let payload = compile(node, cluster);
+        for (backend, flag) in [(Backend::NfTables, "nft"), (Backend::Legacy, "legacy")] {
+            let netns = Netns::new("diff").expect("netns");
+            let runner = NetnsRunner::new(netns.name());
+            let applier = Applier::new(
+                Tools::detect(&runner, family, Some(backend)).expect("tools"),
+                Box::new(runner),
+            );
+            for counter in ["ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"] {
+                if payload.contains(&format!("--nfacct-name {counter}")) {
+                    netns.run("nfacct", &["add", counter]).expect("nfacct add");
+                }
+            }
+            applier.apply(payload.as_bytes()).expect("apply");
+            applier.ensure_jumps().expect("jumps");
+            let diff = |netns: &Netns| {
+                Command::new(env!("CARGO_BIN_EXE_chainsmith"))
+                    .args([
+                        "diff",
+                        "--node",
+                        node,
+                        cluster,
+                        "--live",
+                        "--netns",
+                        netns.name(),
+                        "--backend",
+                        flag,
+                    ])
+                    .current_dir(fixtures())
+                    .output()
+                    .expect("run chainsmith")
+            };
+            let output = diff(&netns);
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{cluster} with {node} via {flag}:\n{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            clean += 1;
+            if cluster == "mixed-cluster.yaml" && family == IpFamily::V4 {
+                let iptables = applier.tools().iptables();
+                netns
+                    .run(iptables, &["-t", "nat", "-D", "KUBE-SERVICES", "1"])
+                    .expect("delete a rule");
+                netns
+                    .run(iptables, &["-t", "nat", "-N", "KUBE-SEP-STALESTALESTALE"])
+                    .expect("add a chain");
+                netns
+                    .run(iptables, &["-t", "filter", "-D", "INPUT", "1"])
+                    .expect("delete a jump");
+                let output = diff(&netns);
+                let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                assert_eq!(output.status.code(), Some(1), "{stdout}");
+                assert!(
+                    stdout.contains("nat KUBE-SERVICES: changed: 1 rules missing, 0 rules extra"),
+                    "{stdout}"
+                );
+                assert!(stdout.contains("nat KUBE-SEP-STALESTALESTALE: extra"), "{stdout}");
+                assert!(
+                    stdout.contains("filter INPUT: changed: 1 rules missing"),
+                    "{stdout}"
+                );
+                netns.run(iptables, &["-t", "nat", "-F"]).expect("flush nat");
+                let output = diff(&netns);
+                let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                assert!(
+                    stdout.contains("nat KUBE-MARK-MASQ: changed: 1 rules missing"),
+                    "a flushed nat table is noticed:\n{stdout}"
+                );
+            }
+        }
+    }
+    println!("{clean} fixture payloads read back from the kernel without drift");
 }

@@ -3,8 +3,10 @@
 use chainsmith_naming::{ServiceChainKind, fixed};
 use chainsmith_planner::{BUILTIN_JUMPS, Table};
 
+use chainsmith_restore::batch::split_full_payload;
+
 use crate::tools::checked;
-use crate::{Runner, Tools};
+use crate::{Backend, Runner, Tools};
 
 /// Tables that hold a `KUBE-PROXY-CANARY` chain; mangle is the one watched.
 pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
@@ -69,7 +71,14 @@ fn line_suffix(line: Option<usize>, text: Option<&str>) -> String {
 pub struct ApplyReport {
     /// Bytes fed to iptables-restore (0 when there was nothing to do).
     pub bytes: usize,
+    /// iptables-restore runs it took.
+    pub restores: usize,
 }
+
+/// Lines per restore when a full sync is split for the nf_tables backend:
+/// measured best at 10k Services x 10 endpoints (15 s; 5,000 lines: 20 s,
+/// 20,000: 98 s; one transaction: hours).
+pub const NFT_BATCH_LINES: usize = 2500;
 
 /// The line iptables-restore blames, from either spelling it uses
 /// (`iptables-restore: line 13 failed`, `Error occurred at line: 4`).
@@ -125,7 +134,10 @@ impl Applier {
     /// runs nothing.
     pub fn apply(&self, payload: &[u8]) -> Result<ApplyReport, ApplyError> {
         if payload.is_empty() {
-            return Ok(ApplyReport { bytes: 0 });
+            return Ok(ApplyReport {
+                bytes: 0,
+                restores: 0,
+            });
         }
         let tool = self.tools.restore();
         let output = self
@@ -136,7 +148,10 @@ impl Applier {
                 message: e.to_string(),
             })?;
         if output.success() {
-            return Ok(ApplyReport { bytes: payload.len() });
+            return Ok(ApplyReport {
+                bytes: payload.len(),
+                restores: 1,
+            });
         }
         let line = failing_line(&output.stderr);
         let line_text = line
@@ -155,6 +170,35 @@ impl Applier {
             line_text,
             message,
         })
+    }
+
+    /// Applies a full-sync payload the fastest safe way for the backend: in one
+    /// piece on legacy (which copies the table on every commit), as batches of
+    /// whole chains, leaves first, on nf_tables (see
+    /// `chainsmith_restore::batch`). A failed batch stops the sequence; the
+    /// batches before it stay applied, each of them consistent, and the caller's
+    /// next sync must be a full one.
+    pub fn apply_full(&self, payload: &[u8]) -> Result<ApplyReport, ApplyError> {
+        if self.tools.backend == Backend::Legacy {
+            return self.apply(payload);
+        }
+        let text = String::from_utf8_lossy(payload);
+        let batches = split_full_payload(&text, NFT_BATCH_LINES).map_err(|e| ApplyError::Restore {
+            tool: self.tools.restore().to_string(),
+            line: Some(e.line),
+            line_text: None,
+            message: format!("payload does not parse: {}", e.message),
+        })?;
+        let mut report = ApplyReport {
+            bytes: 0,
+            restores: 0,
+        };
+        for batch in &batches {
+            let done = self.apply(batch.as_bytes())?;
+            report.bytes += done.bytes;
+            report.restores += done.restores;
+        }
+        Ok(report)
     }
 
     /// Creates `chain` in `table` unless it exists.

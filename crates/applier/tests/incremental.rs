@@ -60,7 +60,7 @@ fn service(i: u32, shape: Shape) -> Service {
             ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 100 + i as u8)),
             ip_mode: None,
         });
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             s.load_balancer_source_ranges
                 .push("203.0.113.0/25".parse().expect("cidr"));
         }

@@ -45,7 +45,12 @@ fn service(i: u8) -> (Service, EndpointSlice) {
             port: 8080,
             protocol: Protocol::Tcp,
         }],
-        endpoints: vec![Endpoint::ready(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + i)))],
+        endpoints: vec![Endpoint::ready(IpAddr::V4(Ipv4Addr::new(
+            192,
+            0,
+            2,
+            10u8.wrapping_add(i),
+        )))],
     };
     (service, slice)
 }
@@ -186,4 +191,37 @@ fn cleanup_removes_everything_it_installed() {
             "{filter}"
         );
     }
+}
+
+/// A full sync split into batches leaves exactly what one restore leaves.
+#[test]
+fn batched_full_sync_equals_one_restore() {
+    if !kernel_tests_enabled("batched_full_sync_equals_one_restore") {
+        return;
+    }
+    let (services, slices): (Vec<_>, Vec<_>) = (1..=200).map(|i| service(i as u8)).unzip();
+    let mut tables = Vec::new();
+    for batched in [true, false] {
+        let netns = Netns::new("batch").expect("netns");
+        let applier = applier(&netns, Backend::NfTables);
+        let mut config = node();
+        config.nfacct = Default::default();
+        let mut engine = SyncEngine::new(config, PartialSyncMode::Minimal);
+        engine.replace_state(&services, &slices);
+        let payload = engine.sync(0, true).payload.to_vec();
+        let report = if batched {
+            applier.apply_full(&payload)
+        } else {
+            applier.apply(&payload)
+        }
+        .expect("apply");
+        if batched {
+            assert!(report.restores > 1, "{report:?}");
+        }
+        tables.push((
+            applier.save_table("filter").expect("save"),
+            applier.save_table("nat").expect("save"),
+        ));
+    }
+    assert_eq!(tables[0], tables[1]);
 }

@@ -9,6 +9,9 @@
 //!   chains and rule lines.
 //! - [`normalize`]: upstream's test normal form (what kube-proxy's own unit tests
 //!   compare) and its rule-jump consistency check.
+//! - [`batch`]: a full payload cut into small restores of whole chains,
+//!   leaves first, for the nf_tables backend (one big transaction there costs
+//!   far more than many small ones).
 //! - [`RuleSet`]: what a sequence of `iptables-restore --noflush` payloads leaves
 //!   in a table, for replaying syncs without a kernel.
 //!
@@ -17,6 +20,7 @@
 //! process. Rendering appends to a caller-owned buffer so the buffer can be
 //! reused between syncs.
 
+pub mod batch;
 pub mod normalize;
 pub mod parse;
 pub mod render;

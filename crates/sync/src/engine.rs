@@ -12,8 +12,22 @@ use chainsmith_planner::{
 use chainsmith_restore::PayloadWriter;
 use chainsmith_restore::render::{ChainRequest, PayloadCounts, write_rule};
 
-/// Upstream's `FullSyncPeriod`: a full resync at least this often.
+/// Upstream's `FullSyncPeriod`: a full resync at least this often (the
+/// default of [`SyncEngine::set_full_sync_period`]).
 pub const FULL_SYNC_PERIOD_MS: u64 = 60 * 60 * 1000;
+
+/// Counters over the engine's life, for the failure metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounters {
+    /// Syncs whose payload was applied.
+    pub applied: u64,
+    /// Syncs whose payload the kernel refused
+    /// (`sync_proxy_rules_iptables_restore_failures_total`).
+    pub restore_failures: u64,
+    /// Of those, partial syncs
+    /// (`sync_proxy_rules_iptables_partial_restore_failures_total`).
+    pub partial_restore_failures: u64,
+}
 
 /// What a partial sync writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,6 +186,8 @@ pub struct SyncEngine {
     applied_large_cluster: Option<bool>,
     pending: Option<Pending>,
     writer: PayloadWriter,
+    full_sync_period_ms: u64,
+    counters: SyncCounters,
 }
 
 impl SyncEngine {
@@ -204,7 +220,19 @@ impl SyncEngine {
             applied_large_cluster: None,
             pending: None,
             writer: PayloadWriter::new(),
+            full_sync_period_ms: FULL_SYNC_PERIOD_MS,
+            counters: SyncCounters::default(),
         }
+    }
+
+    /// How often a full resync runs at the latest (default one hour).
+    pub fn set_full_sync_period(&mut self, period_ms: u64) {
+        self.full_sync_period_ms = period_ms;
+    }
+
+    /// Applied and failed syncs so far.
+    pub fn counters(&self) -> SyncCounters {
+        self.counters
     }
 
     /// The node context the engine plans with.
@@ -345,7 +373,7 @@ impl SyncEngine {
         let large_cluster = self.totals.endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
         let periodic = self
             .last_full_ms
-            .is_none_or(|last| now_ms.saturating_sub(last) > FULL_SYNC_PERIOD_MS);
+            .is_none_or(|last| now_ms.saturating_sub(last) > self.full_sync_period_ms);
         // A minimal partial sync keeps unchanged chains, which is only right while
         // their comments follow the same large-cluster mode.
         let mode_flip =
@@ -399,9 +427,14 @@ impl SyncEngine {
             return;
         };
         if !applied {
+            self.counters.restore_failures += 1;
+            if pending.kind == SyncKind::Partial {
+                self.counters.partial_restore_failures += 1;
+            }
             self.needs_full = true;
             return;
         }
+        self.counters.applied += 1;
         self.needs_full = false;
         self.dirty.clear();
         if pending.kind == SyncKind::Full {

@@ -24,4 +24,6 @@
 
 mod engine;
 
-pub use engine::{FULL_SYNC_PERIOD_MS, PartialSyncMode, RuleCounts, SyncEngine, SyncKind, SyncOutcome};
+pub use engine::{
+    FULL_SYNC_PERIOD_MS, PartialSyncMode, RuleCounts, SyncCounters, SyncEngine, SyncKind, SyncOutcome,
+};

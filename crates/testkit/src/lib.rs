@@ -1,21 +1,45 @@
 //! Test support for real-kernel tests: network namespaces that a test creates,
-//! uses and always removes.
+//! uses and always removes, and real packets sent through them.
 //!
 //! [`Netns`] creates a uniquely named namespace and deletes it when dropped,
 //! also when the test panics, so no test leaves state behind and parallel
 //! tests never share one. Commands run inside it with argument vectors (never
-//! a shell). Nothing here touches the host's own tables: every iptables call
-//! goes through `ip netns exec`.
+//! a shell), and [`Netns::enter`] runs a closure on a thread that has joined
+//! it (sockets made there belong to the namespace). Nothing here touches the
+//! host's own tables or interfaces: every iptables, nfacct and sysctl call
+//! goes through `ip netns exec`, and veth pairs are created from inside a
+//! test's namespace straight into another of its namespaces.
 //!
-//! Real-kernel tests need root, iproute2 and iptables. They run when
-//! `CHAINSMITH_KERNEL_TESTS=1` is set (CI sets it, see `.ci/run`); then a
-//! missing tool is a failure, never a skip. [`kernel_tests_enabled`] tells.
+//! On top of that:
+//! - [`Topology`]: a client, a node and pod namespaces wired with veth pairs
+//!   and routes, dual-stack, with documentation-range addresses only;
+//! - [`apply_kube_proxy_rules`]: an `iptables-restore` payload applied as
+//!   kube-proxy applies it (nfacct counters first, then the payload, then the
+//!   jumps from the built-in chains with `-C`/`-I`), on either backend;
+//! - [`EchoServer`] (a "pod": answers TCP and UDP with its name and the peer
+//!   it saw) and [`probe`] (a client: what happened to one connection).
+//!
+//! Real-kernel tests need root, iproute2, iptables (both backends), nfacct and
+//! conntrack. They run when `CHAINSMITH_KERNEL_TESTS=1` is set (CI sets it,
+//! see `.ci/run`); then a missing tool is a failure, never a skip.
+//! [`kernel_tests_enabled`] tells.
 //!
 //! Architecture invariant: only test code depends on this crate.
 
+mod echo;
+mod iptables;
+mod topology;
+
+pub use echo::{EchoServer, Peer, ProbeResult, Proto, probe, probe_from, probe_here};
+pub use iptables::{Backend, IpFamily, apply_kube_proxy_rules, nfacct_packets, rule_packets};
+pub use topology::{Pod, Topology};
+
+use std::fs::File;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sched::{CloneFlags, setns};
 
 /// The environment variable that turns real-kernel tests on.
 pub const ENABLE_VAR: &str = "CHAINSMITH_KERNEL_TESTS";
@@ -34,7 +58,7 @@ pub fn kernel_tests_enabled(test: &str) -> bool {
     enabled
 }
 
-/// A failed command, with everything needed to see why.
+/// A failed command or setup step, with everything needed to see why.
 #[derive(Debug)]
 pub struct CommandError(pub String);
 
@@ -96,6 +120,33 @@ impl Netns {
         &self.name
     }
 
+    /// The namespace's file, as `ip netns add` mounted it.
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Runs `f` on a fresh thread that has joined the namespace and returns
+    /// what `f` returned. Sockets `f` creates belong to the namespace (the
+    /// thread ends with `f`, so nothing else ever runs in it). A panic in `f`
+    /// is passed on to the caller as it was.
+    pub fn enter<T, F>(&self, f: F) -> Result<T, CommandError>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        let path = self.path();
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(move || -> Result<T, CommandError> {
+                join_netns(&path)?;
+                Ok(f())
+            });
+            match thread.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
     /// Runs `program args` inside the namespace; returns stdout.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String, CommandError> {
         self.run_with_input(program, args, &[])
@@ -125,6 +176,13 @@ impl Netns {
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+/// Moves the calling thread into the network namespace mounted at `path`
+/// (only this thread: network namespaces are per thread).
+pub(crate) fn join_netns(path: &str) -> Result<(), CommandError> {
+    let file = File::open(path).map_err(|e| CommandError(format!("cannot open {path}: {e}")))?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| CommandError(format!("setns({path}): {e}")))
 }
 
 impl Drop for Netns {

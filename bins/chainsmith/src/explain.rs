@@ -1,0 +1,245 @@
+//! `chainsmith explain`: every entry point of one Service and what it does.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey};
+use chainsmith_planner::{Plan, ServicePortPlan};
+use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
+use clap::Args;
+
+use crate::{input, narrate, trace as tracing};
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Node and proxier settings.
+    #[arg(long, value_name = "NODE.yaml")]
+    node: Option<PathBuf>,
+    /// Cluster manifests.
+    #[arg(value_name = "CLUSTER.yaml", required = true)]
+    clusters: Vec<PathBuf>,
+    /// The Service, as `namespace/name`.
+    #[arg(value_name = "NAMESPACE/NAME")]
+    service: String,
+}
+
+/// Who sends the sample packets: documentation addresses, never real hosts.
+struct Senders {
+    pod: Option<IpAddr>,
+    outside: IpAddr,
+    node: Option<IpAddr>,
+}
+
+fn senders(node: &NodeConfig, plan: &ServicePortPlan) -> Senders {
+    let family = node.ip_family;
+    // A pod: an address inside the local-traffic detector's CIDR, else an endpoint.
+    let pod = match &node.local_traffic_detector {
+        LocalTrafficDetector::ClusterCidr(net) | LocalTrafficDetector::NodeCidr(net) => {
+            net.hosts().nth(250).or_else(|| net.hosts().next())
+        }
+        _ => plan.endpoints().first().map(|e| e.ip),
+    };
+    let outside = match family {
+        IpFamily::V4 => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99)),
+        IpFamily::V6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x99)),
+    };
+    let node_ip = node.node_ip.filter(|ip| IpFamily::of(ip) == family);
+    Senders {
+        pod,
+        outside,
+        node: node_ip,
+    }
+}
+
+pub fn run(args: &ExplainArgs) -> Result<()> {
+    let Some((namespace, name)) = args.service.split_once('/') else {
+        bail!("name the Service as namespace/name, got {:?}", args.service);
+    };
+    let key = ObjectKey::new(namespace, name);
+    let node = input::load_node(args.node.as_deref())?;
+    let manifests = input::load_manifests(&args.clusters)?;
+    input::report_diagnostics(&manifests.diagnostics);
+    let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
+    let ports: Vec<&ServicePortPlan> = plan
+        .ports
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| *p.info().service() == key)
+        .collect();
+    if ports.is_empty() {
+        let known = manifests.services.iter().any(|s| s.key == key);
+        if known {
+            bail!(
+                "Service {key} has no {} cluster IP, so this node programs nothing for it",
+                node.ip_family
+            );
+        }
+        bail!("no Service {key} in the manifests");
+    }
+    let ruleset = tracing::compiled_ruleset(&node, &args.clusters)?;
+    let local = Node::new(tracing::local_ips(&node));
+    let mut out = String::new();
+    for port in ports {
+        explain_port(&mut out, &node, port, &ruleset, &local);
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .context("cannot write to stdout")
+}
+
+/// `ip:port`, or `[ip]:port` for IPv6.
+fn host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+fn explain_port(
+    out: &mut String,
+    node: &NodeConfig,
+    port: &ServicePortPlan,
+    ruleset: &Ruleset,
+    local: &Node,
+) {
+    use std::fmt::Write;
+    let info = port.info();
+    let addresses = &info.addresses;
+    let _ = writeln!(
+        out,
+        "Service port {} ({} {})",
+        info.name, info.port, info.protocol
+    );
+    let policies = format!(
+        "externalTrafficPolicy {}, internalTrafficPolicy {}",
+        if info.external_policy_local {
+            "Local"
+        } else {
+            "Cluster"
+        },
+        if info.internal_policy_local {
+            "Local"
+        } else {
+            "Cluster"
+        }
+    );
+    let _ = writeln!(out, "  {policies}; chains share the hash of {}", info.svc_chain());
+    let _ = writeln!(out, "  endpoints ({}):", port.endpoints().len());
+    for ep in port.endpoints().iter() {
+        let mut roles = Vec::new();
+        if port.cluster_endpoints().any(|c| c.endpoint() == ep.endpoint()) {
+            roles.push("cluster");
+        }
+        if port.local_endpoints().any(|l| l.endpoint() == ep.endpoint()) {
+            roles.push("local");
+        }
+        let condition = match (ep.ready, ep.serving, ep.terminating) {
+            (true, _, _) => "ready",
+            (false, true, true) => "terminating, still serving",
+            (false, _, true) => "terminating",
+            _ => "not ready",
+        };
+        let place = if ep.local { "on this node" } else { "elsewhere" };
+        let used = if roles.is_empty() {
+            "not used".to_string()
+        } else {
+            format!("used for {}", roles.join(" and "))
+        };
+        let _ = writeln!(
+            out,
+            "    {} {condition}, {place}: {used} ({})",
+            ep.endpoint(),
+            ep.chain
+        );
+    }
+    let who = senders(node, port);
+    let mut entry = |title: String, dst: IpAddr, dport: u16, cases: &[(&str, Option<IpAddr>, Origin)]| {
+        let _ = writeln!(out, "  {title}");
+        for (label, src, origin) in cases {
+            let Some(src) = src else { continue };
+            let packet = Packet::new(*src, dst, info.protocol, dport, *origin);
+            let result = trace(ruleset, &packet, local);
+            let _ = writeln!(
+                out,
+                "    from {label} ({src}): {}",
+                narrate::summary(&result.outcomes)
+            );
+        }
+    };
+    let pod_label = "a pod";
+    entry(
+        format!("cluster IP {}", host_port(&addresses.cluster_ip.text, info.port)),
+        addresses.cluster_ip.value,
+        info.port,
+        &[
+            (pod_label, who.pod, Origin::FromOutside),
+            ("this node", who.node, Origin::FromNode),
+            ("outside the pod network", Some(who.outside), Origin::FromOutside),
+        ],
+    );
+    if let Some(node_ip) = who.node.filter(|_| info.node_port != 0) {
+        entry(
+            format!(
+                "NodePort {} (every node address)",
+                host_port(&node_ip.to_string(), info.node_port)
+            ),
+            node_ip,
+            info.node_port,
+            &[
+                ("outside the cluster", Some(who.outside), Origin::FromOutside),
+                (pod_label, who.pod, Origin::FromOutside),
+            ],
+        );
+    }
+    // A sender inside the first source range shows what an allowed client gets.
+    let allowed = addresses
+        .source_ranges
+        .first()
+        .and_then(|r| r.value.hosts().nth(4));
+    for vip in &addresses.load_balancer_vips {
+        entry(
+            format!("load-balancer IP {}", host_port(&vip.text, info.port)),
+            vip.value,
+            info.port,
+            &[
+                ("outside the cluster", Some(who.outside), Origin::FromOutside),
+                ("an allowed source range", allowed, Origin::FromOutside),
+                (pod_label, who.pod, Origin::FromOutside),
+            ],
+        );
+    }
+    for ip in &addresses.external_ips {
+        entry(
+            format!("external IP {}", host_port(&ip.text, info.port)),
+            ip.value,
+            info.port,
+            &[
+                ("outside the cluster", Some(who.outside), Origin::FromOutside),
+                (pod_label, who.pod, Origin::FromOutside),
+            ],
+        );
+    }
+    if !addresses.load_balancer_vips.is_empty() {
+        let _ = writeln!(
+            out,
+            "  why the load-balancer IP has rules here: every node captures it, so a pod or a node that \
+             connects to it is served inside the cluster and never goes out to the load balancer; traffic \
+             that does come through the load balancer lands on the same rules"
+        );
+    }
+    if !addresses.source_ranges.is_empty() && !addresses.load_balancer_vips.is_empty() {
+        let ranges: Vec<&str> = addresses.source_ranges.iter().map(|r| &*r.text).collect();
+        let _ = writeln!(
+            out,
+            "  loadBalancerSourceRanges {}: other sources fall off {} and are dropped by KUBE-PROXY-FIREWALL; \
+             NodePorts are not restricted by them",
+            ranges.join(", "),
+            info.fw_chain()
+        );
+    }
+    let _ = writeln!(out);
+}

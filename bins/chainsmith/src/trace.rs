@@ -1,0 +1,149 @@
+//! `chainsmith trace`: why a packet goes where it goes.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use chainsmith_model::{NodeConfig, Protocol};
+use chainsmith_planner::Plan;
+use chainsmith_restore::render_plan;
+use chainsmith_tracer::{CtState, Node, Origin, Packet, Ruleset, trace};
+use clap::{Args, ValueEnum};
+
+use crate::{input, narrate};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum From {
+    /// The packet arrives at the node (from another host, or from a pod on it).
+    Outside,
+    /// The node itself sends the packet.
+    Node,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    /// Plain words.
+    Text,
+    /// The full trace as JSON, for tools.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum State {
+    /// The first packet of a connection.
+    New,
+    /// A packet of an established connection.
+    Established,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Node and proxier settings; also gives the node's own addresses.
+    #[arg(long, value_name = "NODE.yaml")]
+    node: Option<PathBuf>,
+    /// Trace through these rules (`iptables-save` output or restore input)
+    /// instead of compiling a cluster.
+    #[arg(long, value_name = "DUMP.txt", conflicts_with = "clusters")]
+    rules: Option<PathBuf>,
+    /// Cluster manifests to compile (with --node).
+    #[arg(value_name = "CLUSTER.yaml")]
+    clusters: Vec<PathBuf>,
+    /// Source address.
+    #[arg(long)]
+    src: IpAddr,
+    /// Destination address.
+    #[arg(long)]
+    dst: IpAddr,
+    /// Destination port.
+    #[arg(long)]
+    dport: u16,
+    /// Protocol.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "sctp"])]
+    proto: String,
+    /// Where the packet comes from.
+    #[arg(long, value_enum, default_value = "outside")]
+    from: From,
+    /// Connection state.
+    #[arg(long, value_enum, default_value = "new")]
+    state: State,
+    /// Session-affinity lists (`KUBE-SEP-...` chain names) that already hold the
+    /// source address, as after earlier connections.
+    #[arg(long = "affinity", value_name = "KUBE-SEP-...")]
+    affinity: Vec<String>,
+    /// Addresses of this node (for `--src-type/--dst-type LOCAL`), added to
+    /// those the node config lists.
+    #[arg(long = "local-ip", value_name = "IP")]
+    local_ips: Vec<IpAddr>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+/// The compiled rules of a cluster for a node, as the tracer reads them, with
+/// the jumps kube-proxy inserts into the built-in chains.
+pub fn compiled_ruleset(node: &NodeConfig, clusters: &[PathBuf]) -> Result<Ruleset> {
+    let manifests = input::load_manifests(clusters)?;
+    input::report_diagnostics(&manifests.diagnostics);
+    let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, node);
+    input::report_diagnostics(&plan.diagnostics);
+    let payload = String::from_utf8(render_plan(&plan)).context("payload is not UTF-8")?;
+    let mut ruleset = Ruleset::new();
+    ruleset
+        .apply(&payload)
+        .context("the compiled payload does not load")?;
+    Ok(ruleset.with_builtin_jumps(node.ip_family))
+}
+
+/// The node's own addresses as the node config lists them.
+pub fn local_ips(node: &NodeConfig) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = node
+        .interface_addresses
+        .iter()
+        .map(|a| a.address)
+        .chain(node.node_ip)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+pub fn run(args: &TraceArgs) -> Result<()> {
+    let node = input::load_node(args.node.as_deref())?;
+    let ruleset = match &args.rules {
+        Some(path) => {
+            let text = input::read_text(path)?;
+            Ruleset::from_dump(&text)
+                .with_context(|| format!("{} is not iptables-save or iptables-restore text", path.display()))?
+                .with_builtin_jumps(node.ip_family)
+        }
+        None => {
+            if args.clusters.is_empty() {
+                bail!("give cluster manifests to compile (with --node), or --rules DUMP.txt");
+            }
+            compiled_ruleset(&node, &args.clusters)?
+        }
+    };
+    let protocol = Protocol::from_api(&args.proto.to_uppercase()).context("protocol")?;
+    let origin = match args.from {
+        From::Outside => Origin::FromOutside,
+        From::Node => Origin::FromNode,
+    };
+    let mut packet = Packet::new(args.src, args.dst, protocol, args.dport, origin);
+    packet.conntrack = match args.state {
+        State::New => CtState::New,
+        State::Established => CtState::Established,
+    };
+    packet.recent = args.affinity.clone();
+    let mut ips = local_ips(&node);
+    ips.extend(&args.local_ips);
+    let result = trace(&ruleset, &packet, &Node::new(ips));
+    let text = match args.output {
+        Output::Text => narrate::narrate(&result),
+        Output::Json => serde_json::to_string_pretty(&result)? + "\n",
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")
+}
