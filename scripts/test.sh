@@ -5,16 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real-kernel tests need root, iproute2, iptables (both backends) and nfacct.
+# Real-kernel tests need root, iproute2, iptables (both backends), nfacct and
+# conntrack; the node tests also run a real Prometheus (and promtool).
 need=()
-for tool in ip iptables-restore iptables-legacy-restore ip6tables-restore nfacct conntrack; do
+for tool in ip iptables-restore iptables-legacy-restore ip6tables-restore nfacct conntrack prometheus promtool; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing what the real-kernel tests need (missing: ${need[*]})"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables nfacct conntrack >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      iproute2 iptables nfacct conntrack prometheus >/dev/null
   else
     echo "missing ${need[*]}: run as root on a Debian-like machine, or install them" >&2
     exit 1
@@ -26,6 +28,9 @@ export CHAINSMITH_KERNEL_TESTS=1
 # Snapshots are reviewed, never written, by a test run.
 export CI=true INSTA_UPDATE=no
 
+# Every locked package, including those only `cargo metadata` reads (the
+# architecture test runs it offline).
+cargo fetch --locked
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -3,7 +3,7 @@
 //! This crate is glue at the edge of the world: it reads files, parses
 //! arguments, prints, and drives the library crates (`chainsmith-k8s` to read
 //! manifests, `chainsmith-planner` and `chainsmith-restore` to compile,
-//! `chainsmith-sync` to replay syncs). Subcommands live in their own modules;
+//! `chainsmith-sync` to replay syncs, `chainsmith-node` to run on a node). Subcommands live in their own modules;
 //! errors are `anyhow` here and typed everywhere below.
 
 mod compile;
@@ -13,6 +13,7 @@ mod input;
 mod metrics;
 mod narrate;
 mod replay;
+mod run;
 mod trace;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Compare the rules the kernel holds (a dump, or live) with the rules a
     /// cluster state should produce; exit status 1 when they differ.
     Diff(diff::DiffArgs),
+    /// Run on a node in place of kube-proxy: watch the API server, keep the
+    /// rules in the kernel right, serve metrics and health.
+    Run(Box<run::RunArgs>),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => trace::run(&args).map(|()| false),
         Command::Explain(args) => explain::run(&args).map(|()| false),
         Command::Diff(args) => diff::run(&args),
+        Command::Run(args) => run::run(&args).map(|()| false),
     };
     match result {
         Ok(false) => ExitCode::SUCCESS,

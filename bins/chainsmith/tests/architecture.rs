@@ -4,7 +4,8 @@
 //! kernel. The crates that compute (model, naming, planner, restore, sync) are
 //! pure: no async runtime, no Kubernetes client, no HTTP, no metrics registry,
 //! no randomness, no processes, files or clocks. Only the translation crate
-//! knows `k8s-openapi`, and only the binary touches the world.
+//! and the node crate know `k8s-openapi`; only the applier, the node crate and
+//! the binary touch the world.
 
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
@@ -42,6 +43,30 @@ const LAYERS: &[(&str, &[&str])] = &[
         "chainsmith-tracer",
         &["chainsmith-model", "chainsmith-planner", "chainsmith-restore"],
     ),
+    (
+        "chainsmith-applier",
+        &[
+            "chainsmith-model",
+            "chainsmith-naming",
+            "chainsmith-planner",
+            "chainsmith-restore",
+        ],
+    ),
+    (
+        "chainsmith-node",
+        &[
+            "chainsmith-applier",
+            "chainsmith-k8s",
+            "chainsmith-model",
+            "chainsmith-naming",
+            "chainsmith-planner",
+            "chainsmith-sync",
+        ],
+    ),
+    // Test support: the fake API server stands alone, the kernel test kit
+    // only knows the plan's vocabulary.
+    ("chainsmith-fakeapi", &[]),
+    ("chainsmith-testkit", &["chainsmith-planner"]),
 ];
 
 const PURE: &[&str] = &[
@@ -173,6 +198,15 @@ fn crates_depend_only_on_lower_layers() {
             .collect();
         let extra: Vec<&&str> = internal.iter().filter(|dep| !allowed.contains(dep)).collect();
         assert!(extra.is_empty(), "{name} must not depend on {extra:?}");
+    }
+    // A new crate has to say where it stands.
+    for member in &meta.members {
+        let name = meta.names[member].as_str();
+        let placed = LAYERS.iter().any(|(layer, _)| *layer == name);
+        assert!(
+            placed || ["chainsmith", "chainsmith-benches"].contains(&name),
+            "{name} is missing from LAYERS"
+        );
     }
 }
 

@@ -14,6 +14,10 @@
 //! stages can trust every value. Bad objects are skipped with a diagnostic;
 //! only unreadable YAML or an invalid node config is an error.
 //!
+//! For the node binary it also reads the proxier's own `v1/Node`
+//! ([`node_from_k8s`]) and kube-proxy's `--config` file
+//! ([`parse_proxy_configuration`], upstream's defaults and validation).
+//!
 //! Architecture invariant: this is the only crate that knows `k8s-openapi` or
 //! YAML. It knows nothing of iptables, chain names or rules, and does no I/O
 //! (callers pass text in), no clock, no randomness.
@@ -24,13 +28,21 @@
 mod endpoints;
 mod manifest;
 mod node;
+mod node_object;
+mod proxy_config;
 mod report;
 mod service;
 mod yaml;
 
 pub use endpoints::endpoint_slice_from_k8s;
 pub use manifest::{ManifestError, Manifests, parse_manifests};
-pub use node::{NodeConfigError, parse_node_config};
+pub use node::{NodeConfigError, parse_go_duration_ms, parse_node_config};
+pub use node_object::node_from_k8s;
+pub use proxy_config::{
+    ConntrackSettings, DEFAULT_HEALTHZ_PORT, DEFAULT_METRICS_PORT, DetectLocalMode, NodePortAddresses,
+    PROXY_CONFIG_API_VERSION, PROXY_CONFIG_KIND, PROXY_FLAGS, ProxyConfigError, ProxyConfiguration,
+    parse_proxy_configuration, proxy_configuration_with_flags,
+};
 pub use service::service_from_k8s;
 pub use yaml::MAX_INPUT_BYTES;
 

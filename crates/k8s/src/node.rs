@@ -402,7 +402,7 @@ fn node_port_addresses(list: &[String], node_ip: Option<IpAddr>) -> Result<Vec<I
 }
 
 /// Go's `time.ParseDuration`, non-negative only, truncated to milliseconds.
-fn parse_go_duration_ms(text: &str) -> Option<u64> {
+pub fn parse_go_duration_ms(text: &str) -> Option<u64> {
     if text == "0" {
         return Some(0);
     }

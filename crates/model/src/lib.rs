@@ -25,8 +25,8 @@ pub use diagnostic::{Diagnostic, ObjectKind, Severity};
 pub use endpoints::{AddressType, Endpoint, EndpointPort, EndpointSlice};
 pub use ipnet::IpNet;
 pub use node::{
-    FeatureGates, InterfaceAddress, LocalTrafficDetector, NfacctCounters, NodeConfig, SERVICE_NAME_LABEL,
-    TOPOLOGY_ZONE_LABEL, masquerade_mark_for_bit,
+    FeatureGates, InterfaceAddress, LocalTrafficDetector, NfacctCounters, NodeConfig, NodeObject,
+    SERVICE_NAME_LABEL, TOPOLOGY_ZONE_LABEL, masquerade_mark_for_bit,
 };
 pub use service::{
     ClusterIps, LoadBalancerIngress, LoadBalancerIpMode, ObjectKey, Protocol, Service, ServicePort,

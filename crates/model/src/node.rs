@@ -143,6 +143,34 @@ pub fn masquerade_mark_for_bit(bit: u8) -> String {
     format!("0x{:08x}", 1u64 << bit.min(31))
 }
 
+/// What kube-proxy reads from its own `v1/Node`: the host IPs, pod CIDRs,
+/// labels and whether the node is going away (its `/healthz` eligibility).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeObject {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// The node's host IPs as kube-proxy picks them (upstream `GetNodeHostIPs`):
+    /// for each family the first InternalIP, else the first ExternalIP; the
+    /// first address's family is the node's primary family.
+    pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or `spec.podCIDR` when `podCIDRs` is empty), parsed.
+    pub pod_cidrs: Vec<IpNet>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// Tainted `ToBeDeletedByClusterAutoscaler` (kube-proxy's `/healthz` then
+    /// reports the node as not eligible for load-balancer traffic).
+    pub to_be_deleted_by_autoscaler: bool,
+}
+
+impl NodeObject {
+    /// The node's topology zone label, if any.
+    pub fn zone(&self) -> Option<&str> {
+        self.labels.get(TOPOLOGY_ZONE_LABEL).map(String::as_str)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,6 @@ mod service_port;
 pub use context::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, nfacct};
 pub use endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
 pub use jumps::{BUILTIN_JUMPS, BuiltinJump};
-pub use plan::{Plan, PortKey, ServicePortPlan};
+pub use plan::{Plan, PortKey, PortRuleCounts, ServicePortPlan};
 pub use rules::{Arg, CountingSink, Rule, RuleSink, Table, Target};
 pub use service_port::{Addr, ServiceAddresses, ServicePortInfo, service_ports};

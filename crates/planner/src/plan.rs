@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, ObjectKind, Protocol, Service};
-use chainsmith_naming::{ChainName, fixed};
+use chainsmith_naming::{ChainName, ServiceChainKind, fixed};
 
 use crate::context::nfacct;
 use crate::endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
@@ -586,15 +586,42 @@ impl ServicePortPlan {
         }
     }
 
-    /// Counts of this port's rules: (filter, nat shared, nat own).
-    pub fn rule_counts(&self, ctx: &NodeContext) -> (usize, usize, usize) {
+    /// Counts of this port's rules: filter, nat in the shared chains, and nat in
+    /// its own chains by kind (indexed like `ServiceChainKind::ALL`).
+    pub fn rule_counts(&self, ctx: &NodeContext) -> PortRuleCounts {
         let mut filter = crate::CountingSink::default();
         let mut shared = crate::CountingSink::default();
-        let mut own = crate::CountingSink::default();
+        let mut own = [0usize; 5];
         self.emit_filter(&mut filter);
         self.emit_nat_shared(ctx, &mut shared);
-        self.emit_nat_own(ctx, false, &mut own);
-        (filter.rules, shared.rules, own.rules)
+        self.emit_nat_own(ctx, false, &mut |rule: &crate::Rule<'_>| {
+            if let Some(kind) = ServiceChainKind::of(rule.chain) {
+                own[kind as usize] += 1;
+            }
+        });
+        PortRuleCounts {
+            filter: filter.rules,
+            nat_shared: shared.rules,
+            nat_own_by_kind: own,
+        }
+    }
+}
+
+/// How many rules one service port contributes, for the rule metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortRuleCounts {
+    /// Rules in the filter table.
+    pub filter: usize,
+    /// Rules in nat KUBE-SERVICES and KUBE-NODEPORTS.
+    pub nat_shared: usize,
+    /// Rules in the port's own nat chains, by kind (`ServiceChainKind::ALL` order).
+    pub nat_own_by_kind: [usize; 5],
+}
+
+impl PortRuleCounts {
+    /// Rules in the port's own nat chains.
+    pub fn nat_own(&self) -> usize {
+        self.nat_own_by_kind.iter().sum()
     }
 }
 

@@ -5,6 +5,8 @@
 //! `-A CHAIN ...` rules on declared chains, `-X CHAIN` deletions of declared,
 //! still empty chains, and `COMMIT`. Blank lines and `#` comments are ignored.
 
+use std::collections::HashMap;
+
 use thiserror::Error;
 
 /// A parse failure, with the 1-based line it happened on.
@@ -71,6 +73,8 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
     }
     let mut dump = Dump::default();
     let mut state = State::Table;
+    // Chain name -> position in the current table: dumps hold 100k+ chains.
+    let mut positions: HashMap<String, usize> = HashMap::new();
     for (index, raw) in text.lines().enumerate() {
         let line_no = index + 1;
         let line = raw.trim();
@@ -89,6 +93,7 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
                 name: name.to_string(),
                 chains: Vec::new(),
             });
+            positions.clear();
             state = State::Declarations;
             continue;
         }
@@ -97,7 +102,9 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
         };
         if state == State::Declarations {
             if let Some(chain) = parse_chain_line(line) {
-                table.chains.push(chain.map_err(fail)?);
+                let chain = chain.map_err(fail)?;
+                positions.insert(chain.name.clone(), table.chains.len());
+                table.chains.push(chain);
                 continue;
             }
             state = State::Rules;
@@ -106,14 +113,14 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
             state = State::Table;
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let chain_name = rest.split(' ').next().unwrap_or_default();
-            let chain = find_chain(table, chain_name)
+            let chain = find_chain(table, &positions, chain_name)
                 .ok_or_else(|| fail(format!("rule for undeclared chain {chain_name:?}")))?;
             if chain.deleted {
                 return Err(fail(format!("rule for deleted chain {chain_name:?}")));
             }
             chain.rules.push(line.to_string());
         } else if let Some(chain_name) = line.strip_prefix("-X ") {
-            let chain = find_chain(table, chain_name.trim())
+            let chain = find_chain(table, &positions, chain_name.trim())
                 .ok_or_else(|| fail(format!("deletion of undeclared chain {chain_name:?}")))?;
             if !chain.rules.is_empty() {
                 return Err(fail(format!(
@@ -134,8 +141,12 @@ pub fn parse_dump(text: &str) -> Result<Dump, ParseError> {
     Ok(dump)
 }
 
-fn find_chain<'t>(table: &'t mut TableDump, name: &str) -> Option<&'t mut ChainDump> {
-    table.chains.iter_mut().find(|c| c.name == name)
+fn find_chain<'t>(
+    table: &'t mut TableDump,
+    positions: &HashMap<String, usize>,
+    name: &str,
+) -> Option<&'t mut ChainDump> {
+    positions.get(name).and_then(|&at| table.chains.get_mut(at))
 }
 
 /// `:NAME POLICY [p:b]`; `None` if the line is not a chain line at all.

@@ -74,6 +74,9 @@ pub struct RuleCounts {
     pub changed_services: usize,
     /// Large-cluster mode was in effect.
     pub large_cluster: bool,
+    /// Rules in the desired per-service nat chains, by kind
+    /// (`chainsmith_naming::ServiceChainKind::ALL` order: svc, svl, ext, fw, sep).
+    pub nat_by_kind: [usize; 5],
 }
 
 /// The result of [`SyncEngine::sync`]: a payload for `iptables-restore --noflush`.
@@ -92,6 +95,7 @@ struct PortCounts {
     filter: usize,
     nat_shared: usize,
     nat_own: usize,
+    nat_own_by_kind: [usize; 5],
     endpoints: usize,
     lacks_local_internal: bool,
     lacks_local_external: bool,
@@ -99,11 +103,12 @@ struct PortCounts {
 
 impl PortCounts {
     fn of(plan: &ServicePortPlan, ctx: &NodeContext) -> PortCounts {
-        let (filter, nat_shared, nat_own) = plan.rule_counts(ctx);
+        let rules = plan.rule_counts(ctx);
         PortCounts {
-            filter,
-            nat_shared,
-            nat_own,
+            filter: rules.filter,
+            nat_shared: rules.nat_shared,
+            nat_own: rules.nat_own(),
+            nat_own_by_kind: rules.nat_own_by_kind,
             endpoints: plan.endpoints().len(),
             lacks_local_internal: plan.lacks_local_internal(),
             lacks_local_external: plan.lacks_local_external(),
@@ -116,6 +121,7 @@ struct Totals {
     filter: usize,
     nat_shared: usize,
     nat_own: usize,
+    nat_own_by_kind: [usize; 5],
     endpoints: usize,
     lacks_local_internal: usize,
     lacks_local_external: usize,
@@ -134,6 +140,9 @@ impl Totals {
         apply(&mut self.filter, counts.filter);
         apply(&mut self.nat_shared, counts.nat_shared);
         apply(&mut self.nat_own, counts.nat_own);
+        for (total, value) in self.nat_own_by_kind.iter_mut().zip(counts.nat_own_by_kind) {
+            apply(total, value);
+        }
         apply(&mut self.endpoints, counts.endpoints);
         apply(
             &mut self.lacks_local_internal,
@@ -223,6 +232,40 @@ impl SyncEngine {
             full_sync_period_ms: FULL_SYNC_PERIOD_MS,
             counters: SyncCounters::default(),
         }
+    }
+
+    /// Replaces the node configuration (a changed zone label, pod CIDR, ...):
+    /// every Service is planned again and the next sync is a full one.
+    pub fn set_config(&mut self, config: NodeConfig) {
+        if *self.ctx.config() == config {
+            return;
+        }
+        let ctx = NodeContext::new(config);
+        let mut filter = CountingSink::default();
+        ctx.emit_filter_head(&mut filter);
+        ctx.emit_filter_tail(&mut filter);
+        let mut nat = CountingSink::default();
+        ctx.emit_nat_head(&mut nat);
+        ctx.emit_nat_tail(&mut nat);
+        self.fixed_filter_rules = filter.rules;
+        self.fixed_nat_rules = nat.rules;
+        self.ctx = Arc::new(ctx);
+        // What changes at run time (zone labels, the pod CIDR) shapes the plans,
+        // not the derived ports, so re-planning every Service from its stored
+        // ports and slices is enough.
+        let keys: Vec<ObjectKey> = self.services.keys().chain(self.slices.keys()).cloned().collect();
+        self.dirty.extend(keys);
+        self.needs_full = true;
+    }
+
+    /// The Services the engine holds (those with ports of its family).
+    pub fn service_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.services.keys()
+    }
+
+    /// The EndpointSlices the engine holds (those of its family).
+    pub fn endpoint_slice_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.slice_owner.keys()
     }
 
     /// How often a full resync runs at the latest (default one hour).
@@ -360,6 +403,13 @@ impl SyncEngine {
             .collect();
     }
 
+    /// Frees the payload buffer, which a full sync grows to the size of the
+    /// whole ruleset (tens of MiB at 10k Services); the next sync allocates
+    /// what it needs. For a long-running proxier after a full sync.
+    pub fn release_payload_buffer(&mut self) {
+        drop(self.writer.take());
+    }
+
     /// Requests a full sync next time (after an outside change such as a flush).
     pub fn force_full_sync(&mut self) {
         self.needs_full = true;
@@ -412,6 +462,7 @@ impl SyncEngine {
             endpoints: totals.endpoints,
             changed_services,
             large_cluster,
+            nat_by_kind: totals.nat_own_by_kind,
         };
         SyncOutcome {
             kind,

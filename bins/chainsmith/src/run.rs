@@ -1,0 +1,176 @@
+//! `chainsmith run`: the node proxy, configured as kube-proxy is (a
+//! `KubeProxyConfiguration` file and/or kube-proxy's flags).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+use chainsmith_applier::Backend;
+use chainsmith_k8s::{PROXY_FLAGS, parse_go_duration_ms, proxy_configuration_with_flags};
+use chainsmith_node::Settings;
+use chainsmith_sync::PartialSyncMode;
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
+
+use crate::input::read_text;
+
+/// kube-proxy flags that are booleans: given alone, they mean true.
+const BOOLEAN_FLAGS: [&str; 3] = [
+    "masquerade-all",
+    "iptables-localhost-nodeports",
+    "conntrack-tcp-be-liberal",
+];
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A kube-proxy configuration file (kind KubeProxyConfiguration,
+    /// kubeproxy.config.k8s.io/v1alpha1). Flags override what it says.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Remove every rule and chain kube-proxy's iptables mode installs, then
+    /// exit (as `kube-proxy --cleanup`).
+    #[arg(long)]
+    cleanup: bool,
+
+    /// How partial syncs are written: `minimal` (only chains whose content
+    /// changed) or `compat` (exactly what upstream kube-proxy writes).
+    #[arg(long, value_enum, default_value = "minimal")]
+    partial_sync: PartialSync,
+
+    /// How often a full resync rewrites every rule (a Go duration).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    full_sync_period: String,
+
+    /// The iptables backend; by default the one `iptables --version` reports.
+    #[arg(long, value_enum)]
+    iptables_backend: Option<BackendArg>,
+
+    /// Log lines as JSON objects instead of text.
+    #[arg(long)]
+    log_json: bool,
+
+    #[command(flatten)]
+    proxy_flags: ProxyFlags,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PartialSync {
+    Minimal,
+    Compat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    Nft,
+    Legacy,
+}
+
+/// kube-proxy's own flags, generated from the one table that maps each to
+/// its configuration field (so `--help` and the parser cannot disagree).
+#[derive(Debug, Default)]
+struct ProxyFlags(Vec<(&'static str, String)>);
+
+impl FromArgMatches for ProxyFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = ProxyFlags::default();
+        flags.update_from_arg_matches(matches)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for (flag, _) in PROXY_FLAGS {
+            if let Some(value) = matches.get_one::<String>(flag) {
+                self.0.push((flag, value.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for ProxyFlags {
+    fn augment_args(mut command: clap::Command) -> clap::Command {
+        for (flag, field) in PROXY_FLAGS {
+            let mut arg = Arg::new(*flag)
+                .long(*flag)
+                .value_name("VALUE")
+                .action(ArgAction::Set)
+                .help_heading("kube-proxy flags")
+                .help(format!("Sets {field}"));
+            if BOOLEAN_FLAGS.contains(flag) {
+                arg = arg
+                    .num_args(0..=1)
+                    .default_missing_value("true")
+                    .require_equals(true);
+            }
+            command = command.arg(arg);
+        }
+        command
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+fn settings(args: &RunArgs) -> Result<Settings> {
+    let file = match &args.config {
+        Some(path) => Some((read_text(path)?, path.display().to_string())),
+        None => None,
+    };
+    let flags: Vec<(&str, &str)> = args.proxy_flags.0.iter().map(|(f, v)| (*f, v.as_str())).collect();
+    let proxy = proxy_configuration_with_flags(
+        file.as_ref().map(|(text, name)| (text.as_str(), name.as_str())),
+        &flags,
+    )?;
+    let mut settings = Settings::new(proxy);
+    settings.partial_sync = match args.partial_sync {
+        PartialSync::Minimal => PartialSyncMode::Minimal,
+        PartialSync::Compat => PartialSyncMode::Compat,
+    };
+    settings.full_sync_period_ms = parse_go_duration_ms(&args.full_sync_period)
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| {
+            anyhow!(
+                "--full-sync-period: {:?} is not a positive duration",
+                args.full_sync_period
+            )
+        })?;
+    settings.backend = args.iptables_backend.map(|b| match b {
+        BackendArg::Nft => Backend::NfTables,
+        BackendArg::Legacy => Backend::Legacy,
+    });
+    Ok(settings)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a log file.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    init_logging(args.log_json);
+    let settings = settings(args)?;
+    if args.cleanup {
+        let deleted = chainsmith_node::cleanup(settings.backend)?;
+        tracing::info!(chains_deleted = deleted, "cleanup done");
+        return Ok(());
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?settings.proxy, "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(chainsmith_node::run(settings))?;
+    Ok(())
+}

@@ -1,0 +1,838 @@
+//! `chainsmith run` end to end: the real binary runs inside a node's network
+//! namespace, pointed at a fake API server (real HTTP list + watch, served
+//! from a socket inside that namespace), and programs the namespace's real
+//! kernel tables. The assertions are on what users see: which pod answers a
+//! real packet, what `/metrics`, `/healthz` and the health check node ports
+//! answer, what a real Prometheus scrapes, what the process does on SIGTERM
+//! and `--cleanup`.
+//!
+//! Faults are real too: the API server goes down, forgets its history (`410
+//! Gone` forces a relist) and cuts watch connections; iptables-restore is made
+//! to fail through a wrapper first on the binary's `PATH`.
+//!
+//! Runs as root with `CHAINSMITH_KERNEL_TESTS=1` (see `chainsmith-testkit`).
+
+// Test helpers outside #[test] functions may panic and print too.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use chainsmith_fakeapi::FakeApiServer;
+use chainsmith_testkit::{EchoServer, ProbeResult, Proto, Topology, kernel_tests_enabled, probe};
+use serde_json::{Value, json};
+
+const NODE: &str = "node-a";
+const POD_PORT: u16 = 8080;
+const METRICS_PORT: u16 = 10249;
+const HEALTHZ_PORT: u16 = 10256;
+/// syncPeriod of the runs: the health timeout is twice this.
+const SYNC_PERIOD_SECONDS: u64 = 2;
+/// How long a change may take to show in the kernel (generous: CI is busy).
+const CONVERGE: Duration = Duration::from_secs(20);
+const ANSWER: Duration = Duration::from_secs(2);
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))
+}
+
+fn v6(last: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, last))
+}
+
+// ---------------------------------------------------------------------------
+// Objects
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+fn node_object(dual_stack: bool, autoscaler_taint: bool) -> Value {
+    let mut addresses = vec![json!({"type": "InternalIP", "address": Topology::NODE_IPV4.to_string()})];
+    let mut pod_cidrs = vec![json!(Topology::POD_CIDR_IPV4)];
+    if dual_stack {
+        addresses.push(json!({"type": "InternalIP", "address": Topology::NODE_IPV6.to_string()}));
+        pod_cidrs.push(json!(Topology::POD_CIDR_IPV6));
+    }
+    let taints: Vec<Value> = if autoscaler_taint {
+        vec![json!({"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"})]
+    } else {
+        Vec::new()
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+        "spec": {"podCIDR": pod_cidrs[0].clone(), "podCIDRs": pod_cidrs, "taints": taints},
+        "status": {"addresses": addresses},
+    })
+}
+
+/// A Service in namespace `shop`; `spec` gets clusterIPs and ipFamilies from
+/// `clusterIP`.
+fn service(name: &str, mut spec: Value) -> Value {
+    let ip: IpAddr = spec["clusterIP"]
+        .as_str()
+        .expect("clusterIP")
+        .parse()
+        .expect("ip");
+    spec["clusterIPs"] = json!([ip.to_string()]);
+    spec["ipFamilies"] = json!([if ip.is_ipv6() { "IPv6" } else { "IPv4" }]);
+    spec["selector"] = json!({"app": name});
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+}
+
+fn service_port(proto: Proto, port: u16, node_port: u16) -> Value {
+    let mut value =
+        json!({"name": "p", "protocol": proto.as_str().to_uppercase(), "port": port, "targetPort": POD_PORT});
+    if node_port != 0 {
+        value["nodePort"] = json!(node_port);
+    }
+    value
+}
+
+/// The EndpointSlice `<service>-1`: each endpoint is `(address, node)`, ready.
+fn slice(service: &str, proto: Proto, endpoints: &[(IpAddr, &str)]) -> Value {
+    let ipv6 = endpoints.first().is_some_and(|(ip, _)| ip.is_ipv6());
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-1"),
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": service},
+            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": now_rfc3339()},
+        },
+        "addressType": if ipv6 { "IPv6" } else { "IPv4" },
+        "endpoints": endpoints.iter().map(|(ip, node)| json!({
+            "addresses": [ip.to_string()],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+            "nodeName": node,
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "p", "protocol": proto.as_str().to_uppercase(), "port": POD_PORT}],
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The node under test
+
+/// A topology, a fake API server serving inside its node namespace, an echo
+/// server in every pod and (once spawned) `chainsmith run` in the node.
+struct Node {
+    // Declared first: stopped before the namespaces go.
+    child: Option<Child>,
+    api: FakeApiServer,
+    _echo: Vec<EchoServer>,
+    topology: Topology,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(pods: &[&str], objects: Vec<Value>) -> Node {
+        let topology = Topology::new(pods).expect("topology");
+        let listener = topology
+            .node
+            .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("enter node")
+            .expect("bind API server");
+        let api = FakeApiServer::start(listener);
+        api.apply_many(objects);
+        let echo = topology
+            .pods
+            .iter()
+            .map(|pod| EchoServer::start(&pod.netns, &pod.name, POD_PORT).expect("echo server"))
+            .collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig("default")).expect("kubeconfig");
+        std::fs::create_dir(dir.path().join("bin")).expect("wrapper dir");
+        Node {
+            child: None,
+            api,
+            _echo: echo,
+            topology,
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the configuration and starts `chainsmith run` in the node.
+    fn spawn(&mut self, dual_stack: bool, extra_args: &[&str]) {
+        let cidrs = if dual_stack {
+            format!("{},{}", Topology::POD_CIDR_IPV4, Topology::POD_CIDR_IPV6)
+        } else {
+            Topology::POD_CIDR_IPV4.to_string()
+        };
+        // conntrack zeros: leave the kernel's (host-wide) table size alone.
+        let config = format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             hostnameOverride: {NODE}\nclusterCIDR: {cidrs}\n\
+             metricsBindAddress: 127.0.0.1:{METRICS_PORT}\nhealthzBindAddress: 0.0.0.0:{HEALTHZ_PORT}\n\
+             iptables:\n  syncPeriod: {SYNC_PERIOD_SECONDS}s\n  minSyncPeriod: 100ms\n\
+             conntrack:\n  maxPerCore: 0\n  min: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n"
+        );
+        std::fs::write(self.path("proxy.yaml"), config).expect("config");
+        let log = std::fs::File::create(self.path("chainsmith.log")).expect("log");
+        let path = format!(
+            "{}:{}",
+            self.path("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let config = self.path("proxy.yaml");
+        let kubeconfig = self.path("kubeconfig");
+        let mut args = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            self.topology.node.name().to_owned(),
+            env!("CARGO_BIN_EXE_chainsmith").to_owned(),
+            "run".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--kubeconfig".to_owned(),
+            kubeconfig.display().to_string(),
+            "--iptables-backend".to_owned(),
+            "nft".to_owned(),
+        ];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        let child = Command::new("ip")
+            .args(&args)
+            .env("PATH", path)
+            .env("RUST_LOG", "info")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn chainsmith run");
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("chainsmith.log")).unwrap_or_default()
+    }
+
+    /// Polls `check` until it returns true; fails with the binary's log.
+    fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check() {
+                return;
+            }
+            if let Some(pid) = self.child.as_ref().map(Child::id)
+                && exited(pid)
+            {
+                panic!("chainsmith exited while waiting for {what}; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit status (SIGKILL after 15 s).
+    fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("chainsmith did not stop on SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A plain HTTP/1.1 GET from inside the node namespace: (status, body).
+    fn http_get(&self, address: SocketAddr, path: &str) -> Option<(u16, String, String)> {
+        let path = path.to_owned();
+        self.topology
+            .node
+            .enter(move || -> Option<(u16, String, String)> {
+                let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+                stream.write_all(request.as_bytes()).ok()?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response).ok()?;
+                let (head, body) = response.split_once("\r\n\r\n")?;
+                let status = head.split_whitespace().nth(1)?.parse().ok()?;
+                Some((status, head.to_owned(), body.to_owned()))
+            })
+            .expect("enter node")
+    }
+
+    fn metrics(&self) -> String {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT));
+        self.http_get(address, "/metrics")
+            .map(|(_, _, body)| body)
+            .unwrap_or_default()
+    }
+
+    fn health(&self, path: &str) -> Option<(u16, Value)> {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, HEALTHZ_PORT));
+        let (status, _, body) = self.http_get(address, path)?;
+        Some((status, serde_json::from_str(&body).ok()?))
+    }
+
+    fn pod_ip(&self, pod: &str, ipv6: bool) -> IpAddr {
+        self.topology.pod(pod).expect("pod").ip(ipv6)
+    }
+
+    fn probe(&self, proto: Proto, ip: IpAddr, port: u16) -> ProbeResult {
+        probe(&self.topology.client, proto, ip, port, ANSWER)
+    }
+
+    /// The pods that answered `tries` probes.
+    fn answering(&self, proto: Proto, ip: IpAddr, port: u16, tries: usize) -> BTreeSet<String> {
+        (0..tries)
+            .filter_map(|_| self.probe(proto, ip, port).pod().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until exactly `pods` answer `ip:port` (over 12 probes).
+    fn wait_for_pods(&self, proto: Proto, ip: IpAddr, port: u16, pods: &[&str]) {
+        let want: BTreeSet<String> = pods.iter().map(|p| (*p).to_owned()).collect();
+        self.wait_for(&format!("{ip}:{port} answered by {pods:?}"), CONVERGE, || {
+            self.answering(proto, ip, port, 12) == want
+        });
+    }
+
+    /// `iptables-save` of every table.
+    fn rules(&self, ipv6: bool) -> String {
+        let save = if ipv6 {
+            "ip6tables-nft-save"
+        } else {
+            "iptables-nft-save"
+        };
+        self.topology.node.run(save, &[]).expect("iptables-save")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether a child process has ended (a zombie not yet waited for counts).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The value of the first sample of `name` whose labels contain `labels`.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && line.contains(labels)
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn run_follows_churn_and_survives_api_server_faults() {
+    if !kernel_tests_enabled("run_follows_churn_and_survives_api_server_faults") {
+        return;
+    }
+    let pods = ["pod-a", "pod-b", "pod-c"];
+    let topology_ips = |node: &Node, names: &[&str]| -> Vec<(IpAddr, &'static str)> {
+        names.iter().map(|n| (node.pod_ip(n, false), NODE)).collect()
+    };
+    let web_ip = v4(10);
+    let web = service(
+        "web",
+        json!({"type": "NodePort", "clusterIP": web_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 30080)]}),
+    );
+    let mut node = Node::new(&pods, vec![node_object(false, false), web]);
+    let ips = topology_ips(&node, &["pod-a"]);
+    node.api.apply(slice("web", Proto::Tcp, &ips));
+    node.spawn(false, &[]);
+
+    // Start-up: the first sync programs the Service (cluster IP and NodePort).
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    node.wait_for_pods(Proto::Tcp, IpAddr::V4(Topology::NODE_IPV4), 30080, &["pod-a"]);
+
+    // Churn: endpoints come, go, and run out (REJECT), then come back.
+    node.api.apply(slice(
+        "web",
+        Proto::Tcp,
+        &topology_ips(&node, &["pod-a", "pod-b"]),
+    ));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a", "pod-b"]);
+    node.api
+        .apply(slice("web", Proto::Tcp, &topology_ips(&node, &["pod-b"])));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-b"]);
+    node.api.delete("EndpointSlice", Some("shop"), "web-1");
+    node.wait_for("REJECT once no endpoint is left", CONVERGE, || {
+        node.probe(Proto::Tcp, web_ip, 80) == ProbeResult::Refused
+    });
+    node.api
+        .apply(slice("web", Proto::Tcp, &topology_ips(&node, &["pod-c"])));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
+
+    // Outage: the rules stay; what changed meanwhile arrives after reconnect.
+    node.api.set_outage(true);
+    node.api.drop_watches();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        node.answering(Proto::Tcp, web_ip, 80, 6),
+        BTreeSet::from(["pod-c".to_owned()])
+    );
+    let late_ip = v4(11);
+    node.api
+        .apply(slice("web", Proto::Tcp, &topology_ips(&node, &["pod-a"])));
+    node.api.apply(service(
+        "late",
+        json!({"type": "ClusterIP", "clusterIP": late_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 0)]}),
+    ));
+    node.api
+        .apply(slice("late", Proto::Tcp, &topology_ips(&node, &["pod-b"])));
+    node.api.set_outage(false);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    node.wait_for_pods(Proto::Tcp, late_ip, 80, &["pod-b"]);
+
+    // 410 Gone: the history is compacted while the watches are cut, so the
+    // client must relist; a deletion it never saw as an event must still
+    // remove the Service's rules.
+    node.api.set_outage(true);
+    node.api.drop_watches();
+    node.api.delete("Service", Some("shop"), "late");
+    node.api.delete("EndpointSlice", Some("shop"), "late-1");
+    node.api.compact();
+    node.api.clear_requests();
+    node.api.set_outage(false);
+    // Gone from every table: no DNAT (nat) and no REJECT (filter) either.
+    node.wait_for("the deleted Service's rules to go", CONVERGE, || {
+        !node.rules(false).contains(&late_ip.to_string())
+    });
+    let requests = node.api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/services?") && !r.contains("watch=true")),
+        "the Services were relisted after 410: {requests:#?}"
+    );
+    assert_eq!(
+        node.answering(Proto::Tcp, web_ip, 80, 6),
+        BTreeSet::from(["pod-a".to_owned()])
+    );
+
+    // Someone flushes the tables (a firewall reload): the canary check
+    // notices within a sync period and a full sync puts everything back.
+    for table in ["mangle", "nat", "filter"] {
+        node.topology
+            .node
+            .run("iptables-nft", &["-t", table, "-F"])
+            .expect("flush");
+        node.topology
+            .node
+            .run("iptables-nft", &["-t", table, "-X"])
+            .expect("delete chains");
+    }
+    assert!(
+        node.probe(Proto::Tcp, web_ip, 80).pod().is_none(),
+        "the flush broke the Service"
+    );
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    node.wait_for("the drift to be counted", CONVERGE, || {
+        sample(&node.metrics(), "chainsmith_drift_detected_total", "IPv4").unwrap_or(0.0) >= 1.0
+    });
+
+    let metrics = node.metrics();
+    assert!(
+        sample(&metrics, "chainsmith_watch_errors_total", "").unwrap_or(0.0) > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "kubeproxy_network_programming_duration_seconds_count",
+            "IPv4"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "IPv4"
+        )
+        .unwrap_or(0.0)
+            > 1e9
+    );
+    assert!(
+        sample(&metrics, "kubeproxy_sync_proxy_rules_endpoint_changes_total", "").unwrap_or(0.0) >= 6.0,
+        "{metrics}"
+    );
+    let log = node.log();
+    assert!(
+        log.contains("synced") && log.contains("payload_bytes"),
+        "one line per sync:\n{log}"
+    );
+
+    // SIGTERM: a clean exit that leaves the rules working.
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", node.log());
+    assert_eq!(
+        node.answering(Proto::Tcp, web_ip, 80, 6),
+        BTreeSet::from(["pod-a".to_owned()])
+    );
+
+    // --cleanup removes every chain it installed.
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.topology.node.name(),
+            env!("CARGO_BIN_EXE_chainsmith"),
+        ])
+        .args(["run", "--cleanup", "--iptables-backend", "nft"])
+        .output()
+        .expect("run --cleanup");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rules = node.rules(false);
+    assert!(
+        !rules.contains("KUBE-SVC-") && !rules.contains("KUBE-SERVICES"),
+        "{rules}"
+    );
+    assert!(node.probe(Proto::Tcp, web_ip, 80).pod().is_none());
+}
+
+#[test]
+fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
+    if !kernel_tests_enabled("health_endpoints_follow_local_endpoints_node_state_and_failed_syncs") {
+        return;
+    }
+    let lb_ip = v4(20);
+    let lb = service(
+        "lb",
+        json!({
+            "type": "LoadBalancer", "clusterIP": lb_ip.to_string(),
+            "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100,
+            "ports": [service_port(Proto::Tcp, 80, 30200)],
+        }),
+    );
+    let mut node = Node::new(&["pod-a", "pod-b"], vec![node_object(false, false), lb]);
+    let (a, b) = (node.pod_ip("pod-a", false), node.pod_ip("pod-b", false));
+    node.api.apply(slice("lb", Proto::Tcp, &[(a, NODE)]));
+    // iptables-restore fails while `fail` exists; otherwise the real one runs.
+    let real = Command::new("sh")
+        .args(["-c", "command -v iptables-nft-restore"])
+        .output()
+        .expect("sh");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
+    let marker = node.path("fail");
+    let wrapper = format!(
+        "#!/bin/sh\nif [ -e '{}' ]; then cat >/dev/null; echo 'injected failure' >&2; exit 1; fi\nexec '{real}' \"$@\"\n",
+        marker.display()
+    );
+    let wrapper_path = node.path("bin").join("iptables-nft-restore");
+    std::fs::write(&wrapper_path, wrapper).expect("wrapper");
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper_path)
+        .status()
+        .expect("chmod");
+    node.spawn(false, &[]);
+
+    node.wait_for("/healthz 200", CONVERGE, || {
+        node.health("/healthz").is_some_and(|(code, _)| code == 200)
+    });
+    let (_, body) = node.health("/healthz").expect("healthz");
+    assert_eq!(body["healthy"], json!(true));
+    assert_eq!(body["nodeEligible"], json!(true));
+    assert_eq!(body["status"]["IPv4"]["healthy"], json!(true), "{body}");
+    node.wait_for_pods(Proto::Tcp, lb_ip, 80, &["pod-a"]);
+
+    // The health check node port: 200 with one local endpoint.
+    let check = SocketAddr::from((Topology::NODE_IPV4, 32100));
+    node.wait_for("service health 200", CONVERGE, || {
+        node.http_get(check, "/").is_some_and(|(code, ..)| code == 200)
+    });
+    let (_, head, body) = node.http_get(check, "/").expect("service health");
+    assert!(
+        head.contains("X-Load-Balancing-Endpoint-Weight: 1")
+            || head.contains("x-load-balancing-endpoint-weight: 1"),
+        "{head}"
+    );
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["localEndpoints"], json!(1));
+    assert_eq!(body["service"]["name"], json!("lb"));
+    // The endpoint moves to another node: no local endpoint, 503.
+    node.api.apply(slice("lb", Proto::Tcp, &[(a, "node-b")]));
+    node.wait_for("service health 503", CONVERGE, || {
+        node.http_get(check, "/").is_some_and(|(code, ..)| code == 503)
+    });
+    node.api.apply(slice("lb", Proto::Tcp, &[(a, NODE)]));
+    node.wait_for("service health 200 again", CONVERGE, || {
+        node.http_get(check, "/").is_some_and(|(code, ..)| code == 200)
+    });
+
+    // The autoscaler is about to delete the node: /healthz 503, /livez 200.
+    node.api.apply(node_object(false, true));
+    node.wait_for("/healthz 503 on the taint", CONVERGE, || {
+        node.health("/healthz")
+            .is_some_and(|(code, body)| code == 503 && body["nodeEligible"] == json!(false))
+    });
+    assert_eq!(node.health("/livez").map(|(code, _)| code), Some(200));
+    node.api.apply(node_object(false, false));
+    node.wait_for("/healthz 200 without the taint", CONVERGE, || {
+        node.health("/healthz").is_some_and(|(code, _)| code == 200)
+    });
+
+    // Syncs fail: the old rules keep working, health goes 503 after twice
+    // the sync period, and recovers once restores work again.
+    std::fs::write(&marker, "").expect("marker");
+    node.api.apply(slice("lb", Proto::Tcp, &[(b, NODE)]));
+    node.wait_for("/healthz and /livez 503 while syncs fail", CONVERGE, || {
+        node.health("/healthz").is_some_and(|(code, _)| code == 503)
+            && node.health("/livez").is_some_and(|(code, _)| code == 503)
+    });
+    assert_eq!(
+        node.answering(Proto::Tcp, lb_ip, 80, 6),
+        BTreeSet::from(["pod-a".to_owned()]),
+        "previous rules stay"
+    );
+    let metrics = node.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+            "IPv4"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    std::fs::remove_file(&marker).expect("marker");
+    node.wait_for("/healthz 200 after recovery", CONVERGE, || {
+        node.health("/healthz").is_some_and(|(code, _)| code == 200)
+    });
+    node.wait_for_pods(Proto::Tcp, lb_ip, 80, &["pod-b"]);
+    assert!(
+        node.log().contains("injected failure"),
+        "the restore error is logged"
+    );
+}
+
+#[test]
+fn prometheus_scrapes_the_sync_metrics() {
+    if !kernel_tests_enabled("prometheus_scrapes_the_sync_metrics") {
+        return;
+    }
+    let web_ip = v4(30);
+    let web = service(
+        "web",
+        json!({"type": "ClusterIP", "clusterIP": web_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 0)]}),
+    );
+    let mut node = Node::new(&["pod-a"], vec![node_object(false, false), web]);
+    let a = node.pod_ip("pod-a", false);
+    node.api.apply(slice("web", Proto::Tcp, &[(a, NODE)]));
+    node.spawn(false, &[]);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+
+    // promtool: the exposition parses; lint findings only on names upstream
+    // kube-proxy fixed (gauges named *_total), never on chainsmith's own.
+    let scrape = node.metrics();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let code = checked.status.code();
+    assert!(
+        code == Some(0) || code == Some(3),
+        "promtool failed ({code:?}): {findings}"
+    );
+    const UPSTREAM_NAMES: [&str; 2] = [
+        "kubeproxy_sync_proxy_rules_iptables_total",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+    ];
+    for line in findings.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            UPSTREAM_NAMES.iter().any(|name| line.contains(name)),
+            "promtool finding: {line}\n{findings}"
+        );
+    }
+
+    // A real Prometheus, in the node namespace, scraping every second.
+    let config = format!(
+        "scrape_configs:\n  - job_name: chainsmith\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:{METRICS_PORT}']\n"
+    );
+    std::fs::write(node.path("prometheus.yml"), config).expect("config");
+    let prometheus_log = std::fs::File::create(node.path("prometheus.log")).expect("log");
+    let mut prometheus = Command::new("ip")
+        .args(["netns", "exec", node.topology.node.name(), "prometheus"])
+        .arg(format!("--config.file={}", node.path("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", node.path("tsdb").display()))
+        .arg("--web.listen-address=127.0.0.1:19090")
+        .stdout(prometheus_log.try_clone().expect("log"))
+        .stderr(prometheus_log)
+        .spawn()
+        .expect("prometheus");
+    let api = SocketAddr::from((Ipv4Addr::LOCALHOST, 19090));
+    let query = |expr: &str| -> Option<Vec<(Value, f64)>> {
+        let (code, _, body) = node.http_get(api, &format!("/api/v1/query?query={expr}"))?;
+        let body: Value = serde_json::from_str(&body).ok()?;
+        if code != 200 {
+            return None;
+        }
+        let results = body["data"]["result"].as_array()?;
+        Some(
+            results
+                .iter()
+                .filter_map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?)))
+                .collect(),
+        )
+    };
+    let mut seen = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let up = query("up").unwrap_or_default();
+        let last = query("kubeproxy_sync_proxy_rules_last_timestamp_seconds").unwrap_or_default();
+        let syncs = query("kubeproxy_sync_proxy_rules_duration_seconds_count").unwrap_or_default();
+        if up.iter().any(|(_, v)| *v == 1.0) && !last.is_empty() && !syncs.is_empty() {
+            seen = Some((last, syncs));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let Some((last, syncs)) = seen else {
+        panic!(
+            "Prometheus never saw the sync metrics; its log:\n{}",
+            std::fs::read_to_string(node.path("prometheus.log")).unwrap_or_default()
+        );
+    };
+    assert_eq!(last[0].0["ip_family"], json!("IPv4"));
+    assert!(last[0].1 > 1e9, "a Unix time: {last:?}");
+    assert!(syncs[0].1 >= 1.0, "{syncs:?}");
+}
+
+#[test]
+fn dual_stack_and_stale_udp_conntrack_entries() {
+    if !kernel_tests_enabled("dual_stack_and_stale_udp_conntrack_entries") {
+        return;
+    }
+    let dns_ip = v4(40);
+    let web6 = v6(0x10);
+    let dns = service(
+        "dns",
+        json!({"type": "ClusterIP", "clusterIP": dns_ip.to_string(), "ports": [service_port(Proto::Udp, 53, 0)]}),
+    );
+    let web = service(
+        "web6",
+        json!({"type": "ClusterIP", "clusterIP": web6.to_string(), "ports": [service_port(Proto::Tcp, 80, 0)]}),
+    );
+    let mut node = Node::new(&["pod-a", "pod-b"], vec![node_object(true, false), dns, web]);
+    let (a, b) = (node.pod_ip("pod-a", false), node.pod_ip("pod-b", false));
+    node.api.apply(slice("dns", Proto::Udp, &[(a, NODE)]));
+    node.api
+        .apply(slice("web6", Proto::Tcp, &[(node.pod_ip("pod-b", true), NODE)]));
+    node.spawn(true, &[]);
+
+    // Both families are proxied.
+    node.wait_for_pods(Proto::Tcp, web6, 80, &["pod-b"]);
+    node.wait_for_pods(Proto::Udp, dns_ip, 53, &["pod-a"]);
+    let metrics = node.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "IPv6"
+        )
+        .is_some(),
+        "{metrics}"
+    );
+
+    // One client "connection" (fixed source port) to the UDP Service.
+    let client = SocketAddr::from((Topology::CLIENT_IPV4, 40053));
+    let exchange = || -> Option<String> {
+        node.topology
+            .client
+            .enter(move || {
+                let socket = UdpSocket::bind(client).ok()?;
+                socket.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+                socket.connect(SocketAddr::new(dns_ip, 53)).ok()?;
+                socket.send(b"q").ok()?;
+                let mut buffer = [0u8; 256];
+                let n = socket.recv(&mut buffer).ok()?;
+                String::from_utf8_lossy(&buffer[..n])
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .ok()
+            .flatten()
+    };
+    assert_eq!(exchange().as_deref(), Some("pod-a"));
+    // pod-a stops being an endpoint but keeps answering: only deleting the
+    // conntrack entry sends this client's next datagram to pod-b.
+    node.api.apply(slice("dns", Proto::Udp, &[(b, NODE)]));
+    node.wait_for("the client's flow to move to pod-b", CONVERGE, || {
+        exchange().as_deref() == Some("pod-b")
+    });
+    // Counted once the cleanup pass that deleted it ends.
+    node.wait_for("the deletion to be counted", CONVERGE, || {
+        sample(
+            &node.metrics(),
+            "chainsmith_conntrack_entries_deleted_total",
+            "IPv4",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+}

@@ -1,0 +1,241 @@
+//! The hand-off between the watchers and the sync loop. A watcher only takes a
+//! short lock to record the latest state of an object, so it never waits for
+//! iptables-restore; the sync loop (a thread of its own) takes everything
+//! recorded since its last sync in one go. Bursts coalesce: ten updates of one
+//! Service between two syncs are one change.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use chainsmith_model::{EndpointSlice, NodeObject, ObjectKey, Service};
+
+/// What changed since the last sync: the latest state of each object (`None`
+/// = deleted or unusable).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Services by key.
+    pub services: HashMap<ObjectKey, Option<Service>>,
+    /// EndpointSlices by key.
+    pub slices: HashMap<ObjectKey, Option<EndpointSlice>>,
+    /// This node's Node object, when it changed (`Some(None)`: deleted).
+    pub node: Option<Option<NodeObject>>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time` of the changed slices.
+    pub trigger_times: Vec<SystemTime>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty() && self.node.is_none()
+    }
+}
+
+/// A resource whose initial list the first sync waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `v1/Service`.
+    Services,
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlices,
+    /// This node's `v1/Node`.
+    Node,
+}
+
+impl Resource {
+    /// The name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Services => "services",
+            Resource::EndpointSlices => "endpointslices",
+            Resource::Node => "nodes",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    changes: Changes,
+    listed: [bool; 3],
+    shutdown: bool,
+}
+
+/// Why the sync loop woke up.
+#[derive(Debug)]
+pub struct Wakeup {
+    /// What changed (may be empty on a periodic wakeup).
+    pub changes: Changes,
+    /// `syncPeriod` has passed since the last sync started (or this is the
+    /// first): time to check the canaries and resync.
+    pub periodic: bool,
+}
+
+/// When the sync loop may run: at most once per `min_interval` and at least
+/// once per `max_interval` (kube-proxy's bounded-frequency runner).
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// `minSyncPeriod`.
+    pub min_interval: Duration,
+    /// `syncPeriod`.
+    pub max_interval: Duration,
+}
+
+/// Shared by the watchers (writers) and the sync loop (reader).
+#[derive(Debug, Default)]
+pub struct Inbox {
+    waiting: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+impl Inbox {
+    /// An empty inbox, waiting for every initial list.
+    pub fn new() -> Inbox {
+        Inbox::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records changes; returns the number of Service and EndpointSlice
+    /// changes now waiting.
+    pub fn record(&self, record: impl FnOnce(&mut Changes)) -> (usize, usize) {
+        let mut waiting = self.lock();
+        record(&mut waiting.changes);
+        let pending = (waiting.changes.services.len(), waiting.changes.slices.len());
+        drop(waiting);
+        self.wake.notify_one();
+        pending
+    }
+
+    /// The initial list of `resource` is complete.
+    pub fn listed(&self, resource: Resource) {
+        self.lock().listed[resource.index()] = true;
+        self.wake.notify_one();
+    }
+
+    /// Whether every initial list is complete.
+    pub fn all_listed(&self) -> bool {
+        self.lock().listed.iter().all(|l| *l)
+    }
+
+    /// Asks the sync loop to stop.
+    pub fn shut_down(&self) {
+        self.lock().shutdown = true;
+        self.wake.notify_all();
+    }
+
+    /// Blocks until the sync loop should run; `None` once shut down. The
+    /// first wakeup waits for every initial list.
+    pub fn next(&self, pacing: Pacing, last_start: Option<Instant>) -> Option<Wakeup> {
+        let mut waiting = self.lock();
+        loop {
+            if waiting.shutdown {
+                return None;
+            }
+            let now = Instant::now();
+            let ready = waiting.listed.iter().all(|l| *l);
+            let earliest = last_start.map_or(now, |t| t + pacing.min_interval);
+            let periodic_at = last_start.map_or(now, |t| t + pacing.max_interval);
+            let has_changes = !waiting.changes.is_empty();
+            if ready && (now >= periodic_at || (has_changes && now >= earliest)) {
+                return Some(Wakeup {
+                    changes: std::mem::take(&mut waiting.changes),
+                    periodic: now >= periodic_at,
+                });
+            }
+            let until = match (ready, has_changes) {
+                (false, _) => now + Duration::from_secs(1),
+                (true, true) => earliest.min(periodic_at),
+                (true, false) => periodic_at,
+            };
+            waiting = self
+                .wake
+                .wait_timeout(waiting, until.saturating_duration_since(now))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACING: Pacing = Pacing {
+        min_interval: Duration::from_millis(200),
+        max_interval: Duration::from_secs(5),
+    };
+
+    fn list_all(inbox: &Inbox) {
+        for resource in [Resource::Services, Resource::EndpointSlices, Resource::Node] {
+            inbox.listed(resource);
+        }
+    }
+
+    #[test]
+    fn the_first_sync_waits_for_every_list() {
+        let inbox = std::sync::Arc::new(Inbox::new());
+        let lister = inbox.clone();
+        let handle = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            lister.record(|c| {
+                c.services.insert(ObjectKey::new("ns", "a"), None);
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            list_all(&lister);
+        });
+        let started = Instant::now();
+        let wakeup = inbox.next(PACING, None).expect("not shut down");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(wakeup.periodic, "the first sync is a periodic one");
+        assert_eq!(wakeup.changes.services.len(), 1);
+        handle.join().expect("thread");
+    }
+
+    #[test]
+    fn changes_wait_for_the_minimum_interval_and_coalesce() {
+        let inbox = Inbox::new();
+        list_all(&inbox);
+        let last = Instant::now();
+        for name in ["a", "b", "a"] {
+            inbox.record(|c| {
+                c.services.insert(ObjectKey::new("ns", name), None);
+            });
+        }
+        let wakeup = inbox.next(PACING, Some(last)).expect("not shut down");
+        assert!(last.elapsed() >= PACING.min_interval);
+        assert!(!wakeup.periodic);
+        assert_eq!(wakeup.changes.services.len(), 2, "three updates of two Services");
+    }
+
+    #[test]
+    fn no_changes_wakes_at_the_maximum_interval() {
+        let inbox = Inbox::new();
+        list_all(&inbox);
+        let pacing = Pacing {
+            min_interval: Duration::from_millis(10),
+            max_interval: Duration::from_millis(150),
+        };
+        let last = Instant::now();
+        let wakeup = inbox.next(pacing, Some(last)).expect("not shut down");
+        assert!(last.elapsed() >= pacing.max_interval);
+        assert!(wakeup.periodic && wakeup.changes.is_empty());
+    }
+
+    #[test]
+    fn shutdown_ends_the_wait() {
+        let inbox = std::sync::Arc::new(Inbox::new());
+        let stopper = inbox.clone();
+        let handle = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            stopper.shut_down();
+        });
+        assert!(inbox.next(PACING, None).is_none());
+        handle.join().expect("thread");
+    }
+}
