@@ -533,43 +533,6 @@ impl Drop for World {
     }
 }
 
-/// One direction of a conntrack entry.
-#[derive(Debug, Clone, Copy)]
-struct Tuple {
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-}
-
-/// `conntrack -L` line -> (original, reply) tuples: the first and second
-/// `src= dst= sport= dport=` groups.
-fn conntrack_entry(line: &str) -> Option<(Tuple, Tuple)> {
-    let mut tuples = Vec::new();
-    let (mut src, mut dst, mut sport) = (None, None, None);
-    for word in line.split_whitespace() {
-        let Some((key, value)) = word.split_once('=') else {
-            continue;
-        };
-        match key {
-            "src" => src = value.parse().ok(),
-            "dst" => dst = value.parse().ok(),
-            "sport" => sport = value.parse().ok(),
-            "dport" => tuples.push(Tuple {
-                src: src.take()?,
-                dst: dst.take()?,
-                sport: sport.take()?,
-                dport: value.parse().ok()?,
-            }),
-            _ => {}
-        }
-    }
-    match tuples[..] {
-        [orig, reply] => Some((orig, reply)),
-        _ => None,
-    }
-}
-
 fn set<const N: usize>(items: [&str; N]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -664,8 +627,8 @@ fn check_balancing(w: &World, cip: IpAddr) -> String {
             )
             .expect("conntrack -L");
         let mut tracked = BTreeMap::new();
-        for entry in listed.lines().filter_map(conntrack_entry) {
-            let (orig, reply) = entry;
+        for entry in chainsmith_node::conntrack::parse_entries(&listed) {
+            let (orig, reply) = (entry.original, entry.reply);
             if orig.src == pod_d_ip && orig.dst == cip && orig.dport == 80 && reply.sport == POD_PORT {
                 assert_eq!(reply.dst, pod_d_ip, "{}: reply tuple {reply:?}", w.label());
                 tracked.insert(orig.sport, reply.src);

@@ -25,6 +25,7 @@
 //! Start reading at [`service_from_k8s`] and [`endpoint_slice_from_k8s`], then
 //! [`parse_manifests`] and [`parse_node_config`].
 
+mod config_file;
 mod endpoints;
 mod manifest;
 mod node;
@@ -34,14 +35,15 @@ mod report;
 mod service;
 mod yaml;
 
+pub use config_file::ConfigFileError;
 pub use endpoints::endpoint_slice_from_k8s;
 pub use manifest::{ManifestError, Manifests, parse_manifests};
-pub use node::{NodeConfigError, parse_go_duration_ms, parse_node_config};
+pub use node::{parse_go_duration_ms, parse_node_config};
 pub use node_object::node_from_k8s;
 pub use proxy_config::{
     ConntrackSettings, DEFAULT_HEALTHZ_PORT, DEFAULT_METRICS_PORT, DetectLocalMode, NodePortAddresses,
-    PROXY_CONFIG_API_VERSION, PROXY_CONFIG_KIND, PROXY_FLAGS, ProxyConfigError, ProxyConfiguration,
-    parse_proxy_configuration, proxy_configuration_with_flags,
+    PROXY_CONFIG_API_VERSION, PROXY_CONFIG_KIND, PROXY_FLAGS, ProxyConfiguration, parse_proxy_configuration,
+    proxy_configuration_with_flags,
 };
 pub use service::service_from_k8s;
 pub use yaml::MAX_INPUT_BYTES;

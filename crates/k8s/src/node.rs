@@ -13,44 +13,7 @@ use chainsmith_model::{
 };
 use serde::Deserialize;
 
-use crate::yaml::{self, MAX_INPUT_BYTES};
-
-/// A node config that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NodeConfigError {
-    /// Not YAML. `line`/`column` are 1-based (0 when unknown).
-    #[error("{file}:{line}:{column}: {message}")]
-    Syntax {
-        /// The name the caller gave the input (`node.yaml`).
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// An unknown key, a value of the wrong type or an invalid value.
-    #[error("{file}: {}{message}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
-    Invalid {
-        /// The name the caller gave the input.
-        file: String,
-        /// The key path (`localTrafficDetector.cidr`); empty for the whole file.
-        field: String,
-        /// What is wrong, quoting the value.
-        message: String,
-    },
-    /// Larger than [`MAX_INPUT_BYTES`].
-    #[error("{file}: {size} bytes is more than the limit of {limit} bytes")]
-    TooLarge {
-        /// The name the caller gave the input.
-        file: String,
-        /// Its size in bytes.
-        size: usize,
-        /// The limit in bytes.
-        limit: usize,
-    },
-}
+use crate::config_file::{ConfigFileError, Invalid, check_size_and_syntax, in_file, invalid, read_document};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -113,64 +76,10 @@ struct GatesFile {
 
 /// Reads a `node.yaml`. Absent keys keep [`NodeConfig::default()`]; unknown keys
 /// and invalid values are errors naming the key.
-pub fn parse_node_config(text: &str, source: &str) -> Result<NodeConfig, NodeConfigError> {
-    if text.len() > MAX_INPUT_BYTES {
-        return Err(NodeConfigError::TooLarge {
-            file: source.to_owned(),
-            size: text.len(),
-            limit: MAX_INPUT_BYTES,
-        });
-    }
-    // Syntax first, so that a shape error below is always about a key or value.
-    if let Err(err) = serde_saphyr::from_str_with_options::<serde::de::IgnoredAny>(text, yaml::options()) {
-        let (line, column, mut message) = yaml::describe(&err);
-        if matches!(err, serde_saphyr::Error::MultipleDocuments { .. }) {
-            message = "more than one YAML document".to_owned();
-        }
-        return Err(NodeConfigError::Syntax {
-            file: source.to_owned(),
-            line,
-            column,
-            message,
-        });
-    }
-    let mut path = String::new();
-    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, yaml::options(), |de| {
-        serde_path_to_error::deserialize::<_, Option<NodeFile>>(de).map_err(|err| {
-            path = err.path().to_string();
-            err.into_inner()
-        })
-    });
-    let file = match parsed {
-        Ok(file) => file.unwrap_or_default(),
-        Err(err) => {
-            let (line, column, message) = yaml::describe(&err);
-            let message = if line == 0 {
-                message
-            } else {
-                format!("{message} (line {line}, column {column})")
-            };
-            let field = if path == "." { String::new() } else { path };
-            return Err(NodeConfigError::Invalid {
-                file: source.to_owned(),
-                field,
-                message,
-            });
-        }
-    };
-    file.validate()
-        .map_err(|(field, message)| NodeConfigError::Invalid {
-            file: source.to_owned(),
-            field,
-            message,
-        })
-}
-
-/// (key path, message).
-type Invalid = (String, String);
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-    (field.into(), message.into())
+pub fn parse_node_config(text: &str, source: &str) -> Result<NodeConfig, ConfigFileError> {
+    check_size_and_syntax(text, source)?;
+    let file: NodeFile = read_document(text).map_err(in_file(source))?.unwrap_or_default();
+    file.validate().map_err(in_file(source))
 }
 
 impl NodeFile {

@@ -11,10 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use chainsmith_model::{IpFamily, IpNet, parse_cidr_sloppy, parse_ip_sloppy};
 use serde::Deserialize;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::IgnoredAny;
 
+use crate::config_file::{ConfigFileError, Invalid, check_size_and_syntax, in_file, invalid, read_document};
 use crate::node::parse_go_duration_ms;
-use crate::yaml::{self, MAX_INPUT_BYTES};
 
 /// The only `apiVersion` read.
 pub const PROXY_CONFIG_API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
@@ -30,44 +30,6 @@ const DEFAULT_SYNC_PERIOD_MS: u64 = 30_000;
 const DEFAULT_MIN_SYNC_PERIOD_MS: u64 = 1_000;
 const DEFAULT_CONFIG_SYNC_PERIOD_MS: u64 = 15 * 60_000;
 const DEFAULT_OOM_SCORE_ADJ: i32 = -999;
-
-/// A kube-proxy config file that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyConfigError {
-    /// Not YAML (or JSON). `line`/`column` are 1-based (0 when unknown).
-    #[error("{file}:{line}:{column}: {message}")]
-    Syntax {
-        /// The name the caller gave the input (the `--config` path).
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// A missing or wrong `apiVersion`/`kind`, an unknown field, a value of the
-    /// wrong type, an invalid value or contradictory settings.
-    #[error("{file}: {}{message}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
-    Invalid {
-        /// The name the caller gave the input.
-        file: String,
-        /// The field path (`iptables.syncPeriod`); empty for the whole file.
-        field: String,
-        /// What is wrong, quoting the value.
-        message: String,
-    },
-    /// Larger than [`MAX_INPUT_BYTES`].
-    #[error("{file}: {size} bytes is more than the limit of {limit} bytes")]
-    TooLarge {
-        /// The name the caller gave the input.
-        file: String,
-        /// Its size in bytes.
-        size: usize,
-        /// The limit in bytes.
-        limit: usize,
-    },
-}
 
 /// A validated kube-proxy configuration with upstream's defaults applied. The
 /// `Default` is what kube-proxy runs with when the file sets nothing.
@@ -338,69 +300,18 @@ struct ConntrackFile {
 /// errors. Upstream's defaults fill what the file leaves out (or sets to its
 /// zero value where kube-proxy treats zero as unset); unknown fields, invalid
 /// values and contradictory settings are errors naming the field.
-pub fn parse_proxy_configuration(text: &str, file: &str) -> Result<ProxyConfiguration, ProxyConfigError> {
-    read_checked(text, file)?
-        .validate()
-        .map_err(|(field, message)| ProxyConfigError::Invalid {
-            file: file.to_owned(),
-            field,
-            message,
-        })
+pub fn parse_proxy_configuration(text: &str, file: &str) -> Result<ProxyConfiguration, ConfigFileError> {
+    read_checked(text, file)?.validate().map_err(in_file(file))
 }
 
 /// The file's settings, checked for size, syntax, kind and field types but not
 /// yet for values.
-fn read_checked(text: &str, file: &str) -> Result<ProxyFile, ProxyConfigError> {
-    if text.len() > MAX_INPUT_BYTES {
-        return Err(ProxyConfigError::TooLarge {
-            file: file.to_owned(),
-            size: text.len(),
-            limit: MAX_INPUT_BYTES,
-        });
-    }
-    // Syntax first, so that a shape error below is always about a field or value.
-    if let Err(err) = serde_saphyr::from_str_with_options::<IgnoredAny>(text, yaml::options()) {
-        let (line, column, mut message) = yaml::describe(&err);
-        if matches!(err, serde_saphyr::Error::MultipleDocuments { .. }) {
-            message = "more than one YAML document".to_owned();
-        }
-        return Err(ProxyConfigError::Syntax {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
-        });
-    }
-    let invalid_in_file = |(field, message): Invalid| ProxyConfigError::Invalid {
-        file: file.to_owned(),
-        field,
-        message,
-    };
-    let meta = read::<TypeMeta>(text).map_err(invalid_in_file)?;
-    check_type_meta(meta).map_err(invalid_in_file)?;
-    let parsed = read::<ProxyFile>(text).map_err(invalid_in_file)?;
-    parsed.ok_or_else(|| invalid_in_file(invalid("", "empty")))
-}
-
-/// Deserializes the whole document (`None` when empty), naming the field of a failure.
-fn read<T: DeserializeOwned>(text: &str) -> Result<Option<T>, Invalid> {
-    let mut path = String::new();
-    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, yaml::options(), |de| {
-        serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|err| {
-            path = err.path().to_string();
-            err.into_inner()
-        })
-    });
-    parsed.map_err(|err| {
-        let (line, column, message) = yaml::describe(&err);
-        let message = if line == 0 {
-            message
-        } else {
-            format!("{message} (line {line}, column {column})")
-        };
-        let field = if path == "." { String::new() } else { path };
-        (field, message)
-    })
+fn read_checked(text: &str, file: &str) -> Result<ProxyFile, ConfigFileError> {
+    check_size_and_syntax(text, file)?;
+    let meta = read_document::<TypeMeta>(text).map_err(in_file(file))?;
+    check_type_meta(meta).map_err(in_file(file))?;
+    let parsed = read_document::<ProxyFile>(text).map_err(in_file(file))?;
+    parsed.ok_or_else(|| in_file(file)(invalid("", "empty")))
 }
 
 fn check_type_meta(meta: Option<TypeMeta>) -> Result<(), Invalid> {
@@ -426,13 +337,6 @@ fn check_type_meta(meta: Option<TypeMeta>) -> Result<(), Invalid> {
             format!("unsupported kind {other:?} (expected {PROXY_CONFIG_KIND})"),
         )),
     }
-}
-
-/// (field path, message).
-type Invalid = (String, String);
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-    (field.into(), message.into())
 }
 
 impl ProxyFile {

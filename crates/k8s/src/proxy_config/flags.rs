@@ -2,7 +2,7 @@
 //! what the `--config` file says, and goes through the same validation.
 
 use super::{
-    ConntrackFile, DetectLocalFile, Invalid, IptablesFile, ProxyConfigError, ProxyConfiguration, ProxyFile,
+    ConfigFileError, ConntrackFile, DetectLocalFile, Invalid, IptablesFile, ProxyConfiguration, ProxyFile,
 };
 
 /// The flags accepted (without `--`), and the configuration field each sets.
@@ -49,12 +49,12 @@ const COMMAND_LINE: &str = "command line";
 pub fn proxy_configuration_with_flags(
     file: Option<(&str, &str)>,
     flags: &[(&str, &str)],
-) -> Result<ProxyConfiguration, ProxyConfigError> {
+) -> Result<ProxyConfiguration, ConfigFileError> {
     let mut settings = match file {
         Some((text, name)) => super::read_checked(text, name)?,
         None => ProxyFile::default(),
     };
-    let flag_error = |flag: &str, message: String| ProxyConfigError::Invalid {
+    let flag_error = |flag: &str, message: String| ConfigFileError::Invalid {
         file: COMMAND_LINE.to_owned(),
         field: format!("--{flag}"),
         message,
@@ -70,7 +70,7 @@ pub fn proxy_configuration_with_flags(
             .find(|(flag, _)| PROXY_FLAGS.iter().any(|(f, path)| f == flag && *path == field));
         match (by_flag, file) {
             (Some((flag, _)), _) => flag_error(flag, message),
-            (None, Some((_, name))) => ProxyConfigError::Invalid {
+            (None, Some((_, name))) => ConfigFileError::Invalid {
                 file: name.to_owned(),
                 field,
                 message,
