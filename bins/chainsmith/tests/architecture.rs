@@ -61,6 +61,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-naming",
             "chainsmith-planner",
             "chainsmith-sync",
+            "chainsmith-tracer",
         ],
     ),
     // Test support: the fake API server stands alone, the kernel test kit

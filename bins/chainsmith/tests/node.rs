@@ -469,6 +469,15 @@ fn run_follows_churn_and_survives_api_server_faults() {
     node.wait_for("the drift to be counted", CONVERGE, || {
         sample(&node.metrics(), "chainsmith_drift_detected_total", "IPv4").unwrap_or(0.0) >= 1.0
     });
+    let log = node.log();
+    let drift_line = log
+        .lines()
+        .find(|l| l.contains("rules drifted"))
+        .unwrap_or_default();
+    assert!(
+        drift_line.contains("missing_chains=") && !drift_line.contains("missing_chains=0 "),
+        "the flush is reported as missing chains:\n{log}"
+    );
 
     let metrics = node.metrics();
     assert!(

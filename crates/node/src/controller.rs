@@ -12,6 +12,7 @@ use chainsmith_applier::{Applier, Runner};
 use chainsmith_model::{InterfaceAddress, IpFamily, NodeObject, ObjectKey};
 use chainsmith_naming::ChainName;
 use chainsmith_sync::{SyncEngine, SyncKind};
+use chainsmith_tracer::{DriftKind, Ruleset, drift};
 use tokio::sync::watch;
 
 use crate::conntrack::{self, UdpFrontends};
@@ -41,6 +42,9 @@ pub struct FamilyProxier {
     /// UDP Services at the last successful sync (conntrack cleanup runs when
     /// they change).
     udp: Option<UdpFrontends>,
+    /// The canary vanished: the next full sync first reports how the kernel's
+    /// rules differ from what it is about to write.
+    audit_next_full: bool,
 }
 
 impl FamilyProxier {
@@ -64,6 +68,7 @@ impl FamilyProxier {
             applier,
             facts,
             udp: None,
+            audit_next_full: false,
         }
     }
 }
@@ -191,6 +196,9 @@ impl SyncLoop {
         let started = Instant::now();
         let outcome = proxier.engine.sync(now_ms, false);
         let (kind, counts, bytes) = (outcome.kind, outcome.counts, outcome.payload.len());
+        if kind == SyncKind::Full && std::mem::take(&mut proxier.audit_next_full) {
+            report_drift(&proxier.applier, family, outcome.payload);
+        }
         let result = match kind {
             // A full sync also restores what an outside flush may have removed.
             SyncKind::Full => proxier
@@ -279,6 +287,7 @@ impl SyncLoop {
             );
             self.metrics.drift_detected(proxier.family);
             proxier.engine.force_full_sync();
+            proxier.audit_next_full = true;
         }
     }
 
@@ -357,6 +366,46 @@ impl SyncLoop {
             *current = wanted;
             changed
         });
+    }
+}
+
+/// Logs how the kernel's filter and nat rules differ from the full payload
+/// about to be applied (`chainsmith diff --live`'s comparison). Runs only after
+/// the canary vanished, never on the hot path.
+fn report_drift(applier: &Applier, ip_family: IpFamily, payload: &[u8]) {
+    let family = ip_family.as_str();
+    let actual = applier
+        .save_table("filter")
+        .and_then(|filter| Ok(filter + &applier.save_table("nat")?))
+        .map_err(|e| e.to_string())
+        .and_then(|dump| Ruleset::from_dump(&dump).map_err(|e| e.to_string()));
+    let desired = std::str::from_utf8(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            let mut desired = Ruleset::new();
+            desired.apply(text).map_err(|e| e.to_string())?;
+            Ok(desired.with_builtin_jumps(ip_family))
+        });
+    match (desired, actual) {
+        (Ok(desired), Ok(actual)) => {
+            let found = drift(&desired, &actual);
+            let count = |kind: DriftKind| found.chains.iter().filter(|c| c.kind == kind).count();
+            let examples: Vec<String> = found
+                .chains
+                .iter()
+                .take(5)
+                .map(|c| format!("{} {}", c.table, c.chain))
+                .collect();
+            tracing::warn!(
+                family,
+                missing_chains = count(DriftKind::MissingChain),
+                extra_chains = count(DriftKind::ExtraChain),
+                changed_chains = count(DriftKind::ChangedRules),
+                examples = examples.join(", "),
+                "rules drifted from what was applied; the full sync restores them"
+            );
+        }
+        (Err(error), _) | (_, Err(error)) => tracing::warn!(family, %error, "could not compare the rules"),
     }
 }
 
