@@ -62,6 +62,16 @@ fn applier(netns: &Netns, backend: Backend) -> Applier {
 }
 
 /// The first sync of a small cluster, as the node binary will do it.
+/// `iptables-save -t TABLE` without its `# Generated ... on <time>` lines, which
+/// differ whenever two dumps straddle a second.
+fn saved_rules(applier: &Applier, table: &str) -> String {
+    let dump = applier.save_table(table).expect("iptables-save");
+    dump.lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 fn first_sync(applier: &Applier) -> SyncEngine {
     let mut config = node();
     config.iptables_has_random_fully = applier.tools().random_fully;
@@ -145,7 +155,7 @@ fn a_refused_payload_names_its_line_and_keeps_the_previous_rules() {
         let netns = Netns::new("refused").expect("netns");
         let applier = applier(&netns, backend);
         first_sync(&applier);
-        let before = applier.save_table("nat").expect("save");
+        let before = saved_rules(&applier, "nat");
         let bad = "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -m tcp -p tcp -d 198.51.100.9 --dport 80 -j KUBE-SVC-DOESNOTEXIST00\nCOMMIT\n";
         let error = applier.apply(bad.as_bytes()).expect_err("must be refused");
         let ApplyError::Restore { line, message, .. } = &error else {
@@ -154,7 +164,7 @@ fn a_refused_payload_names_its_line_and_keeps_the_previous_rules() {
         assert!(line.is_some(), "{backend:?}: the failing line is named: {error}");
         assert!(!message.is_empty());
         assert_eq!(
-            applier.save_table("nat").expect("save"),
+            saved_rules(&applier, "nat"),
             before,
             "{backend:?}: nothing of the refused table applied"
         );
@@ -218,10 +228,7 @@ fn batched_full_sync_equals_one_restore() {
         if batched {
             assert!(report.restores > 1, "{report:?}");
         }
-        tables.push((
-            applier.save_table("filter").expect("save"),
-            applier.save_table("nat").expect("save"),
-        ));
+        tables.push((saved_rules(&applier, "filter"), saved_rules(&applier, "nat")));
     }
     assert_eq!(tables[0], tables[1]);
 }
