@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real-kernel tests need root, iproute2, iptables (both backends), nfacct and
-# conntrack; the node tests also run a real Prometheus (and promtool).
+# conntrack; the node tests also run a real Prometheus (and promtool), the
+# deploy tests kubectl.
 need=()
 for tool in ip iptables-restore iptables-legacy-restore ip6tables-restore nfacct conntrack prometheus promtool; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
@@ -23,6 +24,11 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+# The deploy/ tests render the kustomizations with kubectl's built-in kustomize.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "missing kubectl (its kustomize renders deploy/ in the tests): install it from https://kubernetes.io/docs/tasks/tools/" >&2
+  exit 1
+fi
 
 export CHAINSMITH_KERNEL_TESTS=1
 # Snapshots are reviewed, never written, by a test run.

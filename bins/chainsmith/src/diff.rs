@@ -1,10 +1,15 @@
-//! `chainsmith diff`: what the kernel holds against what should be there.
+//! `chainsmith diff`: what the kernel holds against what should be there
+//! (`--rules`, `--live`), or what a manifest change does to the rules, Service
+//! by Service (`--from OLD --to NEW`).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use chainsmith_applier::{Applier, Backend, NetnsRunner, Runner, SystemRunner, Tools};
+use chainsmith_applier::{Applier, Backend, NetnsRunner, Runner, SystemRunner, Tools, backend_in_use};
+use chainsmith_model::NodeConfig;
+use chainsmith_planner::Plan;
+use chainsmith_restore::{ChainDiff, Change, PlanDiff, PortDiff, ServiceDiff, diff_plans};
 use chainsmith_tracer::{Drift, DriftKind, Ruleset, drift};
 use clap::{Args, ValueEnum};
 
@@ -25,18 +30,31 @@ pub struct DiffArgs {
     #[arg(long, value_name = "NODE.yaml")]
     node: Option<PathBuf>,
     /// Cluster manifests: the state whose rules should be in the kernel.
-    #[arg(value_name = "CLUSTER.yaml", required = true)]
+    #[arg(value_name = "CLUSTER.yaml", required_unless_present = "from")]
     clusters: Vec<PathBuf>,
     /// Compare with this `iptables-save` output.
     #[arg(long, value_name = "DUMP.txt", conflicts_with = "live")]
     rules: Option<PathBuf>,
+    /// Cluster manifests before a change (repeat for several files): show,
+    /// per Service, the rules the change to --to adds and removes.
+    #[arg(
+        long = "from",
+        value_name = "OLD.yaml",
+        requires = "to",
+        conflicts_with_all = ["clusters", "rules", "live", "netns", "backend"]
+    )]
+    from: Vec<PathBuf>,
+    /// Cluster manifests after the change (repeat for several files).
+    #[arg(long = "to", value_name = "NEW.yaml", requires = "from")]
+    to: Vec<PathBuf>,
     /// Compare with the kernel's tables now (runs `iptables-save`; read only).
     #[arg(long)]
     live: bool,
     /// With --live: read the tables of this network namespace.
     #[arg(long, value_name = "NAME", requires = "live")]
     netns: Option<String>,
-    /// With --live: the iptables backend (default: what `iptables` uses).
+    /// With --live: the iptables backend (default: the one the kubelet's
+    /// chains are in, else what `iptables` uses).
     #[arg(long, value_enum, requires = "live")]
     backend: Option<BackendArg>,
     /// Output format.
@@ -44,9 +62,17 @@ pub struct DiffArgs {
     output: Output,
 }
 
-/// Runs the command; `Ok(true)` when the kernel drifted from the desired rules.
+/// Runs the command; `Ok(true)` when the kernel drifted from the desired rules,
+/// or when the change from --from to --to changes rules.
 pub fn run(args: &DiffArgs) -> Result<bool> {
     let node = input::load_node(args.node.as_deref())?;
+    if !args.from.is_empty() {
+        return manifest_change(args, &node);
+    }
+    // clap's `requires` counts the flag's default (false) as present.
+    if !args.live && (args.netns.is_some() || args.backend.is_some()) {
+        bail!("--netns and --backend choose which kernel tables to read: use them with --live");
+    }
     let desired = compiled_ruleset(&node, &args.clusters)?;
     let dump = match (&args.rules, args.live) {
         (Some(path), _) => input::read_text(path)?,
@@ -55,10 +81,14 @@ pub fn run(args: &DiffArgs) -> Result<bool> {
                 Some(name) => Box::new(NetnsRunner::new(name)),
                 None => Box::new(SystemRunner),
             };
-            let backend = args.backend.map(|b| match b {
-                BackendArg::Nft => Backend::NfTables,
-                BackendArg::Legacy => Backend::Legacy,
-            });
+            // As `run` chooses: where the kubelet writes, else the default.
+            let backend = args
+                .backend
+                .map(|b| match b {
+                    BackendArg::Nft => Backend::NfTables,
+                    BackendArg::Legacy => Backend::Legacy,
+                })
+                .or_else(|| backend_in_use(&*runner));
             let tools = Tools::detect(&*runner, node.ip_family, backend)?;
             let applier = Applier::new(tools, runner);
             format!("{}{}", applier.save_table("filter")?, applier.save_table("nat")?)
@@ -111,4 +141,148 @@ fn describe(drift: &Drift) -> String {
         );
     }
     out
+}
+
+/// `--from OLD --to NEW`: both states compiled for the same node and compared.
+fn manifest_change(args: &DiffArgs, node: &NodeConfig) -> Result<bool> {
+    let plan = |paths: &[PathBuf], which: &str| -> Result<(Plan, Vec<_>)> {
+        let manifests = input::load_manifests(paths).with_context(|| format!("reading the {which} state"))?;
+        let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, node);
+        let mut diagnostics = manifests.diagnostics;
+        diagnostics.extend(plan.diagnostics.iter().cloned());
+        Ok((plan, diagnostics))
+    };
+    let (old, old_diagnostics) = plan(&args.from, "old (--from)")?;
+    let (new, new_diagnostics) = plan(&args.to, "new (--to)")?;
+    // A problem both states have (the same object at the same file and line,
+    // or the same planner warning) is printed once.
+    let old_only: Vec<_> = old_diagnostics
+        .into_iter()
+        .filter(|d| !new_diagnostics.contains(d))
+        .collect();
+    input::report_diagnostics(&old_only);
+    input::report_diagnostics(&new_diagnostics);
+    let changes = diff_plans(&old, &new);
+    let text = match args.output {
+        Output::Text => describe_changes(&changes),
+        Output::Json => serde_json::to_string_pretty(&changes)? + "\n",
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
+    Ok(!changes.is_empty())
+}
+
+/// At most this many chain names in a summary line; the rest are counted.
+const NAMED_CHAINS: usize = 4;
+
+fn describe_changes(changes: &PlanDiff) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if changes.is_empty() {
+        out.push_str("no rule changes: both states compile to the same rules\n");
+        return out;
+    }
+    for service in &changes.services {
+        let _ = writeln!(out, "{}", service_summary(service));
+        for port in &service.ports {
+            let _ = writeln!(out, "  {}", port_heading(port));
+            describe_chains(&mut out, &port.chains, "    ");
+        }
+        out.push('\n');
+    }
+    if !changes.node.is_empty() {
+        let (added, removed) = changes
+            .node
+            .iter()
+            .fold((0, 0), |(a, r), c| (a + c.added.len(), r + c.removed.len()));
+        let _ = writeln!(
+            out,
+            "rules of no Service (node settings): +{added} -{removed} rules"
+        );
+        describe_chains(&mut out, &changes.node, "  ");
+        out.push('\n');
+    }
+    let total = &changes.total;
+    let _ = writeln!(
+        out,
+        "total: {}, +{} -{} rules, {} created, {} deleted",
+        plural(total.services, "Service changed", "Services changed"),
+        total.rules_added,
+        total.rules_removed,
+        plural(total.chains_added, "chain", "chains"),
+        plural(total.chains_removed, "chain", "chains"),
+    );
+    out
+}
+
+/// `ns/web (new): +3 -0 rules, new chains KUBE-SVC-..., ...`
+fn service_summary(service: &ServiceDiff) -> String {
+    let state = match service.change {
+        Change::Added => " (new)",
+        Change::Removed => " (removed)",
+        Change::Changed => "",
+    };
+    let mut line = format!(
+        "{}{state}: +{} -{} rules",
+        service.service, service.rules_added, service.rules_removed
+    );
+    for (label, chains) in [
+        ("new", &service.chains_added),
+        ("deleted", &service.chains_removed),
+    ] {
+        if chains.is_empty() {
+            continue;
+        }
+        let kind = if chains.len() == 1 { "chain" } else { "chains" };
+        let named: Vec<&str> = chains.iter().take(NAMED_CHAINS).map(String::as_str).collect();
+        line.push_str(&format!(", {label} {kind} {}", named.join(" ")));
+        if chains.len() > NAMED_CHAINS {
+            line.push_str(&format!(" and {} more", chains.len() - NAMED_CHAINS));
+        }
+    }
+    line
+}
+
+/// `port http (TCP 80 -> 8080, new)`
+fn port_heading(port: &PortDiff) -> String {
+    let name = if port.port_name.is_empty() {
+        "unnamed port".to_string()
+    } else {
+        format!("port {}", port.port_name)
+    };
+    let number = match (port.old_port, port.new_port) {
+        (Some(old), Some(new)) if old != new => format!(" {old} -> {new}"),
+        (_, Some(n)) | (Some(n), None) => format!(" {n}"),
+        (None, None) => String::new(),
+    };
+    let state = match port.change {
+        Change::Added => ", new",
+        Change::Removed => ", removed",
+        Change::Changed => "",
+    };
+    format!("{name} ({}{number}{state})", port.protocol)
+}
+
+fn describe_chains(out: &mut String, chains: &[ChainDiff], indent: &str) {
+    use std::fmt::Write;
+    for chain in chains {
+        let state = match chain.change {
+            Change::Added => " (new chain)",
+            Change::Removed => " (deleted chain)",
+            Change::Changed => "",
+        };
+        let _ = writeln!(out, "{indent}{} {}{state}", chain.table.as_str(), chain.chain);
+        for rule in &chain.removed {
+            let _ = writeln!(out, "{indent}  - {rule}");
+        }
+        for rule in &chain.added {
+            let _ = writeln!(out, "{indent}  + {rule}");
+        }
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

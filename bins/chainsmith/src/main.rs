@@ -46,7 +46,9 @@ enum Command {
     /// and external IPs) and what each does for pods, the node and outsiders.
     Explain(explain::ExplainArgs),
     /// Compare the rules the kernel holds (a dump, or live) with the rules a
-    /// cluster state should produce; exit status 1 when they differ.
+    /// cluster state should produce, or (--from OLD --to NEW) show per Service
+    /// the rules a manifest change adds and removes; exit status 1 when they
+    /// differ.
     Diff(diff::DiffArgs),
     /// Run on a node in place of kube-proxy: watch the API server, keep the
     /// rules in the kernel right, serve metrics and health.

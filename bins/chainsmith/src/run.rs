@@ -32,6 +32,12 @@ pub struct RunArgs {
     #[arg(long)]
     cleanup: bool,
 
+    /// Make the host settings `run` makes at start (conntrack and
+    /// route_localnet sysctls), then exit: for a privileged init container,
+    /// so that the proxy itself runs without write access to /proc/sys.
+    #[arg(long, conflicts_with = "cleanup")]
+    prepare_node: bool,
+
     /// How partial syncs are written: `minimal` (only chains whose content
     /// changed) or `compat` (exactly what upstream kube-proxy writes).
     #[arg(long, value_enum, default_value = "minimal")]
@@ -163,6 +169,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if args.cleanup {
         let deleted = chainsmith_node::cleanup(settings.backend)?;
         tracing::info!(chains_deleted = deleted, "cleanup done");
+        return Ok(());
+    }
+    if args.prepare_node {
+        let families = chainsmith_node::prepare_node(&settings)?;
+        tracing::info!(?families, "node prepared");
         return Ok(());
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?settings.proxy, "starting");

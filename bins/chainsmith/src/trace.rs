@@ -25,7 +25,7 @@ enum From {
 pub enum Output {
     /// Plain words.
     Text,
-    /// The full trace as JSON, for tools.
+    /// JSON, for tools (the full trace, drift or change).
     Json,
 }
 

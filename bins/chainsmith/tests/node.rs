@@ -675,8 +675,22 @@ fn prometheus_scrapes_the_sync_metrics() {
     let mut node = Node::new(&["pod-a"], vec![node_object(false, false), web]);
     let a = node.pod_ip("pod-a", false);
     node.api.apply(slice("web", Proto::Tcp, &[(a, NODE)]));
+    // What kube-proxy left for a Service deleted since it stopped: chainsmith
+    // takes the same chains over, so its first full sync must remove it.
+    let leftover = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-AAAALEFTOVERAAAA - [0:0]\n\
+        -A KUBE-SERVICES -d 198.51.100.99/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-AAAALEFTOVERAAAA\n\
+        -A KUBE-SVC-AAAALEFTOVERAAAA -p tcp -j DNAT --to-destination 192.0.2.99:80\nCOMMIT\n";
+    node.topology
+        .node
+        .run_with_input("iptables-nft-restore", &["--noflush"], leftover.as_bytes())
+        .expect("kube-proxy's leftovers");
     node.spawn(false, &[]);
     node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    let rules = node.rules(false);
+    assert!(
+        !rules.contains("LEFTOVER"),
+        "a leftover chain survived the first sync:\n{rules}"
+    );
 
     // promtool: the exposition parses; lint findings only on names upstream
     // kube-proxy fixed (gauges named *_total), never on chainsmith's own.
@@ -769,6 +783,98 @@ fn prometheus_scrapes_the_sync_metrics() {
     assert_eq!(last[0].0["ip_family"], json!("IPv4"));
     assert!(last[0].1 > 1e9, "a Unix time: {last:?}");
     assert!(syncs[0].1 >= 1.0, "{syncs:?}");
+
+    // kube-proxy's "Starting" event on the Node, which `kubectl describe
+    // node` shows.
+    let events = node.api.list("Event");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Starting"
+            && e["regarding"]["kind"] == "Node"
+            && e["regarding"]["name"] == NODE),
+        "{events:#?}"
+    );
+    // deploy/'s ClusterRole grants exactly what this run asked for.
+    assert_cluster_role_matches_requests(&node.api.requests());
+}
+
+/// RBAC's view of one API request: (API group, resource, verb).
+fn rbac_request(request: &str) -> Option<(String, String, String)> {
+    let (method, target) = request.split_once(' ')?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (*resource, false),
+        [resource, _name] => (*resource, true),
+        _ => return None,
+    };
+    let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
+    let verb = match (method, named, watch) {
+        ("GET", true, _) => "get",
+        ("GET", false, true) => "watch",
+        ("GET", false, false) => "list",
+        ("POST", false, _) => "create",
+        (other, _, _) => return Some((group.into(), resource.into(), other.to_lowercase())),
+    };
+    Some((group.into(), resource.into(), verb.into()))
+}
+
+/// Every request the binary made is allowed by deploy/base/rbac.yaml's
+/// ClusterRole, and every permission there was used: least privilege in
+/// both directions.
+fn assert_cluster_role_matches_requests(requests: &[String]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/base/rbac.yaml");
+    let role = text
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).expect("YAML"))
+        .find(|doc| doc["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let strings = |key: &str| -> Vec<String> {
+            rule[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default()
+        };
+        for group in strings("apiGroups") {
+            for resource in strings("resources") {
+                for verb in strings("verbs") {
+                    granted.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    let mut used = BTreeSet::new();
+    for request in requests {
+        // Discovery paths every authenticated client may read.
+        if ["GET /version", "GET /api?", "GET /apis?"]
+            .iter()
+            .any(|p| request.starts_with(p))
+        {
+            continue;
+        }
+        let needed = rbac_request(request).unwrap_or_else(|| panic!("not an API request: {request}"));
+        assert!(
+            granted.contains(&needed),
+            "{request} needs {needed:?}, which the ClusterRole lacks"
+        );
+        used.insert(needed);
+    }
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "the ClusterRole grants what the binary never uses: {unused:?}"
+    );
 }
 
 #[test]

@@ -6,8 +6,9 @@
 //! refused table keeps its previous rules. On full syncs the caller also runs
 //! [`Applier::ensure_jumps`] (the jumps from the built-in chains, checked with
 //! `-C` and inserted with `-I` as upstream does), [`Applier::ensure_canaries`]
-//! and [`Applier::ensure_nfacct`]. [`Tools::detect`] finds the backend in use
-//! (nf_tables or legacy) and whether `--random-fully` is supported.
+//! and [`Applier::ensure_nfacct`]. [`Tools::detect`] finds the tools' backend
+//! (nf_tables or legacy) and whether `--random-fully` is supported;
+//! [`backend_in_use`] tells which backend the node's kubelet writes with.
 //!
 //! Every command runs through a [`Runner`] with an argument vector, never a
 //! shell: [`SystemRunner`] on a node, [`NetnsRunner`] inside a network namespace
@@ -23,4 +24,4 @@ mod tools;
 
 pub use applier::{Applier, ApplyError, ApplyReport, CANARY_TABLES, failing_line};
 pub use runner::{CommandOutput, NetnsRunner, Runner, SystemRunner};
-pub use tools::{Backend, Tools};
+pub use tools::{Backend, Tools, backend_in_use};

@@ -23,6 +23,56 @@ impl Backend {
     }
 }
 
+/// Chains the kubelet keeps in the mangle table of the backend it uses.
+const KUBELET_CHAINS: [&str; 2] = ["KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"];
+
+/// The backend the node's other agents (kubelet, CNI plugin) write with, as
+/// kube-proxy's image judges it: the kubelet's chains in mangle; failing
+/// that, the backend holding more rules. `None` when nothing tells them
+/// apart. Rules in two backends are both enforced, but the kubelet's and the
+/// proxy's must agree for their chains to see each other, and a containerised
+/// proxy cannot trust its image's default.
+pub fn backend_in_use(runner: &dyn Runner) -> Option<Backend> {
+    let saved = |backend: Backend, table: Option<&str>| -> String {
+        let tools: &[&str] = match backend {
+            Backend::NfTables => &["iptables-nft-save", "ip6tables-nft-save"],
+            Backend::Legacy => &["iptables-legacy-save", "ip6tables-legacy-save"],
+        };
+        let args: Vec<&str> = table.map(|t| vec!["-t", t]).unwrap_or_default();
+        tools
+            .iter()
+            .filter_map(|tool| checked(runner, tool, &args).ok())
+            .map(|output| output.stdout)
+            .collect()
+    };
+    let has_kubelet_chains = |backend: Backend| {
+        let mangle = saved(backend, Some("mangle"));
+        mangle
+            .lines()
+            .filter_map(|line| line.strip_prefix(':'))
+            .any(|chain| KUBELET_CHAINS.iter().any(|k| chain.split(' ').next() == Some(*k)))
+    };
+    match (
+        has_kubelet_chains(Backend::NfTables),
+        has_kubelet_chains(Backend::Legacy),
+    ) {
+        (true, false) => return Some(Backend::NfTables),
+        (false, true) => return Some(Backend::Legacy),
+        _ => {}
+    }
+    let rules = |backend: Backend| {
+        saved(backend, None)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .count()
+    };
+    match rules(Backend::NfTables).cmp(&rules(Backend::Legacy)) {
+        std::cmp::Ordering::Greater => Some(Backend::NfTables),
+        std::cmp::Ordering::Less => Some(Backend::Legacy),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
 /// The tool names for one family and backend, and their capabilities.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tools {

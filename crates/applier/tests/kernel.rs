@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use chainsmith_applier::{Applier, ApplyError, Backend, NetnsRunner, Tools};
+use chainsmith_applier::{Applier, ApplyError, Backend, NetnsRunner, Tools, backend_in_use};
 use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpFamily, LocalTrafficDetector,
     NodeConfig, ObjectKey, Protocol, Service, ServicePort,
@@ -231,4 +231,54 @@ fn batched_full_sync_equals_one_restore() {
         tables.push((saved_rules(&applier, "filter"), saved_rules(&applier, "nat")));
     }
     assert_eq!(tables[0], tables[1]);
+}
+
+/// Without `--iptables-backend`, the proxy writes where the kubelet does: its
+/// chains in mangle decide, else the backend with more rules, else nothing.
+#[test]
+fn finds_the_backend_the_kubelet_writes_with() {
+    if !kernel_tests_enabled("finds_the_backend_the_kubelet_writes_with") {
+        return;
+    }
+    let netns = Netns::new("backend").expect("netns");
+    let runner = NetnsRunner::new(netns.name());
+    assert_eq!(backend_in_use(&runner), None, "an empty node tells nothing");
+
+    netns
+        .run("iptables-legacy", &["-t", "mangle", "-N", "KUBE-KUBELET-CANARY"])
+        .expect("legacy chain");
+    assert_eq!(backend_in_use(&runner), Some(Backend::Legacy));
+
+    // The kubelet's chains in both: the rules decide.
+    netns
+        .run("ip6tables-nft", &["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"])
+        .expect("nft chain");
+    assert_eq!(backend_in_use(&runner), None, "a tie, and no rules either");
+    netns
+        .run(
+            "iptables-nft",
+            &["-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT"],
+        )
+        .expect("nft rule");
+    assert_eq!(backend_in_use(&runner), Some(Backend::NfTables));
+
+    // No kubelet at all: a CNI plugin's rules alone.
+    let plain = Netns::new("backend").expect("netns");
+    let runner = NetnsRunner::new(plain.name());
+    plain
+        .run(
+            "iptables-legacy",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "192.0.2.0/24",
+                "-j",
+                "MASQUERADE",
+            ],
+        )
+        .expect("legacy rule");
+    assert_eq!(backend_in_use(&runner), Some(Backend::Legacy));
 }

@@ -3,7 +3,8 @@
 //! [`FakeApiServer`] serves the list + watch protocol over plain HTTP on a
 //! loopback (or any given) listener, well enough that kube-rs's
 //! `kube::runtime::watcher` runs against it unmodified: Services,
-//! EndpointSlices and Nodes, cluster-wide or per namespace, with resource
+//! EndpointSlices and Nodes (and events.k8s.io Events, which a client may
+//! create with POST), cluster-wide or per namespace, with resource
 //! versions, label and field selectors, paginated lists (`limit`/`continue`,
 //! consistent snapshots), watch events with the API server's selector
 //! transitions, bookmarks, `timeoutSeconds`, and `410 Expired` after
@@ -14,7 +15,7 @@
 //! a test check what the client did (relisted, reconnected).
 //!
 //! What it is not: there is no authentication or authorisation, no writes over
-//! HTTP (only GET), no validation or defaulting of objects beyond the server-set
+//! HTTP but creates (POST; no update, patch or delete), no validation or defaulting of objects beyond the server-set
 //! metadata (`resourceVersion`, `uid`, `creationTimestamp`), no other
 //! resources, no protobuf, and of the storage semantics only what watchers
 //! need (a list ignores `resourceVersion`/`resourceVersionMatch` and always

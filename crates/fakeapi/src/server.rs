@@ -1,5 +1,6 @@
 //! The HTTP side: a hyper 1 server on its own thread and tokio runtime that
-//! routes GETs to the [`Store`], streams watches and plays the faults.
+//! routes GETs (and the Events a proxy POSTs) to the [`Store`], streams
+//! watches and plays the faults.
 
 use std::convert::Infallible;
 use std::io;
@@ -226,6 +227,18 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         }
         None => {}
     }
+    if request.method() == Method::POST {
+        let path = request.uri().path().to_owned();
+        // A body that cannot be read is an empty one: the create then fails
+        // with 400, as a truncated upload would.
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        return Ok(create(&shared, &path, &body));
+    }
     Ok(respond(
         &shared,
         request.method(),
@@ -234,12 +247,71 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     ))
 }
 
+/// POST to a namespaced collection: creates the object (409 if it exists).
+fn create(shared: &Shared, path: &str, body: &[u8]) -> Response<ResponseBody> {
+    let route = match Route::parse(path) {
+        Some(
+            route @ Route {
+                name: None,
+                namespace: Some(_),
+                ..
+            },
+        ) => route,
+        _ => {
+            return status_response(&ApiError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: format!("POST is served on namespaced collections only, not {path}"),
+            });
+        }
+    };
+    let mut object: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(object) => object,
+        Err(error) => return status_response(&ApiError::bad_request(format!("body is not JSON: {error}"))),
+    };
+    if object["kind"].as_str() != Some(route.kind.kind()) {
+        return status_response(&ApiError::bad_request(format!(
+            "the body's kind {} does not match the path ({})",
+            object["kind"],
+            route.kind.kind()
+        )));
+    }
+    let namespace = route.namespace.as_deref().unwrap_or_default();
+    match object["metadata"]["namespace"].as_str() {
+        None => object["metadata"]["namespace"] = json!(namespace),
+        Some(ns) if ns == namespace => {}
+        Some(ns) => {
+            return status_response(&ApiError::bad_request(format!(
+                "the body's namespace {ns:?} does not match the path's {namespace:?}"
+            )));
+        }
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let mut store = shared.store();
+    if store.get(route.kind, Some(namespace), &name).is_some() {
+        return status_response(&ApiError {
+            code: 409,
+            reason: "AlreadyExists",
+            message: format!("{} \"{name}\" already exists", route.kind.plural()),
+        });
+    }
+    let result = store.apply(object);
+    drop(store);
+    match result {
+        Ok((stored, _)) => {
+            shared.notify();
+            json_response(StatusCode::CREATED, stored.full.clone())
+        }
+        Err(message) => status_response(&ApiError::bad_request(message)),
+    }
+}
+
 fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: Option<&str>) -> Response<ResponseBody> {
     if method != Method::GET {
         return status_response(&ApiError {
             code: 405,
             reason: "MethodNotAllowed",
-            message: format!("the fake API server only serves GET, not {method}"),
+            message: format!("the fake API server serves GET and POST, not {method}"),
         });
     }
     if path == "/version" {

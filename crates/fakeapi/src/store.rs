@@ -18,10 +18,12 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Node,
+    /// events.k8s.io/v1 Events, which the proxy creates (POST).
+    Event,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    pub(crate) const ALL: [Kind; 4] = [Kind::Service, Kind::EndpointSlice, Kind::Node, Kind::Event];
 
     pub(crate) fn from_kind(kind: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.kind() == kind)
@@ -32,6 +34,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::Event => "Event",
         }
     }
 
@@ -39,6 +42,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Event => "events.k8s.io/v1",
         }
     }
 
@@ -47,6 +51,7 @@ impl Kind {
             Kind::Service => "ServiceList",
             Kind::EndpointSlice => "EndpointSliceList",
             Kind::Node => "NodeList",
+            Kind::Event => "EventList",
         }
     }
 
@@ -55,6 +60,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Node => "nodes",
+            Kind::Event => "events",
         }
     }
 
@@ -63,6 +69,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "/api/v1",
             Kind::EndpointSlice => "/apis/discovery.k8s.io/v1",
+            Kind::Event => "/apis/events.k8s.io/v1",
         }
     }
 
@@ -75,6 +82,7 @@ impl Kind {
             Kind::Service => 0,
             Kind::EndpointSlice => 1,
             Kind::Node => 2,
+            Kind::Event => 3,
         }
     }
 }
@@ -248,7 +256,7 @@ pub(crate) struct Store {
     compacted: u64,
     uid_seed: u64,
     next_uid: u64,
-    collections: [Collection; 3],
+    collections: [Collection; 4],
     snapshots: BTreeMap<(u64, Kind), Snapshot>,
     /// Open watches: id -> resource version they have seen up to.
     cursors: HashMap<u64, u64>,
@@ -318,7 +326,7 @@ impl Store {
             .ok_or("object has no \"kind\"")?
             .to_string();
         let kind = Kind::from_kind(&kind_name).ok_or_else(|| {
-            format!("kind {kind_name:?} is not served (only Service, EndpointSlice and Node)")
+            format!("kind {kind_name:?} is not served (only Service, EndpointSlice, Node and Event)")
         })?;
         let mut object = object;
         match object["apiVersion"].as_str() {

@@ -1,7 +1,7 @@
 //! The real kube-rs client and `kube::runtime::watcher` against the fake API
 //! server: initial list, live events, kube-proxy's label selector, pagination,
 //! `410 Expired` forcing a relist, bookmarks, watch timeouts, outages, garbage
-//! and a 10k-Service bulk load.
+//! and a 10k-Service bulk load; and the Events kube's recorder creates.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -816,4 +816,56 @@ async fn bulk_load_of_10k_services_lists_fast() {
     assert!(load_10k < load_1k * 30, "1k: {load_1k:?}, 10k: {load_10k:?}");
     assert!(load_10k < Duration::from_secs(10), "{load_10k:?}");
     assert!(serve_list < Duration::from_secs(2), "{serve_list:?}");
+}
+
+/// kube's event recorder creates its Event with POST; a second create of the
+/// same name is refused as the API server refuses it (409); any served kind can
+/// be created.
+#[tokio::test]
+async fn events_are_created_with_post() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::api::PostParams;
+    use kube::runtime::events::{Event as RecordedEvent, EventType, Recorder, Reporter};
+
+    let server = FakeApiServer::start_local();
+    let client = client(&server).await;
+    let node = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some("node-a".into()),
+        uid: Some("node-a".into()),
+        ..ObjectReference::default()
+    };
+    let recorder = Recorder::new(client.clone(), Reporter::from("test"));
+    let event = RecordedEvent {
+        type_: EventType::Normal,
+        reason: "Starting".into(),
+        note: Some("started".into()),
+        action: "Start".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &node).await.expect("created");
+    let stored = server.list("Event");
+    assert_eq!(stored.len(), 1, "{stored:#?}");
+    assert_eq!(stored[0]["metadata"]["namespace"], "default");
+    assert_eq!(stored[0]["regarding"]["name"], "node-a");
+    assert!(stored[0]["metadata"]["resourceVersion"].is_string());
+
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), "default");
+    let again: K8sEvent = serde_json::from_value(stored[0].clone()).expect("an Event");
+    let refused = events
+        .create(&PostParams::default(), &again)
+        .await
+        .expect_err("exists");
+    assert!(
+        matches!(&refused, kube::Error::Api(status) if status.code == 409),
+        "{refused:?}"
+    );
+    let services: Api<Service> = Api::namespaced(client, "default");
+    let mut service: Service = serde_json::from_value(service("default", "web", json!({}))).expect("Service");
+    service.metadata.resource_version = None;
+    let created = services.create(&PostParams::default(), &service).await;
+    assert!(created.is_ok(), "{created:?}");
+    assert_eq!(server.list("Service").len(), 1);
 }

@@ -32,6 +32,8 @@ use chainsmith_applier::{Applier, ApplyError, Backend, SystemRunner, Tools};
 use chainsmith_model::{IpFamily, NfacctCounters, NodeObject};
 use chainsmith_sync::SyncEngine;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use tokio::net::TcpListener;
 use tokio::sync::watch as channel;
@@ -145,6 +147,41 @@ fn apply_sysctls(settings: &Settings, families: &[IpFamily]) {
     }
 }
 
+/// The host settings `run` makes at start (the sysctls), then nothing else:
+/// for a privileged init container, so that the long-running proxy needs no
+/// write access to `/proc/sys`. Returns the families whose tools work.
+pub fn prepare_node(settings: &Settings) -> Result<Vec<IpFamily>, NodeError> {
+    let backend = settings.backend.or_else(kubelets_backend);
+    let interfaces = host::interface_addresses().unwrap_or_else(|error| {
+        tracing::warn!(%error, "could not read interface addresses");
+        Vec::new()
+    });
+    let families: Vec<IpFamily> = address_families(None, &interfaces)
+        .into_iter()
+        .filter(|family| Tools::detect(&SystemRunner, *family, backend).is_ok())
+        .collect();
+    if families.is_empty() {
+        return Err(NodeError::NoFamily(
+            "no address family with an address and working iptables tools".into(),
+        ));
+    }
+    apply_sysctls(settings, &families);
+    Ok(families)
+}
+
+/// Without `--iptables-backend`: the backend the kubelet uses, if the node
+/// tells; else the image's default `iptables`.
+fn kubelets_backend() -> Option<Backend> {
+    let found = chainsmith_applier::backend_in_use(&SystemRunner);
+    if let Some(backend) = found {
+        tracing::info!(
+            backend = backend.as_str(),
+            "using the iptables backend the node's rules are in"
+        );
+    }
+    found
+}
+
 /// Removes everything kube-proxy's iptables mode installs, for every family
 /// whose tools work (`kube-proxy --cleanup`). Returns the chains deleted.
 pub fn cleanup(backend: Option<Backend>) -> Result<usize, NodeError> {
@@ -187,7 +224,8 @@ async fn listen(what: &'static str, address: SocketAddr) -> Result<TcpListener, 
 }
 
 /// Runs the node proxy until SIGTERM or SIGINT.
-pub async fn run(settings: Settings) -> Result<(), NodeError> {
+pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
+    settings.backend = settings.backend.or_else(kubelets_backend);
     let settings = Arc::new(settings);
     let node_name = node_name(&settings)?;
     let client = client(&settings).await?;
@@ -204,6 +242,7 @@ pub async fn run(settings: Settings) -> Result<(), NodeError> {
             None
         }
     };
+    tokio::spawn(record_start(client.clone(), node_name.clone()));
     let interfaces = host::interface_addresses().unwrap_or_else(|error| {
         tracing::warn!(%error, "could not read interface addresses");
         Vec::new()
@@ -251,6 +290,7 @@ pub async fn run(settings: Settings) -> Result<(), NodeError> {
     apply_sysctls(&settings, &family_list);
 
     let metrics = Arc::new(Metrics::new()?);
+    metrics.start_families(&family_list);
     let health_timeout = Duration::from_millis(settings.proxy.sync_period_ms.saturating_mul(2));
     let health = Arc::new(ProxyHealth::new(&family_list, health_timeout, SystemTime::now()));
     health.set_node_eligible(node.as_ref().is_some_and(eligible));
@@ -335,6 +375,34 @@ pub async fn run(settings: Settings) -> Result<(), NodeError> {
     // A restore in progress finishes (each table commits atomically anyway).
     let _ = tokio::task::spawn_blocking(move || syncer.join()).await;
     Ok(())
+}
+
+/// A `Starting` event on the Node, as kube-proxy records, so that `kubectl
+/// describe node` shows when the proxy (re)started. Best effort: the proxy
+/// works without it.
+async fn record_start(client: Client, node_name: String) {
+    let reporter = Reporter {
+        controller: "chainsmith".into(),
+        instance: Some(node_name.clone()),
+    };
+    // kube-proxy's node reference: cluster-scoped, the name as its UID.
+    let node = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node_name.clone()),
+        uid: Some(node_name),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Starting".into(),
+        note: Some(format!("chainsmith {} started", env!("CARGO_PKG_VERSION"))),
+        action: "StartKubeProxy".into(),
+        secondary: None,
+    };
+    if let Err(error) = Recorder::new(client, reporter).publish(&event, &node).await {
+        tracing::warn!(%error, "could not record the Starting event on the Node");
+    }
 }
 
 fn eligible(node: &NodeObject) -> bool {

@@ -445,6 +445,29 @@ impl Metrics {
             .inc_by(entries as u64);
     }
 
+    /// Creates each proxied family's failure and drift counters at 0: rate
+    /// functions only see a counter's steps after its first sample, so a
+    /// series born at 1 would never make `increase()` (and an alert) move.
+    pub fn start_families(&self, families: &[IpFamily]) {
+        for family in families {
+            let label = [family.as_str()];
+            for counter in [
+                &self.restore_failures,
+                &self.partial_restore_failures,
+                &self.drift,
+                &self.conntrack_deleted,
+            ] {
+                counter.with_label_values(&label);
+            }
+        }
+    }
+
+    /// A watch started: its error counter exists from 0 on (see
+    /// [`Metrics::start_families`]).
+    pub fn watch_started(&self, resource: &str) {
+        self.watch_errors.with_label_values(&[resource]);
+    }
+
     /// A watch failed (it retries by itself).
     pub fn watch_error(&self, resource: &str) {
         self.watch_errors.with_label_values(&[resource]).inc();
@@ -465,6 +488,12 @@ impl Metrics {
     pub fn health_answer(&self, livez: bool, code: u16) {
         let counter = if livez { &self.livez } else { &self.healthz };
         counter.with_label_values(&[&code.to_string()]).inc();
+    }
+
+    /// The registry [`Metrics::encode`] reads, so tests can check dashboards
+    /// and alerts against the names and labels actually exported.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition of every metric.
@@ -489,6 +518,22 @@ mod tests {
         assert_eq!(programming[..3], [0.25, 0.5, 1.0]);
         assert!(programming.contains(&59.0) && programming.contains(&115.0) && programming.contains(&300.0));
         assert!(!programming.contains(&61.0));
+    }
+
+    #[test]
+    fn failure_counters_exist_at_zero_before_the_first_failure() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.start_families(&[IpFamily::V4, IpFamily::V6]);
+        metrics.watch_started("services");
+        let text = metrics.encode();
+        for needle in [
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family=\"IPv6\"} 0",
+            "chainsmith_drift_detected_total{ip_family=\"IPv4\"} 0",
+            "chainsmith_watch_errors_total{resource=\"services\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Watchers {
 
     async fn follow<K: Followed>(&self, api: Api<K>, config: watcher::Config) {
         let resource = K::RESOURCE.as_str();
+        self.metrics.watch_started(resource);
         let mut known: HashSet<ObjectKey> = HashSet::new();
         let mut relisting: Option<HashSet<ObjectKey>> = None;
         let mut stream = watcher(api, config).default_backoff().boxed();

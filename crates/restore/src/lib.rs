@@ -14,18 +14,24 @@
 //!   far more than many small ones).
 //! - [`RuleSet`]: what a sequence of `iptables-restore --noflush` payloads leaves
 //!   in a table, for replaying syncs without a kernel.
+//! - [`changes`]: two plans' rules compared Service by Service ([`diff_plans`]
+//!   -> [`PlanDiff`]), each rule attributed to the port whose plan emits it, to
+//!   review what a manifest change does before it reaches a node.
 //!
 //! Architecture invariant: this crate knows the text format and nothing about
-//! Kubernetes; it decides no rule content (the planner does) and runs no
+//! Kubernetes objects (a Service is only the `namespace/name` key its ports
+//! carry); it decides no rule content (the planner does) and runs no
 //! process. Rendering appends to a caller-owned buffer so the buffer can be
 //! reused between syncs.
 
 pub mod batch;
+pub mod changes;
 pub mod normalize;
 pub mod parse;
 pub mod render;
 mod ruleset;
 
+pub use changes::{ChainDiff, Change, DiffTotal, PlanDiff, PortDiff, ServiceDiff, diff_plans};
 pub use parse::{ChainDump, Dump, ParseError, TableDump, parse_dump};
 pub use render::{PayloadWriter, render_plan, write_rule};
 pub use ruleset::{ApplyError, RuleSet};
