@@ -79,7 +79,7 @@ pub fn run(args: &DiffArgs) -> Result<bool> {
         (None, true) => {
             let runner: Box<dyn Runner> = match &args.netns {
                 Some(name) => Box::new(NetnsRunner::new(name)),
-                None => Box::new(SystemRunner),
+                None => Box::new(SystemRunner::default()),
             };
             // As `run` chooses: where the kubelet writes, else the default.
             let backend = args

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use chainsmith_applier::Backend;
@@ -47,7 +48,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     full_sync_period: String,
 
-    /// The iptables backend; by default the one `iptables --version` reports.
+    /// How long one iptables-restore (or iptables, conntrack, nfacct) may run
+    /// before it is killed and the sync counted as failed (a Go duration).
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    command_timeout: String,
+
+    /// The iptables backend; by default the one the kubelet's rules are in,
+    /// else the one `iptables --version` reports.
     #[arg(long, value_enum)]
     iptables_backend: Option<BackendArg>,
 
@@ -139,6 +146,15 @@ fn settings(args: &RunArgs) -> Result<Settings> {
             anyhow!(
                 "--full-sync-period: {:?} is not a positive duration",
                 args.full_sync_period
+            )
+        })?;
+    settings.command_timeout = parse_go_duration_ms(&args.command_timeout)
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            anyhow!(
+                "--command-timeout: {:?} is not a positive duration",
+                args.command_timeout
             )
         })?;
     settings.backend = args.iptables_backend.map(|b| match b {

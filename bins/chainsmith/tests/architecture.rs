@@ -268,6 +268,46 @@ fn pure_sources_have_no_side_effects() {
     assert!(checked >= 20, "only {checked} files checked");
 }
 
+/// Processes are started in one place only, the applier's runner, always as a
+/// program with an argument vector: no shell ever parses input the cluster
+/// controls (a Service name, a comment). Test support may start processes.
+#[test]
+fn only_the_applier_runner_starts_processes_and_never_a_shell() {
+    const TEST_SUPPORT: [&str; 2] = ["chainsmith-testkit", "chainsmith-fakeapi"];
+    let meta = metadata();
+    let runner = meta.manifests[&meta.id_of("chainsmith-applier")]
+        .parent()
+        .expect("crate dir")
+        .join("src/runner.rs");
+    let mut spawners = Vec::new();
+    for id in &meta.members {
+        let name = meta.names[id].as_str();
+        if TEST_SUPPORT.contains(&name) || name == "chainsmith-benches" {
+            continue;
+        }
+        let dir = meta.manifests[id].parent().expect("crate dir").join("src");
+        for file in rust_files(&dir) {
+            let text = std::fs::read_to_string(&file).expect("source");
+            let library = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for shell in ["\"sh\"", "\"/bin/sh\"", "\"bash\"", "\"-c\""] {
+                assert!(
+                    !library.contains(shell),
+                    "{} names a shell ({shell})",
+                    file.display()
+                );
+            }
+            if library.contains("Command::new") {
+                spawners.push(file);
+            }
+        }
+    }
+    assert_eq!(
+        spawners,
+        [runner],
+        "only the applier's runner may start processes"
+    );
+}
+
 /// Every crate root opens with a doc comment saying what the crate owns.
 #[test]
 fn every_crate_root_starts_with_a_doc_comment() {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use chainsmith_fakeapi::FakeApiServer;
+use chainsmith_fakeapi::{FakeApiServer, Outage};
 use chainsmith_testkit::{EchoServer, ProbeResult, Proto, Topology, kernel_tests_enabled, probe};
 use serde_json::{Value, json};
 
@@ -562,16 +562,20 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
     let mut node = Node::new(&["pod-a", "pod-b"], vec![node_object(false, false), lb]);
     let (a, b) = (node.pod_ip("pod-a", false), node.pod_ip("pod-b", false));
     node.api.apply(slice("lb", Proto::Tcp, &[(a, NODE)]));
-    // iptables-restore fails while `fail` exists; otherwise the real one runs.
+    // iptables-restore fails while `fail` exists, hangs while `hang` exists;
+    // otherwise the real one runs.
     let real = Command::new("sh")
         .args(["-c", "command -v iptables-nft-restore"])
         .output()
         .expect("sh");
     let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
     let marker = node.path("fail");
+    let hang = node.path("hang");
     let wrapper = format!(
-        "#!/bin/sh\nif [ -e '{}' ]; then cat >/dev/null; echo 'injected failure' >&2; exit 1; fi\nexec '{real}' \"$@\"\n",
-        marker.display()
+        "#!/bin/sh\nif [ -e '{}' ]; then cat >/dev/null; echo 'injected failure' >&2; exit 1; fi\n\
+         if [ -e '{}' ]; then cat >/dev/null; sleep 600; fi\nexec '{real}' \"$@\"\n",
+        marker.display(),
+        hang.display()
     );
     let wrapper_path = node.path("bin").join("iptables-nft-restore");
     std::fs::write(&wrapper_path, wrapper).expect("wrapper");
@@ -580,7 +584,7 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
         .arg(&wrapper_path)
         .status()
         .expect("chmod");
-    node.spawn(false, &[]);
+    node.spawn(false, &["--command-timeout=2s"]);
 
     node.wait_for("/healthz 200", CONVERGE, || {
         node.health("/healthz").is_some_and(|(code, _)| code == 200)
@@ -660,6 +664,36 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
         node.log().contains("injected failure"),
         "the restore error is logged"
     );
+
+    // iptables-restore hangs: killed after --command-timeout, counted as a
+    // failure, the old rules stay; the next syncs catch up once it works.
+    let failures_before = sample(
+        &node.metrics(),
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+        "IPv4",
+    )
+    .unwrap_or(0.0);
+    std::fs::write(&hang, "").expect("hang marker");
+    node.api.apply(slice("lb", Proto::Tcp, &[(a, NODE)]));
+    node.wait_for("a hung restore to be killed", CONVERGE, || {
+        node.log().contains("still running after 2 s, killed")
+    });
+    assert!(
+        sample(
+            &node.metrics(),
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+            "IPv4"
+        )
+        .unwrap_or(0.0)
+            > failures_before
+    );
+    assert_eq!(
+        node.answering(Proto::Tcp, lb_ip, 80, 6),
+        BTreeSet::from(["pod-b".to_owned()]),
+        "previous rules stay while restores hang"
+    );
+    std::fs::remove_file(&hang).expect("hang marker");
+    node.wait_for_pods(Proto::Tcp, lb_ip, 80, &["pod-a"]);
 }
 
 #[test]
@@ -747,7 +781,7 @@ fn prometheus_scrapes_the_sync_metrics() {
         .expect("prometheus");
     let api = SocketAddr::from((Ipv4Addr::LOCALHOST, 19090));
     let query = |expr: &str| -> Option<Vec<(Value, f64)>> {
-        let (code, _, body) = node.http_get(api, &format!("/api/v1/query?query={expr}"))?;
+        let (code, _, body) = node.http_get(api, &format!("/api/v1/query?query={}", percent_encode(expr)))?;
         let body: Value = serde_json::from_str(&body).ok()?;
         if code != 200 {
             return None;
@@ -772,8 +806,22 @@ fn prometheus_scrapes_the_sync_metrics() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The Grafana dashboard's queries, on this Prometheus and these metrics:
+    // each must be accepted and show data.
+    let mut empty = Vec::new();
+    if seen.is_some() {
+        // Rates need two samples in their window.
+        std::thread::sleep(Duration::from_secs(3));
+        for (panel, expr) in dashboard_queries() {
+            let result = query(&expr).unwrap_or_else(|| panic!("Prometheus refused panel {panel:?}: {expr}"));
+            if result.is_empty() {
+                empty.push(panel);
+            }
+        }
+    }
     let _ = prometheus.kill();
     let _ = prometheus.wait();
+    assert!(empty.is_empty(), "dashboard panels without data: {empty:?}");
     let Some((last, syncs)) = seen else {
         panic!(
             "Prometheus never saw the sync metrics; its log:\n{}",
@@ -795,6 +843,45 @@ fn prometheus_scrapes_the_sync_metrics() {
     );
     // deploy/'s ClusterRole grants exactly what this run asked for.
     assert_cluster_role_matches_requests(&node.api.requests());
+}
+
+/// Every query of deploy/monitoring/grafana-dashboard.json with its panel's
+/// title, Grafana's variables set as a person first opening it would have them.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/monitoring/grafana-dashboard.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            let expr = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+                .replace("$job", "chainsmith")
+                .replace("$node", ".*")
+                .replace("$instance", ".*");
+            queries.push((panel["title"].as_str().unwrap_or_default().to_owned(), expr));
+        }
+    }
+    assert!(queries.len() > 10, "{queries:?}");
+    queries
+}
+
+/// A URL query value: everything but unreserved characters percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// RBAC's view of one API request: (API group, resource, verb).
@@ -950,4 +1037,121 @@ fn dual_stack_and_stale_udp_conntrack_entries() {
         .unwrap_or(0.0)
             >= 1.0
     });
+}
+
+/// Faults from the API side: 503s and garbage instead of watch events, then
+/// objects far beyond the usual (a Service with 10,000 ports, an EndpointSlice
+/// with 1,000 endpoints). Each is logged and counted, and nothing already in
+/// the kernel is lost.
+#[test]
+fn api_errors_garbage_and_oversized_objects() {
+    if !kernel_tests_enabled("api_errors_garbage_and_oversized_objects") {
+        return;
+    }
+    let web_ip = v4(50);
+    let web = service(
+        "web",
+        json!({"type": "ClusterIP", "clusterIP": web_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 0)]}),
+    );
+    let mut node = Node::new(&["pod-a", "pod-b"], vec![node_object(false, false), web]);
+    let (a, b) = (node.pod_ip("pod-a", false), node.pod_ip("pod-b", false));
+    node.api.apply(slice("web", Proto::Tcp, &[(a, NODE)]));
+    node.spawn(false, &[]);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+
+    let watch_errors = |node: &Node| -> f64 {
+        ["services", "endpointslices", "nodes"]
+            .iter()
+            .filter_map(|r| {
+                sample(
+                    &node.metrics(),
+                    "chainsmith_watch_errors_total",
+                    &format!("resource=\"{r}\""),
+                )
+            })
+            .sum()
+    };
+    // 503s (which kube's client retries on its own) and then garbage for
+    // the watches' answers: logged, counted, the rules keep working.
+    for fault in ["503", "garbage"] {
+        let before = watch_errors(&node);
+        match fault {
+            "503" => node.api.set_outage_mode(Some(Outage::Error503)),
+            _ => node.api.set_garbage(true),
+        }
+        node.api.drop_watches();
+        node.wait_for(&format!("watch errors counted ({fault})"), CONVERGE, || {
+            watch_errors(&node) > before
+        });
+        assert_eq!(
+            node.answering(Proto::Tcp, web_ip, 80, 4),
+            BTreeSet::from(["pod-a".to_owned()]),
+            "the rules stay through {fault}"
+        );
+        node.api.set_outage_mode(None);
+        node.api.set_garbage(false);
+    }
+    assert!(
+        node.log().contains("watch failed; retrying with backoff"),
+        "{}",
+        node.log()
+    );
+    node.api.apply(slice("web", Proto::Tcp, &[(b, NODE)]));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-b"]);
+
+    // A Service with 10,000 ports, all to pod-a, and one whose slice holds
+    // 1,000 endpoints (never probed: its addresses are not reachable).
+    let many_ip = v4(51);
+    let ports: Vec<Value> = (0..10_000u16)
+        .map(|i| json!({"name": format!("p{i}"), "protocol": "TCP", "port": 20_000 + i, "targetPort": POD_PORT}))
+        .collect();
+    node.api.apply(service(
+        "many-ports",
+        json!({"type": "ClusterIP", "clusterIP": many_ip.to_string(), "ports": ports}),
+    ));
+    let mut many_slice = slice("many-ports", Proto::Tcp, &[(a, NODE)]);
+    many_slice["ports"] = (0..10_000u16)
+        .map(|i| json!({"name": format!("p{i}"), "protocol": "TCP", "port": POD_PORT}))
+        .collect();
+    node.api.apply(many_slice);
+    let wide_ip = v4(52);
+    node.api.apply(service(
+        "wide",
+        json!({"type": "ClusterIP", "clusterIP": wide_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 0)]}),
+    ));
+    let wide_endpoints: Vec<(IpAddr, &str)> = (0..1000u32)
+        .map(|i| {
+            (
+                IpAddr::V4(Ipv4Addr::new(10, 99, (i / 250) as u8, (i % 250 + 1) as u8)),
+                "node-b",
+            )
+        })
+        .collect();
+    node.api.apply(slice("wide", Proto::Tcp, &wide_endpoints));
+
+    for port in [20_000, 24_999, 29_999] {
+        node.wait_for_pods(Proto::Tcp, many_ip, port, &["pod-a"]);
+    }
+    let rules = node.rules(false);
+    let wide_jumps = rules
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-SEP-"))
+        .filter(|l| !l.contains("many-ports"))
+        .count();
+    assert!(wide_jumps >= 1000, "{wide_jumps} endpoint jumps");
+    // Beyond 1,000 endpoints kube-proxy leaves out the per-endpoint comments.
+    assert!(!rules.contains("shop/wide:p ->"), "large-cluster mode");
+    let nat_rules = sample(
+        &node.metrics(),
+        "kubeproxy_sync_proxy_rules_iptables_total",
+        "table=\"nat\"",
+    )
+    .unwrap_or(0.0);
+    assert!(nat_rules > 30_000.0, "{nat_rules} nat rules");
+    assert_eq!(
+        node.answering(Proto::Tcp, web_ip, 80, 4),
+        BTreeSet::from(["pod-b".to_owned()]),
+        "the other Services still work"
+    );
+    assert!(!node.log().contains("panicked"), "{}", node.log());
 }

@@ -11,6 +11,10 @@ use crate::{Backend, Runner, Tools};
 /// Tables that hold a `KUBE-PROXY-CANARY` chain; mangle is the one watched.
 pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
 
+/// How every iptables command waits for the xtables lock (legacy backend;
+/// nf_tables needs none): up to 5 s, kube-proxy's wait.
+const LOCK_WAIT: &str = "--wait=5";
+
 /// Chains kube-proxy owns in the fixed part of its rules (KUBE-FIREWALL is
 /// shared with kubelet and left alone by cleanup, as upstream does).
 const OWNED_FIXED_CHAINS: [&str; 8] = [
@@ -27,7 +31,8 @@ const OWNED_FIXED_CHAINS: [&str; 8] = [
 /// Why applying failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
-    /// A tool could not be started at all (missing binary, permissions).
+    /// A tool could not run to its end: it did not start (missing binary,
+    /// permissions) or was killed after the runner's timeout.
     #[error("cannot run {program}: {message}")]
     Spawn {
         /// The program.
@@ -119,19 +124,21 @@ impl Applier {
     }
 
     fn iptables(&self, table: &str, args: &[&str]) -> std::io::Result<crate::CommandOutput> {
-        let mut full = vec!["-w", "-t", table];
+        let mut full = vec![LOCK_WAIT, "-t", table];
         full.extend_from_slice(args);
         self.runner.run(self.tools.iptables(), &full, None)
     }
 
     fn iptables_checked(&self, table: &str, args: &[&str]) -> Result<(), ApplyError> {
-        let mut full = vec!["-w", "-t", table];
+        let mut full = vec![LOCK_WAIT, "-t", table];
         full.extend_from_slice(args);
         checked(&*self.runner, self.tools.iptables(), &full).map(|_| ())
     }
 
-    /// Feeds `payload` to `iptables-restore --noflush --wait`. An empty payload
-    /// runs nothing.
+    /// Feeds `payload` to `iptables-restore --noflush --wait=5`. An empty
+    /// payload runs nothing. Five seconds for the xtables lock, as upstream
+    /// waits: a lock held longer fails the sync (retried in full) instead of
+    /// stalling it.
     pub fn apply(&self, payload: &[u8]) -> Result<ApplyReport, ApplyError> {
         if payload.is_empty() {
             return Ok(ApplyReport {
@@ -142,7 +149,7 @@ impl Applier {
         let tool = self.tools.restore();
         let output = self
             .runner
-            .run(tool, &["--noflush", "--wait"], Some(payload))
+            .run(tool, &["--noflush", LOCK_WAIT], Some(payload))
             .map_err(|e| ApplyError::Spawn {
                 program: tool.to_string(),
                 message: e.to_string(),
@@ -272,14 +279,15 @@ impl Applier {
         names
             .iter()
             .map(|name| {
-                let ok = self
-                    .runner
-                    .run("nfacct", &["add", name], None)
-                    .is_ok_and(|output| {
-                        output.success()
-                            || output.stderr.contains("exists")
-                            || output.stdout.contains("exists")
-                    });
+                let succeeded = |args: &[&str]| {
+                    self.runner
+                        .run("nfacct", args, None)
+                        .is_ok_and(|output| output.success())
+                };
+                // Adding an existing counter fails (EBUSY, "Device or resource
+                // busy", whatever the version says), as after a restart:
+                // whether it exists is what `get` answers.
+                let ok = succeeded(&["add", name]) || succeeded(&["get", name]);
                 (name.to_string(), ok)
             })
             .collect()

@@ -23,5 +23,5 @@ mod runner;
 mod tools;
 
 pub use applier::{Applier, ApplyError, ApplyReport, CANARY_TABLES, failing_line};
-pub use runner::{CommandOutput, NetnsRunner, Runner, SystemRunner};
+pub use runner::{CommandOutput, DEFAULT_COMMAND_TIMEOUT, NetnsRunner, Runner, SystemRunner};
 pub use tools::{Backend, Tools, backend_in_use};

@@ -5,8 +5,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
-use chainsmith_applier::{Applier, ApplyError, Backend, NetnsRunner, Tools, backend_in_use};
+use chainsmith_applier::{
+    Applier, ApplyError, Backend, CommandOutput, NetnsRunner, Runner, Tools, backend_in_use,
+};
 use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpFamily, LocalTrafficDetector,
     NodeConfig, ObjectKey, Protocol, Service, ServicePort,
@@ -103,6 +106,20 @@ fn applies_payloads_jumps_and_canaries_idempotently() {
             applier.ensure_jumps().expect("again"),
             0,
             "{backend:?}: jumps are only inserted once"
+        );
+        // As after a restart: the counters exist and rules use them.
+        assert!(
+            applier
+                .ensure_nfacct(&["ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"])
+                .iter()
+                .all(|(_, exists)| *exists),
+            "{backend:?}: existing nfacct counters are found again"
+        );
+        assert!(
+            applier
+                .save_table("filter")
+                .expect("save")
+                .contains("--nfacct-name")
         );
         let filter = applier.save_table("filter").expect("save");
         // Each jump is inserted at the top, so the last inserted comes first.
@@ -281,4 +298,119 @@ fn finds_the_backend_the_kubelet_writes_with() {
         )
         .expect("legacy rule");
     assert_eq!(backend_in_use(&runner), Some(Backend::Legacy));
+}
+
+/// Runs commands in a namespace with the xtables lock at `lock` instead of
+/// the host's /run/xtables.lock, so that holding it stalls nothing else.
+struct PrivateLockRunner {
+    inner: NetnsRunner,
+    lock: String,
+}
+
+impl Runner for PrivateLockRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> std::io::Result<CommandOutput> {
+        let lock = format!("XTABLES_LOCKFILE={}", self.lock);
+        let mut full = vec![lock.as_str(), program];
+        full.extend_from_slice(args);
+        self.inner.run("env", &full, stdin)
+    }
+}
+
+/// Another process holds the xtables lock (legacy backend): the restore gives
+/// up after 5 s with iptables' own message and changes nothing; once the lock
+/// is free the same payload applies.
+#[test]
+fn a_held_xtables_lock_fails_the_restore_after_five_seconds() {
+    if !kernel_tests_enabled("a_held_xtables_lock_fails_the_restore_after_five_seconds") {
+        return;
+    }
+    let netns = Netns::new("lock").expect("netns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = dir.path().join("xtables.lock").display().to_string();
+    let runner = PrivateLockRunner {
+        inner: NetnsRunner::new(netns.name()),
+        lock: lock.clone(),
+    };
+    let tools = Tools::detect(&runner, IpFamily::V4, Some(Backend::Legacy)).expect("tools");
+    let applier = Applier::new(tools, Box::new(runner));
+    let payload = b"*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
+
+    let mut holder = std::process::Command::new("flock")
+        .args(["--no-fork", lock.as_str(), "sleep", "30"])
+        .spawn()
+        .expect("flock");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let error = applier.apply(payload).expect_err("the lock is held");
+    let waited = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(20),
+        "gave up after {waited:?}"
+    );
+    assert!(error.to_string().contains("xtables lock"), "{error}");
+    assert!(!saved_rules(&applier, "nat").contains("KUBE-SERVICES"));
+
+    applier.apply(payload).expect("the lock is free");
+    assert!(saved_rules(&applier, "nat").contains(":KUBE-SERVICES"));
+}
+
+/// An iptables-restore that never returns is killed after the runner's
+/// timeout, with everything it started; the error says so.
+#[test]
+fn a_hung_restore_is_killed_after_the_timeout() {
+    if !kernel_tests_enabled("a_hung_restore_is_killed_after_the_timeout") {
+        return;
+    }
+    let netns = Netns::new("hang").expect("netns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("hung-restore-ran");
+    // A restore that reads its payload, leaves a child behind and sleeps.
+    let script = format!(
+        "cat >/dev/null; (sleep 300; echo leaked) & touch '{}'; sleep 300",
+        marker.display()
+    );
+    struct HangingRestore {
+        inner: NetnsRunner,
+        script: String,
+    }
+    impl Runner for HangingRestore {
+        fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> std::io::Result<CommandOutput> {
+            if program.ends_with("-restore") {
+                self.inner.run("sh", &["-c", &self.script], stdin)
+            } else {
+                self.inner.run(program, args, stdin)
+            }
+        }
+    }
+    let runner = HangingRestore {
+        inner: NetnsRunner::new(netns.name()).with_timeout(Duration::from_secs(1)),
+        script,
+    };
+    let tools = Tools::detect(&runner, IpFamily::V4, Some(Backend::NfTables)).expect("tools");
+    let applier = Applier::new(tools, Box::new(runner));
+    let started = Instant::now();
+    let error = applier
+        .apply(b"*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n")
+        .expect_err("killed");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(marker.exists(), "the hanging restore ran");
+    assert!(
+        error.to_string().contains("still running after 1 s, killed"),
+        "{error}"
+    );
+    let leftovers = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 300"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        leftovers.stdout.is_empty(),
+        "the restore's children were killed too: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
 }

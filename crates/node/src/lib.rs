@@ -100,6 +100,11 @@ async fn client(settings: &Settings) -> Result<Client, NodeError> {
             .await
             .map_err(|e| NodeError::ClientConfig(e.to_string()))?,
     };
+    let mut config = config;
+    // The watchers back off and retry on their own, and count and log each
+    // failure; the client's own retries (15 for a 503, for minutes) would
+    // hide an overloaded API server from both.
+    config.default_retry = false;
     Client::try_from(config).map_err(|e| NodeError::ClientConfig(e.to_string()))
 }
 
@@ -158,7 +163,7 @@ pub fn prepare_node(settings: &Settings) -> Result<Vec<IpFamily>, NodeError> {
     });
     let families: Vec<IpFamily> = address_families(None, &interfaces)
         .into_iter()
-        .filter(|family| Tools::detect(&SystemRunner, *family, backend).is_ok())
+        .filter(|family| Tools::detect(&settings.runner(), *family, backend).is_ok())
         .collect();
     if families.is_empty() {
         return Err(NodeError::NoFamily(
@@ -172,7 +177,7 @@ pub fn prepare_node(settings: &Settings) -> Result<Vec<IpFamily>, NodeError> {
 /// Without `--iptables-backend`: the backend the kubelet uses, if the node
 /// tells; else the image's default `iptables`.
 fn kubelets_backend() -> Option<Backend> {
-    let found = chainsmith_applier::backend_in_use(&SystemRunner);
+    let found = chainsmith_applier::backend_in_use(&SystemRunner::default());
     if let Some(backend) = found {
         tracing::info!(
             backend = backend.as_str(),
@@ -188,14 +193,14 @@ pub fn cleanup(backend: Option<Backend>) -> Result<usize, NodeError> {
     let mut deleted = 0;
     let mut errors = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {
-        let tools = match Tools::detect(&SystemRunner, family, backend) {
+        let tools = match Tools::detect(&SystemRunner::default(), family, backend) {
             Ok(tools) => tools,
             Err(error) => {
                 tracing::info!(family = family.as_str(), %error, "no tools for this family; nothing to clean");
                 continue;
             }
         };
-        match Applier::new(tools, Box::new(SystemRunner)).cleanup() {
+        match Applier::new(tools, Box::new(SystemRunner::default())).cleanup() {
             Ok(n) => deleted += n,
             Err(error) => errors.push(error),
         }
@@ -251,7 +256,7 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
     let mut families = Vec::new();
     let mut skipped = Vec::new();
     for family in address_families(node.as_ref(), &interfaces) {
-        let tools = match Tools::detect(&SystemRunner, family, settings.backend) {
+        let tools = match Tools::detect(&settings.runner(), family, settings.backend) {
             Ok(tools) => tools,
             Err(error) => {
                 tracing::warn!(family = family.as_str(), %error, "iptables tools do not work; family not proxied");
@@ -275,7 +280,7 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
         let config = node_config(&settings, family, &node_name, node.as_ref(), &interfaces, facts);
         let mut engine = SyncEngine::new(config, settings.partial_sync);
         engine.set_full_sync_period(settings.full_sync_period_ms);
-        let applier = Applier::new(tools, Box::new(SystemRunner));
+        let applier = Applier::new(tools, Box::new(settings.runner()));
         families.push(FamilyProxier::new(family, engine, applier, facts));
     }
     if families.is_empty() {
@@ -351,7 +356,7 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
         metrics: metrics.clone(),
         health: health.clone(),
         service_health,
-        runner: Box::new(SystemRunner),
+        runner: Box::new(settings.runner()),
         interfaces,
         node,
     };
@@ -411,10 +416,10 @@ fn eligible(node: &NodeObject) -> bool {
 
 /// Creates the nfacct counters; the rules name only those that exist.
 fn nfacct_counters(backend: Option<Backend>) -> NfacctCounters {
-    let Ok(tools) = Tools::detect(&SystemRunner, IpFamily::V4, backend) else {
+    let Ok(tools) = Tools::detect(&SystemRunner::default(), IpFamily::V4, backend) else {
         return NfacctCounters::default();
     };
-    let created = Applier::new(tools, Box::new(SystemRunner)).ensure_nfacct(&NFACCT_COUNTERS);
+    let created = Applier::new(tools, Box::new(SystemRunner::default())).ensure_nfacct(&NFACCT_COUNTERS);
     let exists = |name: &str| created.iter().any(|(n, ok)| n == name && *ok);
     let counters = NfacctCounters {
         ct_state_invalid_dropped_pkts: exists(NFACCT_COUNTERS[0]),

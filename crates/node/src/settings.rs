@@ -3,8 +3,9 @@
 //! Node object and from the host.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
-use chainsmith_applier::Backend;
+use chainsmith_applier::{Backend, DEFAULT_COMMAND_TIMEOUT, SystemRunner};
 use chainsmith_k8s::{DetectLocalMode, NodePortAddresses, ProxyConfiguration};
 use chainsmith_model::{
     FeatureGates, InterfaceAddress, IpFamily, LocalTrafficDetector, NfacctCounters, NodeConfig, NodeObject,
@@ -24,6 +25,9 @@ pub struct Settings {
     pub full_sync_period_ms: u64,
     /// The iptables backend; `None` = whatever `iptables` is.
     pub backend: Option<Backend>,
+    /// How long one iptables, conntrack or nfacct command may run before it
+    /// is killed and counted as failed.
+    pub command_timeout: Duration,
 }
 
 impl Settings {
@@ -34,7 +38,13 @@ impl Settings {
             partial_sync: PartialSyncMode::Minimal,
             full_sync_period_ms: FULL_SYNC_PERIOD_MS,
             backend: None,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
         }
+    }
+
+    /// Runs the node's commands, with the command timeout.
+    pub fn runner(&self) -> SystemRunner {
+        SystemRunner::with_timeout(self.command_timeout)
     }
 }
 

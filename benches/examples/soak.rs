@@ -1,0 +1,190 @@
+//! Soak: the real `chainsmith run` in a node namespace against a fake API
+//! server with a large cluster under steady endpoint churn, for minutes.
+//! Reports resident memory over time, sync failures, network programming
+//! latency (the proxy's own histogram, from the slices' trigger times) and,
+//! every 10 s, event -> rules latency seen by real packets; at the end it
+//! compares the kernel's tables with what a freshly started proxy writes for
+//! the final state. Exits non-zero if a sync failed or the tables differ.
+//! Needs root and a release build of the binary.
+//!
+//! `cargo build --release -p chainsmith && cargo run --release -p chainsmith-benches --example soak -- 10000 10 10 50`
+//! (services, endpoints per service, minutes, endpoint changes per second)
+
+mod node_harness;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use node_harness::{
+    NodeUnderTest, endpoint_address, histogram_quantile, percentile, resident_kib, sample, slice,
+};
+
+/// A small deterministic generator (xorshift64*): the same churn every run.
+struct Churn(u64);
+
+impl Churn {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % below.max(1)
+    }
+}
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    sample(metrics, name, "ip_family=\"IPv4\"").unwrap_or(0.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let (services, endpoints, minutes, rate) = (
+        args.first().copied().unwrap_or(10_000),
+        args.get(1).copied().unwrap_or(10),
+        args.get(2).copied().unwrap_or(10),
+        args.get(3).copied().unwrap_or(50),
+    );
+    let mut out = std::io::stdout().lock();
+    let mut node = NodeUnderTest::new(services, endpoints, "soak")?;
+    let pid = node.start_proxy()?;
+    let Some(first) = node.answered_by("pod-a", pid, Duration::from_secs(900)) else {
+        return Err(format!("the first sync never answered; log:\n{}", node.log()).into());
+    };
+    writeln!(
+        out,
+        "{services} services x {endpoints} endpoints: first sync after {:.1} s, RSS {} MiB (peak {} MiB)",
+        first.as_secs_f64(),
+        resident_kib(pid, "VmRSS:") / 1024,
+        resident_kib(pid, "VmHWM:") / 1024,
+    )?;
+
+    // Each service's current endpoints; a change replaces one of them.
+    let mut current: Vec<Vec<String>> = (0..services)
+        .map(|i| {
+            (0..endpoints)
+                .map(|e| endpoint_address(i * endpoints + e))
+                .collect()
+        })
+        .collect();
+    let mut next_address = services * endpoints;
+    let mut churn = Churn(0x9E37_79B9_7F4A_7C15);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(60 * minutes as u64);
+    let mut changes = 0usize;
+    let mut rss = Vec::new();
+    let mut probed_latencies = Vec::new();
+    let mut probed_on = 0usize;
+    let mut next_sample = started;
+    let mut next_probe = started + Duration::from_secs(5);
+    while Instant::now() < end {
+        let i = 1 + churn.next(services - 1);
+        let slot = churn.next(endpoints);
+        current[i][slot] = endpoint_address(next_address);
+        next_address += 1;
+        node.api.apply(slice(&format!("svc-{i}"), &current[i]));
+        changes += 1;
+        if Instant::now() >= next_sample {
+            rss.push((started.elapsed().as_secs(), resident_kib(pid, "VmRSS:") / 1024));
+            next_sample += Duration::from_secs(10);
+        }
+        if Instant::now() >= next_probe {
+            // Move the probed Service's endpoint; real packets tell when the
+            // kernel has it (the churn goes on meanwhile, in this thread's
+            // absence, only between probes).
+            probed_on = 1 - probed_on;
+            let changed = Instant::now();
+            node.api
+                .apply(slice("probed", &[node.pods[probed_on].to_string()]));
+            let pod = ["pod-a", "pod-b"][probed_on];
+            match node.answered_by(pod, pid, Duration::from_secs(30)) {
+                Some(_) => probed_latencies.push(changed.elapsed().as_secs_f64() * 1000.0),
+                None => return Err(format!("{pod} never answered; log:\n{}", node.log()).into()),
+            }
+            next_probe = Instant::now() + Duration::from_secs(10);
+        }
+        let due = started + interval * u32::try_from(changes).unwrap_or(u32::MAX);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let the last changes reach the kernel.
+    std::thread::sleep(Duration::from_secs(5));
+    let metrics = node.metrics();
+    let failures = counter(
+        &metrics,
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+    );
+    let partial_failures = counter(
+        &metrics,
+        "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+    );
+    let syncs = counter(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_count");
+    let programming = "kubeproxy_network_programming_duration_seconds";
+    writeln!(
+        out,
+        "{changes} endpoint changes in {elapsed:.0} s ({:.1}/s); {syncs} syncs, {failures} failed restores, {partial_failures} failed partial restores",
+        changes as f64 / elapsed
+    )?;
+    writeln!(
+        out,
+        "network programming latency (the proxy's histogram): p50 {:.2} s, p99 {:.2} s",
+        histogram_quantile(&metrics, programming, 0.5).unwrap_or(f64::NAN),
+        histogram_quantile(&metrics, programming, 0.99).unwrap_or(f64::NAN),
+    )?;
+    probed_latencies.sort_by(f64::total_cmp);
+    if !probed_latencies.is_empty() {
+        writeln!(
+            out,
+            "event -> rules in the kernel, by real packets, {} times: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            probed_latencies.len(),
+            percentile(&probed_latencies, 50.0),
+            percentile(&probed_latencies, 99.0),
+            probed_latencies.last().copied().unwrap_or(0.0),
+        )?;
+    }
+    let samples: Vec<String> = rss.iter().map(|(s, mib)| format!("{s}s:{mib}")).collect();
+    writeln!(
+        out,
+        "resident memory (MiB) over time: {}; peak {} MiB",
+        samples.join(" "),
+        resident_kib(pid, "VmHWM:") / 1024
+    )?;
+
+    // The kernel after minutes of partial syncs, against a fresh proxy's
+    // first full sync of the same final state.
+    let incremental = node.tables()?;
+    node.stop_proxy();
+    let log_before = node.log().len();
+    let fresh_pid = node.start_proxy()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !node.log()[log_before.min(node.log().len())..].contains("kind=\"full\"") {
+        if Instant::now() > deadline || node_harness::exited(fresh_pid) {
+            return Err("the fresh proxy never synced".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fresh = node.tables()?;
+    let differing: Vec<_> = incremental.iter().zip(&fresh).filter(|(a, b)| a != b).collect();
+    let same = incremental.len() == fresh.len() && differing.is_empty();
+    writeln!(
+        out,
+        "kernel after the soak {} a fresh full sync ({} chains{})",
+        if same { "equals" } else { "DIFFERS from" },
+        incremental.len(),
+        if same {
+            String::new()
+        } else {
+            format!(
+                "; {} vs {} chains; first differing, after the soak then fresh: {:#?}",
+                incremental.len(),
+                fresh.len(),
+                differing.first()
+            )
+        }
+    )?;
+    if failures > 0.0 || partial_failures > 0.0 || !same {
+        return Err("the soak failed".into());
+    }
+    Ok(())
+}
