@@ -725,6 +725,21 @@ fn prometheus_scrapes_the_sync_metrics() {
         !rules.contains("LEFTOVER"),
         "a leftover chain survived the first sync:\n{rules}"
     );
+    // The slice changed before the proxy started: as upstream, that is not
+    // programming latency (it would report the downtime). A change now is.
+    let programmed = |node: &Node| {
+        sample(
+            &node.metrics(),
+            "kubeproxy_network_programming_duration_seconds_count",
+            "IPv4",
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(programmed(&node), 0.0, "{}", node.metrics());
+    node.api.apply(slice("web", Proto::Tcp, &[(a, NODE)]));
+    node.wait_for("the change's programming latency", CONVERGE, || {
+        programmed(&node) >= 1.0
+    });
 
     // promtool: the exposition parses; lint findings only on names upstream
     // kube-proxy fixed (gauges named *_total), never on chainsmith's own.

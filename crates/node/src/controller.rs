@@ -95,6 +95,8 @@ pub struct SyncLoop {
     pub interfaces: Vec<InterfaceAddress>,
     /// The Node object, once seen.
     pub node: Option<NodeObject>,
+    /// When the proxy started: older trigger times are not its latency.
+    pub started: SystemTime,
 }
 
 fn unix_seconds(time: SystemTime) -> f64 {
@@ -127,7 +129,10 @@ impl SyncLoop {
                 let family = self.families[index].family;
                 if applied {
                     let now = SystemTime::now();
-                    for trigger in &trigger_times {
+                    // As upstream: a slice changed before this proxy started
+                    // (the initial list) would report the downtime, not the
+                    // programming latency.
+                    for trigger in trigger_times.iter().filter(|t| **t >= self.started) {
                         let seconds = now.duration_since(*trigger).unwrap_or_default().as_secs_f64();
                         self.metrics.network_programming(family, seconds);
                     }

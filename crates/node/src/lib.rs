@@ -230,6 +230,7 @@ async fn listen(what: &'static str, address: SocketAddr) -> Result<TcpListener, 
 
 /// Runs the node proxy until SIGTERM or SIGINT.
 pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
+    let started = SystemTime::now();
     settings.backend = settings.backend.or_else(kubelets_backend);
     let settings = Arc::new(settings);
     let node_name = node_name(&settings)?;
@@ -359,6 +360,7 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
         runner: Box::new(settings.runner()),
         interfaces,
         node,
+        started,
     };
     let syncer = std::thread::Builder::new()
         .name("sync".into())
