@@ -46,4 +46,6 @@ cargo test --workspace --locked
 echo "== conformance, second opinion (check.py)"
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 scripts/check-conformance-with-python.sh "$target_dir/debug/chainsmith"
+echo "== fuzzing, bounded (scripts/fuzz.sh; run longer by hand)"
+scripts/fuzz.sh 20
 echo "== all tests passed"

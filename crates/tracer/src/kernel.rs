@@ -17,7 +17,9 @@
 //! forks the walk: with probability p it matches, with 1-p it does not, and both
 //! branches go on independently; every branch is one [`Outcome`].
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use chainsmith_model::IpFamily;
 use serde::Serialize;
@@ -31,8 +33,14 @@ pub const MAX_BRANCHES: usize = 10_000;
 /// Chains deeper than this are not entered (the kernel refuses loops; a dump
 /// could still hold a deep chain of jumps).
 const MAX_DEPTH: usize = 64;
-/// Rule evaluations per branch before giving up.
-const MAX_EVALUATIONS: usize = 1_000_000;
+/// Rule evaluations over the whole trace (every branch) before giving up.
+/// Every branch walks from the start, so this bounds the time of a trace of
+/// a dump whose forks multiply (many coin flips, or chains jumping several
+/// times to the next): a few seconds.
+const MAX_EVALUATIONS: usize = 5_000_000;
+/// Bytes of recorded steps over the whole trace (every branch) before giving
+/// up; each outcome keeps its whole path, so this bounds a trace's memory.
+const MAX_PATH_BYTES: usize = 256 << 20;
 
 /// The whole trace of one packet.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -204,50 +212,65 @@ pub enum Action {
 
 /// Traces a packet through a ruleset on a node; see the module documentation.
 pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Trace {
-    let mut warnings = Vec::new();
+    let mut warnings = Warnings::default();
     if let Some(family) = ruleset.family() {
         for ip in [packet.src, packet.dst] {
             if IpFamily::of(&ip) != family {
-                warn(
-                    &mut warnings,
-                    format!("{ip} is not an {family} address; the ruleset is for {family}"),
-                );
+                warnings.push(format!(
+                    "{ip} is not an {family} address; the ruleset is for {family}"
+                ));
             }
         }
     }
     if packet.conntrack != CtState::New {
-        warn(
-            &mut warnings,
-            format!(
-                "state {}: the nat table is consulted only for the first packet of a connection; \
-                 its translation is not known here, so nat is skipped",
-                packet.conntrack.as_iptables()
-            ),
-        );
+        warnings.push(format!(
+            "state {}: the nat table is consulted only for the first packet of a connection; \
+             its translation is not known here, so nat is skipped",
+            packet.conntrack.as_iptables()
+        ));
     }
     let mut outcomes = Vec::new();
-    let mut pending: Vec<Vec<bool>> = vec![Vec::new()];
-    while let Some(prefix) = pending.pop() {
-        if outcomes.len() == MAX_BRANCHES {
-            warn(
-                &mut warnings,
-                format!(
-                    "stopped after {MAX_BRANCHES} branches of statistic choices; \
-                     the outcomes listed do not cover every case"
-                ),
-            );
+    // Branches still to walk, last found first: the answers of an earlier
+    // branch up to one fork, with that fork answered `false` instead (`None`:
+    // the first branch, which answers every fork `true`). Shared, so a branch
+    // with many forks is not copied once per fork.
+    let mut pending: Vec<(Rc<[bool]>, Option<usize>)> = vec![(Rc::from([]), None)];
+    let mut budget = Budget {
+        evaluations: MAX_EVALUATIONS,
+        path_bytes: MAX_PATH_BYTES,
+    };
+    let mut stopped = false;
+    while let Some((decided, flip)) = pending.pop() {
+        if budget.evaluations == 0 || budget.path_bytes == 0 {
+            stopped = true;
             break;
         }
+        let prefix = match flip {
+            Some(i) => {
+                let mut prefix = decided[..=i].to_vec();
+                prefix[i] = false;
+                prefix
+            }
+            None => decided.to_vec(),
+        };
         let prefix_len = prefix.len();
-        let mut run = Run::new(ruleset, packet, node, prefix);
+        let mut run = Run::new(ruleset, packet, node, prefix, budget);
         let verdict = run.run();
-        for warning in run.warnings.drain(..) {
-            warn(&mut warnings, warning);
+        budget = run.budget;
+        for warning in run.warnings.list.drain(..) {
+            warnings.push(warning);
         }
-        for i in prefix_len..run.decisions.len() {
-            let mut alternative = run.decisions[..i].to_vec();
-            alternative.push(false);
-            pending.push(alternative);
+        // Only MAX_BRANCHES outcomes are listed, so only that many more
+        // branches are ever taken from the top of the stack: the rest (its
+        // bottom, and this branch's earliest forks) need not be kept.
+        let room = MAX_BRANCHES - outcomes.len() - 1;
+        let decided: Rc<[bool]> = Rc::from(std::mem::take(&mut run.decisions));
+        let first = prefix_len.max(decided.len().saturating_sub(room));
+        stopped |= first > prefix_len;
+        pending.extend((first..decided.len()).map(|i| (Rc::clone(&decided), Some(i))));
+        if pending.len() > room {
+            stopped = true;
+            pending.drain(..pending.len() - room);
         }
         outcomes.push(Outcome {
             probability: run.probability,
@@ -260,16 +283,42 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Trace {
             path: run.path,
         });
     }
+    if stopped {
+        let message = if outcomes.len() == MAX_BRANCHES {
+            format!("stopped after {MAX_BRANCHES} branches of statistic choices")
+        } else {
+            format!("stopped after {MAX_EVALUATIONS} rule evaluations or {MAX_PATH_BYTES} bytes of steps")
+        };
+        warnings.push(format!("{message}; the outcomes listed do not cover every case"));
+    }
     Trace {
         packet: packet.clone(),
         outcomes,
-        warnings,
+        warnings: warnings.list,
     }
 }
 
-fn warn(warnings: &mut Vec<String>, warning: String) {
-    if !warnings.contains(&warning) {
-        warnings.push(warning);
+/// What is left of a trace's limits ([`MAX_EVALUATIONS`], [`MAX_PATH_BYTES`]).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    evaluations: usize,
+    path_bytes: usize,
+}
+
+/// Warnings in the order first given, each once (a rule met on every branch
+/// warns on every branch).
+#[derive(Debug, Default)]
+struct Warnings {
+    list: Vec<String>,
+    seen: BTreeSet<String>,
+}
+
+impl Warnings {
+    fn push(&mut self, warning: String) {
+        if !self.seen.contains(&warning) {
+            self.seen.insert(warning.clone());
+            self.list.push(warning);
+        }
     }
 }
 
@@ -314,13 +363,20 @@ struct Run<'a> {
     snat_source: Option<String>,
     nat_destination: Option<String>,
     accepted_by_rule: bool,
-    evaluations: usize,
+    /// What the trace's limits leave for this branch and the ones after it.
+    budget: Budget,
     path: Vec<Step>,
-    warnings: Vec<String>,
+    warnings: Warnings,
 }
 
 impl<'a> Run<'a> {
-    fn new(ruleset: &'a Ruleset, packet: &'a Packet, node: &'a Node, decisions: Vec<bool>) -> Run<'a> {
+    fn new(
+        ruleset: &'a Ruleset,
+        packet: &'a Packet,
+        node: &'a Node,
+        decisions: Vec<bool>,
+        budget: Budget,
+    ) -> Run<'a> {
         Run {
             ruleset,
             packet,
@@ -343,9 +399,9 @@ impl<'a> Run<'a> {
             snat_source: None,
             nat_destination: None,
             accepted_by_rule: false,
-            evaluations: 0,
+            budget,
             path: Vec::new(),
-            warnings: Vec::new(),
+            warnings: Warnings::default(),
         }
     }
 
@@ -395,6 +451,11 @@ impl<'a> Run<'a> {
     }
 
     fn step(&mut self, table: &str, chain: &str, rule: Option<(usize, &ParsedRule)>, action: Action) {
+        let text_bytes = rule.map_or(0, |(_, r)| {
+            r.text.len() + r.comment.as_ref().map_or(0, String::len)
+        });
+        let bytes = std::mem::size_of::<Step>() + table.len() + chain.len() + text_bytes;
+        self.budget.path_bytes = self.budget.path_bytes.saturating_sub(bytes);
         self.path.push(Step {
             table: table.to_string(),
             chain: chain.to_string(),
@@ -428,13 +489,14 @@ impl<'a> Run<'a> {
             };
             let index = *next;
             *next += 1;
-            self.evaluations += 1;
-            if self.evaluations > MAX_EVALUATIONS {
+            if self.budget.evaluations == 0 || self.budget.path_bytes == 0 {
                 self.warnings.push(format!(
-                    "gave up after {MAX_EVALUATIONS} rule evaluations in {table} {hook}"
+                    "gave up in {table} {hook}: the trace took {MAX_EVALUATIONS} rule evaluations \
+                     or {MAX_PATH_BYTES} bytes of steps"
                 ));
                 return HookEnd::Continue;
             }
+            self.budget.evaluations -= 1;
             let chance = match self.evaluate(rule, table) {
                 Eval::NoMatch => continue,
                 Eval::NoMatchWithChance(p) => {
@@ -460,6 +522,12 @@ impl<'a> Run<'a> {
                     };
                     self.step(table, &chain.name, here, action);
                     match ruleset.chain(table, to) {
+                        Some(target) if frames.iter().any(|(entered, _)| std::ptr::eq(*entered, target)) => {
+                            self.warnings.push(format!(
+                                "a loop of jumps (the kernel refuses these): {to} not entered again from {}",
+                                rule.text
+                            ));
+                        }
                         Some(target) if frames.len() < MAX_DEPTH => {
                             if goto {
                                 frames.pop();

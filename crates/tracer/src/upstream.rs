@@ -25,7 +25,22 @@ pub struct UpstreamTrace {
     pub masq: bool,
     /// Every rule that matched, in order.
     pub matched: Vec<String>,
+    /// The walk gave up (after evaluating some 4 MiB of rule text), so
+    /// `output` and `matched` are incomplete. Only a ruleset with a loop of
+    /// jumps (which the kernel refuses) or exponentially many paths through
+    /// its chains gets here; upstream's own tracer would never finish on those.
+    pub gave_up: bool,
 }
+
+/// How much rule evaluation one trace may do: each rule evaluated costs its
+/// length plus [`RULE_COST`] (its parse), which also bounds the text copied
+/// into `matched`. Every jump is followed, so a loop of jumps, or a few chains
+/// each jumping twice to the next, would otherwise take exponential time and
+/// memory. A trace of kube-proxy's rules evaluates each about once; this is
+/// some 30 000 of them (a tenth of a second).
+const MAX_WORK: usize = 4 << 20;
+/// The fixed part of the cost of evaluating one rule.
+const RULE_COST: usize = 64;
 
 /// The parameters upstream's test parser understands; `true` if they take a value.
 const RULE_PARAMS: &[(&str, bool)] = &[
@@ -134,6 +149,8 @@ struct Tracer<'a> {
     out: Vec<String>,
     masq: bool,
     matched: Vec<String>,
+    /// Work done so far, see [`MAX_WORK`].
+    work: usize,
 }
 
 impl Tracer<'_> {
@@ -183,6 +200,10 @@ impl Tracer<'_> {
             return false;
         }
         for rule in &chain.rules {
+            self.work += RULE_COST + rule.text.len();
+            if self.work > MAX_WORK {
+                return false;
+            }
             let Some(r) = parse_upstream_rule(&rule.text) else {
                 continue;
             };
@@ -233,6 +254,7 @@ pub fn trace_upstream_test_detailed(
         out: Vec::new(),
         masq: false,
         matched: Vec::new(),
+        work: 0,
     };
     let dst = dst.to_string();
     tracer.run("nat", "KUBE-SERVICES", &dst, 0);
@@ -260,6 +282,7 @@ pub fn trace_upstream_test_detailed(
         output: tracer.out.join(", "),
         masq: tracer.masq,
         matched: tracer.matched,
+        gave_up: tracer.work > MAX_WORK,
     }
 }
 
@@ -301,5 +324,52 @@ mod tests {
         assert!(addr_matches(&(false, "10.0.0.0/8".into()), "10.1.2.3"));
         assert!(!addr_matches(&(false, "10.0.0.0/8".into()), "fd00::1"));
         assert!(addr_matches(&(false, "fd00::1".into()), "[fd00::1]"));
+    }
+
+    /// Found by fuzzing (`fuzz/` target `dump`): every jump is followed, so a
+    /// loop with two ways round took 2^64 steps, and so does a chain of chains
+    /// each jumping twice to the next (which the kernel accepts).
+    #[test]
+    fn gives_up_on_exponentially_many_paths() {
+        let looped = "*nat\n:KUBE-SERVICES - [0:0]\n:A - [0:0]\n-A KUBE-SERVICES -j A\n\
+            -A A -m statistic --mode random --probability 0.5 -j A\n\
+            -A A -m statistic --mode random --probability 0.5 -j A\nCOMMIT\n";
+        let mut doubling = String::from("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j C0\n");
+        for i in 0..40 {
+            doubling.push_str(&format!(":C{i} - [0:0]\n"));
+            for _ in 0..2 {
+                let next = i + 1;
+                doubling.push_str(&format!(
+                    "-A C{i} -m statistic --mode random --probability 0.5 -j C{next}\n"
+                ));
+            }
+        }
+        doubling.push_str(":C40 - [0:0]\n-A C40 -j DNAT --to-destination 10.180.0.1:80\nCOMMIT\n");
+        let ip = |text: &str| -> IpAddr { text.parse().expect("ip") };
+        for text in [looped, doubling.as_str()] {
+            let ruleset = Ruleset::from_dump(text).expect("loads");
+            let trace = trace_upstream_test_detailed(
+                &ruleset,
+                &[],
+                ip("10.0.0.2"),
+                Protocol::Tcp,
+                ip("172.30.0.41"),
+                80,
+            );
+            assert!(trace.gave_up, "{text}");
+            assert!(trace.matched.len() <= MAX_WORK / RULE_COST);
+        }
+        let fine = "*nat\n:KUBE-SERVICES - [0:0]\n:A - [0:0]\n-A KUBE-SERVICES -j A\n\
+            -A A -j DNAT --to-destination 10.180.0.1:80\nCOMMIT\n";
+        let ruleset = Ruleset::from_dump(fine).expect("loads");
+        let trace = trace_upstream_test_detailed(
+            &ruleset,
+            &[],
+            ip("10.0.0.2"),
+            Protocol::Tcp,
+            ip("172.30.0.41"),
+            80,
+        );
+        assert_eq!((trace.output.as_str(), trace.gave_up), ("10.180.0.1:80", false));
     }
 }

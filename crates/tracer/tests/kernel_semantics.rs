@@ -671,6 +671,53 @@ fn branches_are_bounded() {
     assert!(t.warnings.iter().any(|w| w.contains("stopped after")));
 }
 
+/// Found while fuzzing (`fuzz/` target `dump`): every branch walks from the
+/// start and keeps its path, so a dump whose forks multiply took time and
+/// memory without bound (a loop of jumps, which the kernel refuses: seconds
+/// and gigabytes; a thousand coin flips: 3 GB; chains each jumping twice to
+/// the next: exponential). Loops are not entered again, and the whole trace
+/// has a budget.
+#[test]
+fn work_is_bounded() {
+    let p = || packet("10.0.0.2", "10.1.1.1", 80, Origin::FromOutside);
+    let looped = "*nat\n:PREROUTING ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n-A PREROUTING -j A\n\
+        -A A -m statistic --mode random --probability 0.5 -j B\n-A A -j B\n\
+        -A B -j A\n-A B -j A\nCOMMIT\n";
+    let t = trace(&Ruleset::from_dump(looped).expect("dump"), &p(), &node());
+    assert_eq!(t.outcomes.len(), 2);
+    assert!(
+        t.warnings.iter().any(|w| w.contains("a loop of jumps")),
+        "{:?}",
+        t.warnings
+    );
+
+    let mut flips = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n");
+    for _ in 0..1000 {
+        flips.push_str("-A PREROUTING -m statistic --mode random --probability 0.5\n");
+    }
+    flips.push_str("COMMIT\n");
+    let mut doubling = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j C0\n");
+    for i in 0..30 {
+        doubling.push_str(&format!(":C{i} - [0:0]\n"));
+        for _ in 0..2 {
+            let next = i + 1;
+            doubling.push_str(&format!(
+                "-A C{i} -m statistic --mode random --probability 0.5 -j C{next}\n"
+            ));
+        }
+    }
+    doubling.push_str(":C30 - [0:0]\nCOMMIT\n");
+    for text in [flips, doubling] {
+        let t = trace(&Ruleset::from_dump(&text).expect("dump"), &p(), &node());
+        assert!(!t.outcomes.is_empty());
+        assert!(
+            t.warnings.iter().any(|w| w.contains("stopped after")),
+            "{:?}",
+            t.warnings
+        );
+    }
+}
+
 #[test]
 fn trace_serializes_to_json() {
     let t = run(

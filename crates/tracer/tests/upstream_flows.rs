@@ -40,13 +40,14 @@ fn check_flows(path: &Path, ruleset: &Ruleset) -> (usize, Vec<String>) {
             flow["output"].as_str().expect("output"),
             flow["masq"].as_bool().expect("masq"),
         );
-        if got.output != want_output || got.masq != want_masq {
+        if got.output != want_output || got.masq != want_masq || got.gave_up {
             failures.push(format!(
-                "{}: flow {:?}: got output={:?} masq={}, want output={want_output:?} masq={want_masq}\n    matched:\n      {}",
+                "{}: flow {:?}: got output={:?} masq={} gave_up={}, want output={want_output:?} masq={want_masq}\n    matched:\n      {}",
                 path.display(),
                 flow["name"],
                 got.output,
                 got.masq,
+                got.gave_up,
                 got.matched.join("\n      ")
             ));
         }
