@@ -15,9 +15,8 @@ mod node_harness;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use node_harness::{
-    NodeUnderTest, endpoint_address, histogram_quantile, percentile, resident_kib, sample, slice,
-};
+use chainsmith_testkit::metric_sample;
+use node_harness::{NodeUnderTest, endpoint_address, histogram_quantile, percentile, resident_kib, slice};
 
 /// A small deterministic generator (xorshift64*): the same churn every run.
 struct Churn(u64);
@@ -32,7 +31,7 @@ impl Churn {
 }
 
 fn counter(metrics: &str, name: &str) -> f64 {
-    sample(metrics, name, "ip_family=\"IPv4\"").unwrap_or(0.0)
+    metric_sample(metrics, name, "ip_family=\"IPv4\"").unwrap_or(0.0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

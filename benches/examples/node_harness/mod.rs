@@ -279,19 +279,6 @@ impl Drop for NodeUnderTest {
     }
 }
 
-/// One sample of a metric line `name{labels} value` whose labels contain `labels`.
-pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-                && line.contains(labels)
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
 /// A quantile of a Prometheus histogram, as `histogram_quantile` computes it
 /// (linear within the bucket).
 pub fn histogram_quantile(metrics: &str, name: &str, q: f64) -> Option<f64> {

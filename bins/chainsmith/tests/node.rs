@@ -23,7 +23,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use chainsmith_fakeapi::{FakeApiServer, Outage};
-use chainsmith_testkit::{EchoServer, ProbeResult, Proto, Topology, kernel_tests_enabled, probe};
+use chainsmith_testkit::{
+    EchoServer, ProbeResult, Proto, Topology, kernel_tests_enabled, metric_sample, probe,
+};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-a";
@@ -345,19 +347,6 @@ fn exited(pid: u32) -> bool {
     })
 }
 
-/// The value of the first sample of `name` whose labels contain `labels`.
-fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-                && line.contains(labels)
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -467,7 +456,7 @@ fn run_follows_churn_and_survives_api_server_faults() {
     );
     node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
     node.wait_for("the drift to be counted", CONVERGE, || {
-        sample(&node.metrics(), "chainsmith_drift_detected_total", "IPv4").unwrap_or(0.0) >= 1.0
+        metric_sample(&node.metrics(), "chainsmith_drift_detected_total", "IPv4").unwrap_or(0.0) >= 1.0
     });
     let log = node.log();
     let drift_line = log
@@ -481,11 +470,11 @@ fn run_follows_churn_and_survives_api_server_faults() {
 
     let metrics = node.metrics();
     assert!(
-        sample(&metrics, "chainsmith_watch_errors_total", "").unwrap_or(0.0) > 0.0,
+        metric_sample(&metrics, "chainsmith_watch_errors_total", "").unwrap_or(0.0) > 0.0,
         "{metrics}"
     );
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "kubeproxy_network_programming_duration_seconds_count",
             "IPv4"
@@ -495,7 +484,7 @@ fn run_follows_churn_and_survives_api_server_faults() {
         "{metrics}"
     );
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "IPv4"
@@ -504,7 +493,8 @@ fn run_follows_churn_and_survives_api_server_faults() {
             > 1e9
     );
     assert!(
-        sample(&metrics, "kubeproxy_sync_proxy_rules_endpoint_changes_total", "").unwrap_or(0.0) >= 6.0,
+        metric_sample(&metrics, "kubeproxy_sync_proxy_rules_endpoint_changes_total", "").unwrap_or(0.0)
+            >= 6.0,
         "{metrics}"
     );
     let log = node.log();
@@ -646,7 +636,7 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
     );
     let metrics = node.metrics();
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
             "IPv4"
@@ -667,7 +657,7 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
 
     // iptables-restore hangs: killed after --command-timeout, counted as a
     // failure, the old rules stay; the next syncs catch up once it works.
-    let failures_before = sample(
+    let failures_before = metric_sample(
         &node.metrics(),
         "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
         "IPv4",
@@ -679,7 +669,7 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
         node.log().contains("still running after 2 s, killed")
     });
     assert!(
-        sample(
+        metric_sample(
             &node.metrics(),
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
             "IPv4"
@@ -728,7 +718,7 @@ fn prometheus_scrapes_the_sync_metrics() {
     // The slice changed before the proxy started: as upstream, that is not
     // programming latency (it would report the downtime). A change now is.
     let programmed = |node: &Node| {
-        sample(
+        metric_sample(
             &node.metrics(),
             "kubeproxy_network_programming_duration_seconds_count",
             "IPv4",
@@ -1006,7 +996,7 @@ fn dual_stack_and_stale_udp_conntrack_entries() {
     node.wait_for_pods(Proto::Udp, dns_ip, 53, &["pod-a"]);
     let metrics = node.metrics();
     assert!(
-        sample(
+        metric_sample(
             &metrics,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "IPv6"
@@ -1044,7 +1034,7 @@ fn dual_stack_and_stale_udp_conntrack_entries() {
     });
     // Counted once the cleanup pass that deleted it ends.
     node.wait_for("the deletion to be counted", CONVERGE, || {
-        sample(
+        metric_sample(
             &node.metrics(),
             "chainsmith_conntrack_entries_deleted_total",
             "IPv4",
@@ -1078,7 +1068,7 @@ fn api_errors_garbage_and_oversized_objects() {
         ["services", "endpointslices", "nodes"]
             .iter()
             .filter_map(|r| {
-                sample(
+                metric_sample(
                     &node.metrics(),
                     "chainsmith_watch_errors_total",
                     &format!("resource=\"{r}\""),
@@ -1156,7 +1146,7 @@ fn api_errors_garbage_and_oversized_objects() {
     assert!(wide_jumps >= 1000, "{wide_jumps} endpoint jumps");
     // Beyond 1,000 endpoints kube-proxy leaves out the per-endpoint comments.
     assert!(!rules.contains("shop/wide:p ->"), "large-cluster mode");
-    let nat_rules = sample(
+    let nat_rules = metric_sample(
         &node.metrics(),
         "kubeproxy_sync_proxy_rules_iptables_total",
         "table=\"nat\"",

@@ -17,7 +17,8 @@
 //!   kube-proxy applies it (nfacct counters first, then the payload, then the
 //!   jumps from the built-in chains with `-C`/`-I`), on either backend;
 //! - [`EchoServer`] (a "pod": answers TCP and UDP with its name and the peer
-//!   it saw) and [`probe`] (a client: what happened to one connection).
+//!   it saw) and [`probe`] (a client: what happened to one connection);
+//! - [`metric_sample`]: one value from a `/metrics` scrape.
 //!
 //! Real-kernel tests need root, iproute2, iptables (both backends), nfacct and
 //! conntrack. They run when `CHAINSMITH_KERNEL_TESTS=1` is set (CI sets it,
@@ -28,10 +29,12 @@
 
 mod echo;
 mod iptables;
+mod metrics;
 mod topology;
 
 pub use echo::{EchoServer, Peer, ProbeResult, Proto, probe, probe_from, probe_here};
 pub use iptables::{Backend, IpFamily, apply_kube_proxy_rules, nfacct_packets, rule_packets};
+pub use metrics::metric_sample;
 pub use topology::{Pod, Topology};
 
 use std::fs::File;
