@@ -7,8 +7,9 @@
 //! the final state. Exits non-zero if a sync failed or the tables differ.
 //! Needs root and a release build of the binary.
 //!
-//! `cargo build --release -p chainsmith && cargo run --release -p chainsmith-benches --example soak -- 10000 10 10 50`
-//! (services, endpoints per service, minutes, endpoint changes per second)
+//! `cargo build --release -p chainsmith && cargo run --release -p chainsmith-benches --example soak -- 10000 10 10 50 [1s]`
+//! (services, endpoints per service, minutes, endpoint changes per second,
+//! and optionally `iptables.minSyncPeriod`)
 
 mod node_harness;
 
@@ -30,12 +31,39 @@ impl Churn {
     }
 }
 
+/// User and system CPU seconds of a process and of its waited-for children
+/// (iptables-restore runs as one), from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name, which may hold spaces.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14-17; index 0 here is field 3.
+    let ticks: f64 = fields
+        .get(11..15)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 fn counter(metrics: &str, name: &str) -> f64 {
     metric_sample(metrics, name, "ip_family=\"IPv4\"").unwrap_or(0.0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<usize> = raw.iter().take(4).filter_map(|a| a.parse().ok()).collect();
+    let min_sync_period = raw.get(4).cloned();
     let (services, endpoints, minutes, rate) = (
         args.first().copied().unwrap_or(10_000),
         args.get(1).copied().unwrap_or(10),
@@ -44,6 +72,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut out = std::io::stdout().lock();
     let mut node = NodeUnderTest::new(services, endpoints, "soak")?;
+    if let Some(period) = &min_sync_period {
+        node.set_min_sync_period(period)?;
+        writeln!(out, "iptables.minSyncPeriod: {period}")?;
+    }
     let pid = node.start_proxy()?;
     let Some(first) = node.answered_by("pod-a", pid, Duration::from_secs(900)) else {
         return Err(format!("the first sync never answered; log:\n{}", node.log()).into());
@@ -67,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut next_address = services * endpoints;
     let mut churn = Churn(0x9E37_79B9_7F4A_7C15);
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     let end = started + Duration::from_secs(60 * minutes as u64);
     let mut changes = 0usize;
@@ -99,7 +132,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Some(_) => probed_latencies.push(changed.elapsed().as_secs_f64() * 1000.0),
                 None => return Err(format!("{pod} never answered; log:\n{}", node.log()).into()),
             }
-            next_probe = Instant::now() + Duration::from_secs(10);
+            // A random phase: a fixed 10 s would lock the probe to the sync
+            // cadence and always measure the same point of it.
+            next_probe = Instant::now() + Duration::from_millis(10_000 + churn.next(2_000) as u64);
         }
         let due = started + interval * u32::try_from(changes).unwrap_or(u32::MAX);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -107,6 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
     // Let the last changes reach the kernel.
     std::thread::sleep(Duration::from_secs(5));
     let metrics = node.metrics();
@@ -119,11 +155,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
     );
     let syncs = counter(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_count");
-    let programming = "kubeproxy_network_programming_duration_seconds";
+    let programming = "chainsmith_network_programming_duration_seconds";
     writeln!(
         out,
         "{changes} endpoint changes in {elapsed:.0} s ({:.1}/s); {syncs} syncs, {failures} failed restores, {partial_failures} failed partial restores",
         changes as f64 / elapsed
+    )?;
+    writeln!(
+        out,
+        "CPU of the proxy and the commands it ran: {:.2} cores on average",
+        cpu / elapsed
     )?;
     writeln!(
         out,
@@ -140,6 +181,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             percentile(&probed_latencies, 50.0),
             percentile(&probed_latencies, 99.0),
             probed_latencies.last().copied().unwrap_or(0.0),
+        )?;
+    }
+    let mut partial = node.logged_sync_durations("partial");
+    partial.sort_by(f64::total_cmp);
+    if !partial.is_empty() {
+        writeln!(
+            out,
+            "partial sync durations, {} syncs: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            partial.len(),
+            percentile(&partial, 50.0),
+            percentile(&partial, 99.0),
+            partial.last().copied().unwrap_or(0.0),
         )?;
     }
     let samples: Vec<String> = rss.iter().map(|(s, mib)| format!("{s}s:{mib}")).collect();

@@ -161,6 +161,31 @@ impl NodeUnderTest {
         })
     }
 
+    /// Sets `iptables.minSyncPeriod` (e.g. `"250ms"`) for the next start.
+    pub fn set_min_sync_period(&self, period: &str) -> std::io::Result<()> {
+        let path = self.dir.join("proxy.yaml");
+        let config = std::fs::read_to_string(&path)?;
+        std::fs::write(path, format!("{config}iptables:\n  minSyncPeriod: {period}\n"))
+    }
+
+    /// The `duration_ms` of every logged sync of `kind` (`full`, `partial`).
+    pub fn logged_sync_durations(&self, kind: &str) -> Vec<f64> {
+        let kind = format!("kind=\"{kind}\"");
+        self.log()
+            .lines()
+            .filter(|line| line.contains(" synced "))
+            .filter(|line| line.contains(&kind))
+            .filter_map(|line| {
+                line.split("duration_ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
     /// Starts `chainsmith run` (nf_tables), its log appended to `chainsmith.log`.
     pub fn start_proxy(&mut self) -> Result<u32, Box<dyn std::error::Error>> {
         let log = std::fs::OpenOptions::new()

@@ -131,6 +131,8 @@ struct Node {
     _echo: Vec<EchoServer>,
     topology: Topology,
     dir: tempfile::TempDir,
+    /// `iptables.minSyncPeriod` in the configuration; `None` leaves it unset.
+    min_sync_period: Option<&'static str>,
 }
 
 impl Node {
@@ -157,6 +159,7 @@ impl Node {
             _echo: echo,
             topology,
             dir,
+            min_sync_period: Some("100ms"),
         }
     }
 
@@ -171,12 +174,16 @@ impl Node {
         } else {
             Topology::POD_CIDR_IPV4.to_string()
         };
+        let min_sync_period = self
+            .min_sync_period
+            .map(|period| format!("  minSyncPeriod: {period}\n"))
+            .unwrap_or_default();
         // conntrack zeros: leave the kernel's (host-wide) table size alone.
         let config = format!(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
              hostnameOverride: {NODE}\nclusterCIDR: {cidrs}\n\
              metricsBindAddress: 127.0.0.1:{METRICS_PORT}\nhealthzBindAddress: 0.0.0.0:{HEALTHZ_PORT}\n\
-             iptables:\n  syncPeriod: {SYNC_PERIOD_SECONDS}s\n  minSyncPeriod: 100ms\n\
+             iptables:\n  syncPeriod: {SYNC_PERIOD_SECONDS}s\n{min_sync_period}\
              conntrack:\n  maxPerCore: 0\n  min: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n"
         );
         std::fs::write(self.path("proxy.yaml"), config).expect("config");
@@ -730,6 +737,11 @@ fn prometheus_scrapes_the_sync_metrics() {
     node.wait_for("the change's programming latency", CONVERGE, || {
         programmed(&node) >= 1.0
     });
+    // A set minSyncPeriod is kept as it is, however cheap the syncs.
+    assert_eq!(
+        metric_sample(&node.metrics(), "chainsmith_sync_min_interval_seconds", ""),
+        Some(0.1)
+    );
 
     // promtool: the exposition parses; lint findings only on names upstream
     // kube-proxy fixed (gauges named *_total), never on chainsmith's own.
@@ -989,6 +1001,8 @@ fn dual_stack_and_stale_udp_conntrack_entries() {
     node.api.apply(slice("dns", Proto::Udp, &[(a, NODE)]));
     node.api
         .apply(slice("web6", Proto::Tcp, &[(node.pod_ip("pod-b", true), NODE)]));
+    // kubeadm's ConfigMap leaves minSyncPeriod at 0s: paced by the syncs' cost.
+    node.min_sync_period = None;
     node.spawn(true, &[]);
 
     // Both families are proxied.
@@ -1041,6 +1055,14 @@ fn dual_stack_and_stale_udp_conntrack_entries() {
         )
         .unwrap_or(0.0)
             >= 1.0
+    });
+    // Unset minSyncPeriod: the wait scales with these small syncs' cost
+    // instead of kube-proxy's fixed 1 s.
+    assert!(node.log().contains("minSyncPeriod not set"), "{}", node.log());
+    node.wait_for("the adaptive wait to fall below 1 s", CONVERGE, || {
+        let wait =
+            metric_sample(&node.metrics(), "chainsmith_sync_min_interval_seconds", "").unwrap_or(f64::NAN);
+        wait > 0.0 && wait < 1.0
     });
 }
 

@@ -27,7 +27,8 @@ pub const DEFAULT_METRICS_PORT: u16 = 10249;
 
 const DEFAULT_MASQUERADE_BIT: u8 = 14;
 const DEFAULT_SYNC_PERIOD_MS: u64 = 30_000;
-const DEFAULT_MIN_SYNC_PERIOD_MS: u64 = 1_000;
+/// kube-proxy's `minSyncPeriod` when the file leaves it unset (or `0s`).
+pub const KUBE_PROXY_MIN_SYNC_PERIOD_MS: u64 = 1_000;
 const DEFAULT_CONFIG_SYNC_PERIOD_MS: u64 = 15 * 60_000;
 const DEFAULT_OOM_SCORE_ADJ: i32 = -999;
 
@@ -64,8 +65,10 @@ pub struct ProxyConfiguration {
     pub localhost_node_ports: bool,
     /// `iptables.syncPeriod` in milliseconds (default 30s; `0s` = default).
     pub sync_period_ms: u64,
-    /// `iptables.minSyncPeriod` in milliseconds (default 1s; `0s` = default).
-    pub min_sync_period_ms: u64,
+    /// `iptables.minSyncPeriod` in milliseconds; `None` when unset or `0s`
+    /// (kube-proxy then uses [`KUBE_PROXY_MIN_SYNC_PERIOD_MS`]; how chainsmith
+    /// paces then is the node's choice, not the parser's).
+    pub min_sync_period_ms: Option<u64>,
     /// `configSyncPeriod` (informer resync) in milliseconds (default 15m; `0s` = default).
     pub config_sync_period_ms: u64,
     /// `conntrack` / `linux.conntrack`: the sysctls kube-proxy sets at start.
@@ -93,7 +96,7 @@ impl Default for ProxyConfiguration {
             masquerade_bit: DEFAULT_MASQUERADE_BIT,
             localhost_node_ports: true,
             sync_period_ms: DEFAULT_SYNC_PERIOD_MS,
-            min_sync_period_ms: DEFAULT_MIN_SYNC_PERIOD_MS,
+            min_sync_period_ms: None,
             config_sync_period_ms: DEFAULT_CONFIG_SYNC_PERIOD_MS,
             conntrack: ConntrackSettings::default(),
             oom_score_adj: Some(DEFAULT_OOM_SCORE_ADJ),
@@ -455,8 +458,9 @@ fn sync_periods(cfg: &mut ProxyConfiguration, iptables: &IptablesFile) -> Result
     let sync = optional_duration("iptables.syncPeriod", iptables.sync_period.as_deref())?;
     let min = optional_duration("iptables.minSyncPeriod", iptables.min_sync_period.as_deref())?;
     cfg.sync_period_ms = sync.unwrap_or(DEFAULT_SYNC_PERIOD_MS);
-    cfg.min_sync_period_ms = min.unwrap_or(DEFAULT_MIN_SYNC_PERIOD_MS);
-    if cfg.min_sync_period_ms > cfg.sync_period_ms {
+    cfg.min_sync_period_ms = min;
+    let effective_min = min.unwrap_or(KUBE_PROXY_MIN_SYNC_PERIOD_MS);
+    if effective_min > cfg.sync_period_ms {
         // Name the key the user set; a short syncPeriod can clash with the default minimum.
         let field = if min.is_some() {
             "iptables.minSyncPeriod"
@@ -465,7 +469,7 @@ fn sync_periods(cfg: &mut ProxyConfiguration, iptables: &IptablesFile) -> Result
         };
         let message = format!(
             "minSyncPeriod {} is longer than syncPeriod {}",
-            show_ms(cfg.min_sync_period_ms),
+            show_ms(effective_min),
             show_ms(cfg.sync_period_ms)
         );
         return Err(invalid(field, message));
@@ -899,7 +903,7 @@ winkernel:
                 cfg.min_sync_period_ms,
                 cfg.config_sync_period_ms
             ),
-            (30_000, 1_000, 900_000)
+            (30_000, None, 900_000)
         );
         assert_eq!(cfg.oom_score_adj, Some(-999));
         let ct = cfg.conntrack;
@@ -949,7 +953,10 @@ linux: {conntrack: {min: 5, udpStreamTimeout: 2m}}
         assert_eq!(cfg.oom_score_adj, Some(0));
         assert!(cfg.masquerade_all && !cfg.localhost_node_ports);
         assert_eq!(cfg.masquerade_bit, 0);
-        assert_eq!((cfg.sync_period_ms, cfg.min_sync_period_ms), (60_000, 1_500));
+        assert_eq!(
+            (cfg.sync_period_ms, cfg.min_sync_period_ms),
+            (60_000, Some(1_500))
+        );
         assert_eq!(cfg.config_sync_period_ms, 3_600_000);
         assert_eq!(
             cfg.conntrack,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chainsmith_applier::{Applier, Runner};
+use chainsmith_k8s::KUBE_PROXY_MIN_SYNC_PERIOD_MS;
 use chainsmith_model::{InterfaceAddress, IpFamily, NodeObject, ObjectKey};
 use chainsmith_naming::ChainName;
 use chainsmith_sync::{SyncEngine, SyncKind};
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::conntrack::{self, UdpFrontends};
 use crate::health::{ProxyHealth, ServiceHealth};
-use crate::inbox::{Changes, Inbox, Pacing};
+use crate::inbox::{ADAPTIVE_FACTOR, Changes, Inbox, LastSync, MinInterval, Pacing};
 use crate::metrics::{FinishedSync, Metrics};
 use crate::settings::{HostFacts, Settings, node_config};
 
@@ -106,15 +107,12 @@ fn unix_seconds(time: SystemTime) -> f64 {
 impl SyncLoop {
     /// Syncs until the inbox shuts down.
     pub fn run(mut self) {
-        let pacing = Pacing {
-            min_interval: Duration::from_millis(self.settings.proxy.min_sync_period_ms),
-            max_interval: Duration::from_millis(self.settings.proxy.sync_period_ms),
-        };
+        let pacing = self.pacing();
         let clock = Instant::now();
-        let mut last_start: Option<Instant> = None;
-        while let Some(wakeup) = self.inbox.next(pacing, last_start) {
-            let first = last_start.is_none();
-            last_start = Some(Instant::now());
+        let mut last: Option<LastSync> = None;
+        while let Some(wakeup) = self.inbox.next(pacing, last) {
+            let first = last.is_none();
+            let start = Instant::now();
             if wakeup.periodic && !first {
                 self.refresh_interfaces();
                 self.check_canaries();
@@ -142,8 +140,43 @@ impl SyncLoop {
                 }
             }
             self.publish_service_health();
+            let sync = LastSync {
+                start,
+                duration: start.elapsed(),
+            };
+            self.metrics
+                .min_interval(pacing.interval_after(sync).as_secs_f64());
+            last = Some(sync);
         }
         tracing::info!("sync loop stopped; rules stay in place");
+    }
+
+    /// `minSyncPeriod` as set, or adaptive up to kube-proxy's default.
+    fn pacing(&self) -> Pacing {
+        let proxy = &self.settings.proxy;
+        let min_interval = match proxy.min_sync_period_ms {
+            Some(ms) => {
+                tracing::info!(
+                    min_sync_period_ms = ms,
+                    "syncs paced by the configured minSyncPeriod"
+                );
+                MinInterval::Fixed(Duration::from_millis(ms))
+            }
+            None => {
+                tracing::info!(
+                    factor = ADAPTIVE_FACTOR,
+                    ceiling_ms = KUBE_PROXY_MIN_SYNC_PERIOD_MS,
+                    "minSyncPeriod not set: syncs paced by their own cost (the factor times the last sync's duration, at most the ceiling)"
+                );
+                MinInterval::Adaptive {
+                    ceiling: Duration::from_millis(KUBE_PROXY_MIN_SYNC_PERIOD_MS),
+                }
+            }
+        };
+        Pacing {
+            min_interval,
+            max_interval: Duration::from_millis(proxy.sync_period_ms),
+        }
     }
 
     /// Feeds the changes to every engine; returns the slices' trigger times.

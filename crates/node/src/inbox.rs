@@ -74,14 +74,55 @@ pub struct Wakeup {
     pub periodic: bool,
 }
 
-/// When the sync loop may run: at most once per `min_interval` and at least
+/// When the sync loop may run: at most once per minimum interval and at least
 /// once per `max_interval` (kube-proxy's bounded-frequency runner).
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
-    /// `minSyncPeriod`.
-    pub min_interval: Duration,
+    /// How soon after a sync the next may start.
+    pub min_interval: MinInterval,
     /// `syncPeriod`.
     pub max_interval: Duration,
+}
+
+/// The least time between the starts of two syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinInterval {
+    /// `minSyncPeriod` as set: kube-proxy's rule exactly.
+    Fixed(Duration),
+    /// `minSyncPeriod` left unset: [`ADAPTIVE_FACTOR`] times what the last
+    /// sync took, never more than `ceiling` (kube-proxy's default). A sync's
+    /// cost is set by the size of the tables, not by how much changed (every
+    /// nf_tables commit that adds a jump revalidates the whole table), so
+    /// batching is what bounds the CPU; scaling the wait with that cost keeps
+    /// syncing to at most half of one core under any churn, a change's wait
+    /// within three syncs' time, and small clusters' changes in milliseconds
+    /// instead of up to a second.
+    Adaptive {
+        /// The longest wait.
+        ceiling: Duration,
+    },
+}
+
+/// An adaptive interval is this many times the last sync's duration.
+pub const ADAPTIVE_FACTOR: u32 = 2;
+
+/// When the last sync started and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct LastSync {
+    /// Its start.
+    pub start: Instant,
+    /// Its wall-clock duration (every family, conntrack cleanup included).
+    pub duration: Duration,
+}
+
+impl Pacing {
+    /// The least time from `last`'s start to the next sync's.
+    pub fn interval_after(&self, last: LastSync) -> Duration {
+        match self.min_interval {
+            MinInterval::Fixed(interval) => interval,
+            MinInterval::Adaptive { ceiling } => (last.duration * ADAPTIVE_FACTOR).min(ceiling),
+        }
+    }
 }
 
 /// Shared by the watchers (writers) and the sync loop (reader).
@@ -131,7 +172,7 @@ impl Inbox {
 
     /// Blocks until the sync loop should run; `None` once shut down. The
     /// first wakeup waits for every initial list.
-    pub fn next(&self, pacing: Pacing, last_start: Option<Instant>) -> Option<Wakeup> {
+    pub fn next(&self, pacing: Pacing, last: Option<LastSync>) -> Option<Wakeup> {
         let mut waiting = self.lock();
         loop {
             if waiting.shutdown {
@@ -139,8 +180,8 @@ impl Inbox {
             }
             let now = Instant::now();
             let ready = waiting.listed.iter().all(|l| *l);
-            let earliest = last_start.map_or(now, |t| t + pacing.min_interval);
-            let periodic_at = last_start.map_or(now, |t| t + pacing.max_interval);
+            let earliest = last.map_or(now, |l| l.start + pacing.interval_after(l));
+            let periodic_at = last.map_or(now, |l| l.start + pacing.max_interval);
             let has_changes = !waiting.changes.is_empty();
             if ready && (now >= periodic_at || (has_changes && now >= earliest)) {
                 return Some(Wakeup {
@@ -167,7 +208,7 @@ mod tests {
     use super::*;
 
     const PACING: Pacing = Pacing {
-        min_interval: Duration::from_millis(200),
+        min_interval: MinInterval::Fixed(Duration::from_millis(200)),
         max_interval: Duration::from_secs(5),
     };
 
@@ -201,14 +242,14 @@ mod tests {
     fn changes_wait_for_the_minimum_interval_and_coalesce() {
         let inbox = Inbox::new();
         list_all(&inbox);
-        let last = Instant::now();
+        let last = synced_now(Duration::from_millis(1));
         for name in ["a", "b", "a"] {
             inbox.record(|c| {
                 c.services.insert(ObjectKey::new("ns", name), None);
             });
         }
         let wakeup = inbox.next(PACING, Some(last)).expect("not shut down");
-        assert!(last.elapsed() >= PACING.min_interval);
+        assert!(last.start.elapsed() >= Duration::from_millis(200));
         assert!(!wakeup.periodic);
         assert_eq!(wakeup.changes.services.len(), 2, "three updates of two Services");
     }
@@ -218,13 +259,65 @@ mod tests {
         let inbox = Inbox::new();
         list_all(&inbox);
         let pacing = Pacing {
-            min_interval: Duration::from_millis(10),
+            min_interval: MinInterval::Fixed(Duration::from_millis(10)),
             max_interval: Duration::from_millis(150),
         };
-        let last = Instant::now();
+        let last = synced_now(Duration::from_millis(1));
         let wakeup = inbox.next(pacing, Some(last)).expect("not shut down");
-        assert!(last.elapsed() >= pacing.max_interval);
+        assert!(last.start.elapsed() >= pacing.max_interval);
         assert!(wakeup.periodic && wakeup.changes.is_empty());
+    }
+
+    fn synced_now(duration: Duration) -> LastSync {
+        LastSync {
+            start: Instant::now(),
+            duration,
+        }
+    }
+
+    fn record_one(inbox: &Inbox) {
+        inbox.record(|c| {
+            c.services.insert(ObjectKey::new("ns", "a"), None);
+        });
+    }
+
+    const ADAPTIVE: Pacing = Pacing {
+        min_interval: MinInterval::Adaptive {
+            ceiling: Duration::from_millis(400),
+        },
+        max_interval: Duration::from_secs(5),
+    };
+
+    #[test]
+    fn adaptive_pacing_waits_twice_the_last_sync() {
+        let inbox = Inbox::new();
+        list_all(&inbox);
+        let last = synced_now(Duration::from_millis(60));
+        record_one(&inbox);
+        inbox.next(ADAPTIVE, Some(last)).expect("not shut down");
+        let waited = last.start.elapsed();
+        assert!(waited >= Duration::from_millis(120), "{waited:?}");
+        assert!(waited < Duration::from_millis(400), "{waited:?}");
+    }
+
+    #[test]
+    fn adaptive_pacing_never_waits_longer_than_the_ceiling() {
+        let inbox = Inbox::new();
+        list_all(&inbox);
+        let last = synced_now(Duration::from_secs(20));
+        assert_eq!(ADAPTIVE.interval_after(last), Duration::from_millis(400));
+        record_one(&inbox);
+        inbox.next(ADAPTIVE, Some(last)).expect("not shut down");
+        let waited = last.start.elapsed();
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn a_set_minimum_is_kept_however_cheap_the_sync() {
+        let last = synced_now(Duration::from_micros(10));
+        assert_eq!(PACING.interval_after(last), Duration::from_millis(200));
+        assert_eq!(ADAPTIVE.interval_after(last), Duration::from_micros(20));
     }
 
     #[test]

@@ -237,7 +237,7 @@ mod tests {
         .expect("valid");
         assert!(cfg.masquerade_all);
         assert_eq!(cfg.cluster_cidrs.len(), 1);
-        assert_eq!(cfg.min_sync_period_ms, 1_000);
+        assert_eq!(cfg.min_sync_period_ms, None);
         assert_eq!(
             proxy_configuration_with_flags(None, &[]).expect("valid"),
             ProxyConfiguration::default()
