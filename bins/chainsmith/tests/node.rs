@@ -581,6 +581,9 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
         .arg(&wrapper_path)
         .status()
         .expect("chmod");
+    // minSyncPeriod unset: a restore that fails fast must not make the
+    // adaptive pacing retry at once.
+    node.min_sync_period = None;
     node.spawn(false, &["--command-timeout=2s"]);
 
     node.wait_for("/healthz 200", CONVERGE, || {
@@ -651,6 +654,11 @@ fn health_endpoints_follow_local_endpoints_node_state_and_failed_syncs() {
         .unwrap_or(0.0)
             >= 1.0,
         "{metrics}"
+    );
+    assert_eq!(
+        metric_sample(&metrics, "chainsmith_sync_min_interval_seconds", ""),
+        Some(1.0),
+        "after a failed sync the wait is the full ceiling"
     );
     std::fs::remove_file(&marker).expect("marker");
     node.wait_for("/healthz 200 after recovery", CONVERGE, || {

@@ -122,8 +122,10 @@ impl SyncLoop {
             let trigger_times = self.absorb(wakeup.changes);
             self.metrics.changes_synced();
             let now_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let mut failed = false;
             for index in 0..self.families.len() {
                 let applied = self.sync_family(index, now_ms);
+                failed |= !applied;
                 let family = self.families[index].family;
                 if applied {
                     let now = SystemTime::now();
@@ -143,6 +145,7 @@ impl SyncLoop {
             let sync = LastSync {
                 start,
                 duration: start.elapsed(),
+                failed,
             };
             self.metrics
                 .min_interval(pacing.interval_after(sync).as_secs_f64());

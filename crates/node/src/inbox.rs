@@ -113,6 +113,8 @@ pub struct LastSync {
     pub start: Instant,
     /// Its wall-clock duration (every family, conntrack cleanup included).
     pub duration: Duration,
+    /// A family's restore failed.
+    pub failed: bool,
 }
 
 impl Pacing {
@@ -120,6 +122,9 @@ impl Pacing {
     pub fn interval_after(&self, last: LastSync) -> Duration {
         match self.min_interval {
             MinInterval::Fixed(interval) => interval,
+            // A failing restore fails fast: scaled by its duration, the
+            // retries would spin.
+            MinInterval::Adaptive { ceiling } if last.failed => ceiling,
             MinInterval::Adaptive { ceiling } => (last.duration * ADAPTIVE_FACTOR).min(ceiling),
         }
     }
@@ -272,6 +277,7 @@ mod tests {
         LastSync {
             start: Instant::now(),
             duration,
+            failed: false,
         }
     }
 
@@ -311,6 +317,16 @@ mod tests {
         let waited = last.start.elapsed();
         assert!(waited >= Duration::from_millis(400), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn a_failed_sync_waits_the_ceiling_however_fast_it_failed() {
+        let last = LastSync {
+            failed: true,
+            ..synced_now(Duration::from_millis(2))
+        };
+        assert_eq!(ADAPTIVE.interval_after(last), Duration::from_millis(400));
+        assert_eq!(PACING.interval_after(last), Duration::from_millis(200));
     }
 
     #[test]
