@@ -15,7 +15,7 @@ mod node_harness;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use node_harness::{NodeUnderTest, percentile, resident_kib, slice};
+use node_harness::{NodeUnderTest, p50_p99_max, resident_kib, slice};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -40,7 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut latencies = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        // Spaced beyond minSyncPeriod (1 s), so each change syncs at once.
+        // Spaced beyond the longest wait between syncs (1 s), so each change
+        // syncs at once.
         std::thread::sleep(Duration::from_millis(1100));
         let target = (round + 1) % 2;
         let changed = Instant::now();
@@ -51,36 +52,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => return Err(format!("round {round}: {name} never answered").into()),
         }
     }
-    latencies.sort_by(f64::total_cmp);
+    let (p50, p99, max) = p50_p99_max(latencies).ok_or("no rounds")?;
     writeln!(
         out,
-        "event -> rules in the kernel over {rounds} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; RSS {} MiB",
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0),
-        latencies.last().copied().unwrap_or(0.0),
+        "event -> rules in the kernel over {rounds} changes: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; RSS {} MiB",
         resident_kib(pid, "VmRSS:") / 1024,
     )?;
-    let mut partial: Vec<f64> = node
-        .log()
-        .lines()
-        .filter(|l| l.contains(" synced") && l.contains("partial"))
-        .filter_map(|l| {
-            l.split("duration_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    partial.sort_by(f64::total_cmp);
-    if !partial.is_empty() {
+    let partial = node.logged_sync_durations("partial");
+    let syncs = partial.len();
+    if let Some((p50, p99, _)) = p50_p99_max(partial) {
         writeln!(
             out,
-            "of which the sync itself (plan, write, iptables-restore): p50 {:.1} ms, p99 {:.1} ms over {} partial syncs",
-            percentile(&partial, 50.0),
-            percentile(&partial, 99.0),
-            partial.len()
+            "of which the sync itself (plan, write, iptables-restore): p50 {p50:.1} ms, p99 {p99:.1} ms over {syncs} partial syncs",
         )?;
     }
     Ok(())

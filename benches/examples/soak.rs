@@ -17,7 +17,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chainsmith_testkit::metric_sample;
-use node_harness::{NodeUnderTest, endpoint_address, histogram_quantile, percentile, resident_kib, slice};
+use node_harness::{NodeUnderTest, endpoint_address, histogram_quantile, p50_p99_max, resident_kib, slice};
 
 /// A small deterministic generator (xorshift64*): the same churn every run.
 struct Churn(u64);
@@ -172,27 +172,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         histogram_quantile(&metrics, programming, 0.5).unwrap_or(f64::NAN),
         histogram_quantile(&metrics, programming, 0.99).unwrap_or(f64::NAN),
     )?;
-    probed_latencies.sort_by(f64::total_cmp);
-    if !probed_latencies.is_empty() {
+    let probes = probed_latencies.len();
+    if let Some((p50, p99, max)) = p50_p99_max(probed_latencies) {
         writeln!(
             out,
-            "event -> rules in the kernel, by real packets, {} times: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            probed_latencies.len(),
-            percentile(&probed_latencies, 50.0),
-            percentile(&probed_latencies, 99.0),
-            probed_latencies.last().copied().unwrap_or(0.0),
+            "event -> rules in the kernel, by real packets, {probes} times: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms",
         )?;
     }
-    let mut partial = node.logged_sync_durations("partial");
-    partial.sort_by(f64::total_cmp);
-    if !partial.is_empty() {
+    let partial = node.logged_sync_durations("partial");
+    let syncs_logged = partial.len();
+    if let Some((p50, p99, max)) = p50_p99_max(partial) {
         writeln!(
             out,
-            "partial sync durations, {} syncs: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            partial.len(),
-            percentile(&partial, 50.0),
-            percentile(&partial, 99.0),
-            partial.last().copied().unwrap_or(0.0),
+            "partial sync durations, {syncs_logged} syncs: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms",
         )?;
     }
     let samples: Vec<String> = rss.iter().map(|(s, mib)| format!("{s}s:{mib}")).collect();

@@ -75,9 +75,16 @@ pub fn cluster(services: usize, endpoints: usize, pod: IpAddr) -> Vec<Value> {
     objects
 }
 
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// p50, p99 and the maximum of `samples`; `None` when there are none.
+pub fn p50_p99_max(mut samples: Vec<f64>) -> Option<(f64, f64, f64)> {
+    samples.sort_by(f64::total_cmp);
+    let max = *samples.last()?;
+    Some((percentile(&samples, 50.0), percentile(&samples, 99.0), max))
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
