@@ -346,30 +346,25 @@ mod tests {
         }
         doubling.push_str(":C40 - [0:0]\n-A C40 -j DNAT --to-destination 10.180.0.1:80\nCOMMIT\n");
         let ip = |text: &str| -> IpAddr { text.parse().expect("ip") };
-        for text in [looped, doubling.as_str()] {
+        let trace_dump = |text: &str| {
             let ruleset = Ruleset::from_dump(text).expect("loads");
-            let trace = trace_upstream_test_detailed(
+            trace_upstream_test_detailed(
                 &ruleset,
                 &[],
                 ip("10.0.0.2"),
                 Protocol::Tcp,
                 ip("172.30.0.41"),
                 80,
-            );
+            )
+        };
+        for text in [looped, doubling.as_str()] {
+            let trace = trace_dump(text);
             assert!(trace.gave_up, "{text}");
             assert!(trace.matched.len() <= MAX_WORK / RULE_COST);
         }
         let fine = "*nat\n:KUBE-SERVICES - [0:0]\n:A - [0:0]\n-A KUBE-SERVICES -j A\n\
             -A A -j DNAT --to-destination 10.180.0.1:80\nCOMMIT\n";
-        let ruleset = Ruleset::from_dump(fine).expect("loads");
-        let trace = trace_upstream_test_detailed(
-            &ruleset,
-            &[],
-            ip("10.0.0.2"),
-            Protocol::Tcp,
-            ip("172.30.0.41"),
-            80,
-        );
+        let trace = trace_dump(fine);
         assert_eq!((trace.output.as_str(), trace.gave_up), ("10.180.0.1:80", false));
     }
 }
