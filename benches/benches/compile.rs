@@ -6,6 +6,8 @@ use std::hint::black_box;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use chainsmith_benches::{cluster, node};
+use chainsmith_iptables::CountingSink;
+use chainsmith_layout::Layout;
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
 use chainsmith_sync::{PartialSyncMode, SyncEngine};
@@ -21,20 +23,22 @@ fn cold(c: &mut Criterion) {
     for (services, endpoints) in SIZES {
         let input = cluster(services, endpoints);
         let config = node();
-        let lines = render_plan(&Plan::compile(&input.services, &input.slices, &config))
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count();
+        let lines = render_plan(
+            &Plan::compile(&input.services, &input.slices, &config),
+            Layout::V1_33,
+        )
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count();
         group.throughput(Throughput::Elements(lines as u64));
         group.bench_function(
             BenchmarkId::from_parameter(format!("{services}x{endpoints}")),
             |b| {
                 b.iter(|| {
-                    render_plan(&Plan::compile(
-                        black_box(&input.services),
-                        black_box(&input.slices),
-                        &config,
-                    ))
+                    render_plan(
+                        &Plan::compile(black_box(&input.services), black_box(&input.slices), &config),
+                        Layout::V1_33,
+                    )
                 })
             },
         );
@@ -78,15 +82,15 @@ fn phases(c: &mut Criterion) {
     });
     let plan = Plan::compile(&input.services, &input.slices, &config);
     group.bench_function("render_fresh_buffer", |b| {
-        b.iter(|| render_plan(black_box(&plan)))
+        b.iter(|| render_plan(black_box(&plan), Layout::V1_33))
     });
     group.bench_function("emit_only", |b| {
         b.iter(|| {
-            let mut sink = chainsmith_planner::CountingSink::default();
+            let mut sink = CountingSink::default();
+            let layout = Layout::V1_33;
             for port in &plan.ports {
-                port.emit_filter(&mut sink);
-                port.emit_nat_shared(&plan.ctx, &mut sink);
-                port.emit_nat_own(&plan.ctx, false, &mut sink);
+                layout.emit_filter(port, &plan.ctx, &mut sink);
+                layout.emit_nat(port, &plan.ctx, false, true, &mut sink);
             }
             black_box(sink.rules)
         })

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chainsmith_applier::{Applier, Backend, NetnsRunner, Tools};
 use chainsmith_benches::{cluster, node};
+use chainsmith_layout::Layout;
 use chainsmith_model::IpFamily;
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
@@ -26,7 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let input = cluster(services, endpoints);
     let mut config = node();
     config.nfacct = Default::default();
-    let payload = render_plan(&Plan::compile(&input.services, &input.slices, &config));
+    let payload = render_plan(
+        &Plan::compile(&input.services, &input.slices, &config),
+        Layout::V1_33,
+    );
     let lines = payload.iter().filter(|b| **b == b'\n').count();
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -12,6 +12,7 @@
 use chainsmith_k8s::{parse_manifests, parse_node_config};
 use chainsmith_model::NodeConfig;
 use chainsmith_planner::Plan;
+use chainsmith_layout::Layout;
 use chainsmith_restore::normalize::consistency_errors;
 use chainsmith_restore::{RuleSet, parse_dump, render_plan};
 use chainsmith_tracer::Ruleset;
@@ -35,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     for diagnostic in &plan.diagnostics {
         let _ = diagnostic.to_string();
     }
-    let payload = render_plan(&plan);
+    let payload = render_plan(&plan, Layout::V1_33);
     let Ok(payload) = String::from_utf8(payload) else {
         panic!("payload is not UTF-8");
     };

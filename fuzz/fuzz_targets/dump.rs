@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(drift(&ruleset, &ruleset).is_empty(), "drift from itself");
     let family = ruleset.family().unwrap_or(IpFamily::V4);
-    let ruleset = ruleset.with_builtin_jumps(family);
+    let ruleset = ruleset.with_builtin_jumps(family, &chainsmith_iptables::BUILTIN_JUMPS);
     let (src, node_ip) = match family {
         IpFamily::V4 => (
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),

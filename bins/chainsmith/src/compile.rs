@@ -4,12 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use chainsmith_k8s::{parse_manifests, parse_node_config};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
 use clap::Args;
 
-use crate::input;
+use crate::input::{self, Example, LayoutArg};
 
 #[derive(Debug, Args)]
 pub struct CompileArgs {
@@ -23,26 +22,24 @@ pub struct CompileArgs {
     /// example cluster and node are compiled.
     #[arg(value_name = "CLUSTER.yaml")]
     clusters: Vec<PathBuf>,
+    /// Compile a bundled example cluster and node instead of files.
+    #[arg(long, value_enum, value_name = "NAME")]
+    example: Option<Example>,
+    #[command(flatten)]
+    layout: LayoutArg,
 }
 
 pub fn run(args: &CompileArgs) -> Result<()> {
-    let (node, manifests) = if args.clusters.is_empty() && args.node.is_none() {
-        let node = parse_node_config(input::EXAMPLE_NODE, "example/node.yaml")?;
-        (
-            node,
-            parse_manifests(input::EXAMPLE_CLUSTER, "example/cluster.yaml")?,
-        )
-    } else {
-        (
-            input::load_node(args.node.as_deref())?,
-            input::load_manifests(&args.clusters)?,
-        )
+    let example = match args.example {
+        None if args.clusters.is_empty() && args.node.is_none() => Some(Example::Default),
+        chosen => chosen,
     };
+    let (node, manifests) = input::load_input(example, args.node.as_deref(), &args.clusters)?;
     let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
     input::report_diagnostics(&manifests.diagnostics);
     input::report_diagnostics(&plan.diagnostics);
     std::io::stdout()
         .lock()
-        .write_all(&render_plan(&plan))
+        .write_all(&render_plan(&plan, args.layout.layout))
         .context("cannot write to stdout")
 }

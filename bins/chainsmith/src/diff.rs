@@ -13,7 +13,7 @@ use chainsmith_restore::{ChainDiff, Change, PlanDiff, PortDiff, ServiceDiff, dif
 use chainsmith_tracer::{Drift, DriftKind, Ruleset, drift};
 use clap::{Args, ValueEnum};
 
-use crate::input;
+use crate::input::{self, LayoutArg};
 use crate::trace::{Output, compiled_ruleset};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -60,6 +60,8 @@ pub struct DiffArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
+    #[command(flatten)]
+    layout: LayoutArg,
 }
 
 /// Runs the command; `Ok(true)` when the kernel drifted from the desired rules,
@@ -73,7 +75,9 @@ pub fn run(args: &DiffArgs) -> Result<bool> {
     if !args.live && (args.netns.is_some() || args.backend.is_some()) {
         bail!("--netns and --backend choose which kernel tables to read: use them with --live");
     }
-    let desired = compiled_ruleset(&node, &args.clusters)?;
+    let manifests = input::load_manifests(&args.clusters)?;
+    input::report_diagnostics(&manifests.diagnostics);
+    let desired = compiled_ruleset(&node, &manifests, args.layout.layout)?;
     let dump = match (&args.rules, args.live) {
         (Some(path), _) => input::read_text(path)?,
         (None, true) => {
@@ -162,7 +166,7 @@ fn manifest_change(args: &DiffArgs, node: &NodeConfig) -> Result<bool> {
         .collect();
     input::report_diagnostics(&old_only);
     input::report_diagnostics(&new_diagnostics);
-    let changes = diff_plans(&old, &new);
+    let changes = diff_plans(&old, &new, args.layout.layout);
     let text = match args.output {
         Output::Text => describe_changes(&changes),
         Output::Json => serde_json::to_string_pretty(&changes)? + "\n",

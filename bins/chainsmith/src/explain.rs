@@ -10,19 +10,23 @@ use chainsmith_planner::{Plan, ServicePortPlan};
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
 use clap::Args;
 
-use crate::{input, narrate, trace as tracing};
+use crate::input::{self, Example, LayoutArg};
+use crate::{narrate, trace as tracing};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// Node and proxier settings.
     #[arg(long, value_name = "NODE.yaml")]
     node: Option<PathBuf>,
-    /// Cluster manifests.
-    #[arg(value_name = "CLUSTER.yaml", required = true)]
-    clusters: Vec<PathBuf>,
-    /// The Service, as `namespace/name`.
-    #[arg(value_name = "NAMESPACE/NAME")]
-    service: String,
+    /// Cluster manifests, then the Service as `namespace/name` (only the
+    /// Service with --example).
+    #[arg(value_name = "CLUSTER.yaml... NAMESPACE/NAME", required = true)]
+    arguments: Vec<String>,
+    /// Explain a Service of a bundled example cluster and node instead.
+    #[arg(long, value_enum, value_name = "NAME", conflicts_with = "node")]
+    example: Option<Example>,
+    #[command(flatten)]
+    layout: LayoutArg,
 }
 
 /// Who sends the sample packets: documentation addresses, never real hosts.
@@ -54,12 +58,17 @@ fn senders(node: &NodeConfig, plan: &ServicePortPlan) -> Senders {
 }
 
 pub fn run(args: &ExplainArgs) -> Result<()> {
-    let Some((namespace, name)) = args.service.split_once('/') else {
-        bail!("name the Service as namespace/name, got {:?}", args.service);
+    let Some((service, clusters)) = args.arguments.split_last() else {
+        bail!("name the Service as namespace/name");
+    };
+    if clusters.is_empty() && args.example.is_none() {
+        bail!("give the cluster manifests (or --example NAME) before the Service");
+    }
+    let Some((namespace, name)) = service.split_once('/') else {
+        bail!("name the Service as namespace/name, got {service:?}");
     };
     let key = ObjectKey::new(namespace, name);
-    let node = input::load_node(args.node.as_deref())?;
-    let manifests = input::load_manifests(&args.clusters)?;
+    let (node, manifests) = input::load_input(args.example, args.node.as_deref(), clusters)?;
     input::report_diagnostics(&manifests.diagnostics);
     let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
     let ports: Vec<&ServicePortPlan> = plan
@@ -78,7 +87,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         }
         bail!("no Service {key} in the manifests");
     }
-    let ruleset = tracing::compiled_ruleset(&node, &args.clusters)?;
+    let ruleset = tracing::compiled_ruleset(&node, &manifests, args.layout.layout)?;
     let local = Node::new(tracing::local_ips(&node));
     let mut out = String::new();
     for port in ports {

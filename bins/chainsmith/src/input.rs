@@ -5,12 +5,72 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_k8s::{MAX_INPUT_BYTES, Manifests, parse_manifests, parse_node_config};
+use chainsmith_layout::Layout;
 use chainsmith_model::{Diagnostic, NodeConfig, Severity};
+use clap::ValueEnum;
 
-/// The cluster of the bundled example.
-pub const EXAMPLE_CLUSTER: &str = include_str!("example/cluster.yaml");
-/// The node of the bundled example.
-pub const EXAMPLE_NODE: &str = include_str!("example/node.yaml");
+/// A bundled example: a cluster and the node it is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Example {
+    /// Everyday shapes: a LoadBalancer Service with an endpoint on this node,
+    /// cluster DNS, a Local NodePort Service, a Service without endpoints.
+    Default,
+    /// The 2018 walk-through this project started from: the LoadBalancer
+    /// Service default/sleep (LB IP 118.24.224.100) and default/kubernetes on
+    /// a Tencent Cloud TKE node (best read with `--layout v1.10`).
+    Seed,
+}
+
+impl Example {
+    /// The node configuration and the manifests.
+    pub fn load(self) -> Result<(NodeConfig, Manifests)> {
+        let (node, cluster, name) = match self {
+            Example::Default => (
+                include_str!("example/node.yaml"),
+                include_str!("example/cluster.yaml"),
+                "example",
+            ),
+            Example::Seed => (
+                include_str!("example/seed/node.yaml"),
+                include_str!("example/seed/cluster.yaml"),
+                "example/seed",
+            ),
+        };
+        Ok((
+            parse_node_config(node, &format!("{name}/node.yaml"))?,
+            parse_manifests(cluster, &format!("{name}/cluster.yaml"))?,
+        ))
+    }
+}
+
+/// `--layout`: which of kube-proxy's iptables layouts to write or read.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LayoutArg {
+    /// The rule layout: `v1.33` (kube-proxy's current iptables mode) or
+    /// `v1.10` (its 2018 layout: KUBE-FW for every load-balancer IP,
+    /// KUBE-XLB, KUBE-MARK-DROP).
+    #[arg(long, value_name = "LAYOUT", default_value_t = Layout::V1_33)]
+    pub layout: Layout,
+}
+
+/// The cluster and node to work on: a bundled `--example`, or files.
+pub fn load_input(
+    example: Option<Example>,
+    node: Option<&Path>,
+    clusters: &[impl AsRef<Path>],
+) -> Result<(NodeConfig, Manifests)> {
+    match example {
+        Some(example) => {
+            if node.is_some() || !clusters.is_empty() {
+                bail!(
+                    "--example compiles a bundled cluster and node; give it without --node and cluster files"
+                );
+            }
+            example.load()
+        }
+        None => Ok((load_node(node)?, load_manifests(clusters)?)),
+    }
+}
 
 /// Reads a text file, refusing anything too large to be a manifest.
 pub fn read_text(path: &Path) -> Result<String> {

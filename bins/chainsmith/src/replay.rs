@@ -8,7 +8,7 @@ use chainsmith_restore::RuleSet;
 use chainsmith_sync::{PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
 
-use crate::input;
+use crate::input::{self, LayoutArg};
 use crate::metrics::RuleMetrics;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -27,7 +27,7 @@ pub struct ReplayArgs {
     /// Directory for NN.iptables (payload of sync NN) and NN.metrics.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// What partial syncs write.
+    /// What partial syncs write (the v1.10 layout has none: every sync is full).
     #[arg(long, value_enum, default_value = "compat")]
     partial_sync: PartialSync,
     /// Syncs (1-based) to force full, as after a failed restore or a flush.
@@ -36,6 +36,8 @@ pub struct ReplayArgs {
     /// The simulated second at which each sync runs (default: all at 0).
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',')]
     clock: Vec<f64>,
+    #[command(flatten)]
+    layout: LayoutArg,
     /// Complete cluster states, one per sync (objects not listed are deleted).
     #[arg(value_name = "STATE.yaml", required = true)]
     states: Vec<PathBuf>,
@@ -67,7 +69,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         PartialSync::Minimal => PartialSyncMode::Minimal,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let mut engine = SyncEngine::new(node, mode);
+    let mut engine = SyncEngine::with_layout(node, mode, args.layout.layout);
     input::report_diagnostics(engine.context().diagnostics());
     // Every payload is applied to a model of the kernel's tables, which refuses
     // what iptables-restore would refuse.

@@ -5,13 +5,16 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use chainsmith_k8s::Manifests;
+use chainsmith_layout::Layout;
 use chainsmith_model::{NodeConfig, Protocol};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
 use chainsmith_tracer::{CtState, Node, Origin, Packet, Ruleset, trace};
 use clap::{Args, ValueEnum};
 
-use crate::{input, narrate};
+use crate::input::{self, Example, LayoutArg};
+use crate::narrate;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum From {
@@ -49,6 +52,11 @@ pub struct TraceArgs {
     /// Cluster manifests to compile (with --node).
     #[arg(value_name = "CLUSTER.yaml")]
     clusters: Vec<PathBuf>,
+    /// Trace through a bundled example cluster and node instead of files.
+    #[arg(long, value_enum, value_name = "NAME", conflicts_with_all = ["rules", "node"])]
+    example: Option<Example>,
+    #[command(flatten)]
+    layout: LayoutArg,
     /// Source address.
     #[arg(long)]
     src: IpAddr,
@@ -82,17 +90,15 @@ pub struct TraceArgs {
 
 /// The compiled rules of a cluster for a node, as the tracer reads them, with
 /// the jumps kube-proxy inserts into the built-in chains.
-pub fn compiled_ruleset(node: &NodeConfig, clusters: &[PathBuf]) -> Result<Ruleset> {
-    let manifests = input::load_manifests(clusters)?;
-    input::report_diagnostics(&manifests.diagnostics);
+pub fn compiled_ruleset(node: &NodeConfig, manifests: &Manifests, layout: Layout) -> Result<Ruleset> {
     let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, node);
     input::report_diagnostics(&plan.diagnostics);
-    let payload = String::from_utf8(render_plan(&plan)).context("payload is not UTF-8")?;
+    let payload = String::from_utf8(render_plan(&plan, layout)).context("payload is not UTF-8")?;
     let mut ruleset = Ruleset::new();
     ruleset
         .apply(&payload)
         .context("the compiled payload does not load")?;
-    Ok(ruleset.with_builtin_jumps(node.ip_family))
+    Ok(ruleset.with_builtin_jumps(node.ip_family, layout.builtin_jumps()))
 }
 
 /// The node's own addresses as the node config lists them.
@@ -109,19 +115,24 @@ pub fn local_ips(node: &NodeConfig) -> Vec<IpAddr> {
 }
 
 pub fn run(args: &TraceArgs) -> Result<()> {
-    let node = input::load_node(args.node.as_deref())?;
-    let ruleset = match &args.rules {
+    let layout = args.layout.layout;
+    let (node, ruleset) = match &args.rules {
         Some(path) => {
+            let node = input::load_node(args.node.as_deref())?;
             let text = input::read_text(path)?;
-            Ruleset::from_dump(&text)
+            let ruleset = Ruleset::from_dump(&text)
                 .with_context(|| format!("{} is not iptables-save or iptables-restore text", path.display()))?
-                .with_builtin_jumps(node.ip_family)
+                .with_builtin_jumps(node.ip_family, layout.builtin_jumps());
+            (node, ruleset)
         }
         None => {
-            if args.clusters.is_empty() {
-                bail!("give cluster manifests to compile (with --node), or --rules DUMP.txt");
+            if args.clusters.is_empty() && args.example.is_none() {
+                bail!("give cluster manifests to compile (with --node), --example NAME, or --rules DUMP.txt");
             }
-            compiled_ruleset(&node, &args.clusters)?
+            let (node, manifests) = input::load_input(args.example, args.node.as_deref(), &args.clusters)?;
+            input::report_diagnostics(&manifests.diagnostics);
+            let ruleset = compiled_ruleset(&node, &manifests, layout)?;
+            (node, ruleset)
         }
     };
     let protocol = Protocol::from_api(&args.proto.to_uppercase()).context("protocol")?;

@@ -1,7 +1,8 @@
 //! The layering of the workspace, checked rather than hoped for.
 //!
-//! Data flows one way: Kubernetes objects -> model -> plan -> restore text ->
-//! kernel. The crates that compute (model, naming, planner, restore, sync) are
+//! Data flows one way: Kubernetes objects -> model -> plan (decisions) ->
+//! layout (rules) -> restore text -> kernel. The crates that compute (model,
+//! naming, iptables, planner, layout, restore, sync, tracer) are
 //! pure: no async runtime, no Kubernetes client, no HTTP, no metrics registry,
 //! no randomness, no processes, files or clocks. Only the translation crate
 //! and the node crate know `k8s-openapi`; only the applier, the node crate and
@@ -21,18 +22,44 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Workspace crates each crate may depend on (normal dependencies).
+///
+/// The seam between decisions and rules: the planner decides (and knows no
+/// rule vocabulary), a layout turns decisions into rules of the iptables
+/// vocabulary, the renderer spells them. A new layout is a module of
+/// `chainsmith-layout`; a new backend (nftables) is a crate beside
+/// `chainsmith-layout` and `chainsmith-restore` that reads the same plans.
+/// The tracer, applier and test kit share the vocabulary and the fixed chain
+/// layout without the planner.
 const LAYERS: &[(&str, &[&str])] = &[
     ("chainsmith-model", &[]),
     ("chainsmith-naming", &[]),
+    ("chainsmith-iptables", &["chainsmith-model"]),
     ("chainsmith-k8s", &["chainsmith-model"]),
     ("chainsmith-planner", &["chainsmith-model", "chainsmith-naming"]),
     (
+        "chainsmith-layout",
+        &[
+            "chainsmith-iptables",
+            "chainsmith-model",
+            "chainsmith-naming",
+            "chainsmith-planner",
+        ],
+    ),
+    (
         "chainsmith-restore",
-        &["chainsmith-model", "chainsmith-naming", "chainsmith-planner"],
+        &[
+            "chainsmith-iptables",
+            "chainsmith-layout",
+            "chainsmith-model",
+            "chainsmith-naming",
+            "chainsmith-planner",
+        ],
     ),
     (
         "chainsmith-sync",
         &[
+            "chainsmith-iptables",
+            "chainsmith-layout",
             "chainsmith-model",
             "chainsmith-naming",
             "chainsmith-planner",
@@ -41,14 +68,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "chainsmith-tracer",
-        &["chainsmith-model", "chainsmith-planner", "chainsmith-restore"],
+        &["chainsmith-iptables", "chainsmith-model", "chainsmith-restore"],
     ),
     (
         "chainsmith-applier",
         &[
+            "chainsmith-iptables",
             "chainsmith-model",
             "chainsmith-naming",
-            "chainsmith-planner",
             "chainsmith-restore",
         ],
     ),
@@ -56,6 +83,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "chainsmith-node",
         &[
             "chainsmith-applier",
+            "chainsmith-iptables",
             "chainsmith-k8s",
             "chainsmith-model",
             "chainsmith-naming",
@@ -65,15 +93,17 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // Test support: the fake API server stands alone, the kernel test kit
-    // only knows the plan's vocabulary.
+    // only knows the iptables vocabulary.
     ("chainsmith-fakeapi", &[]),
-    ("chainsmith-testkit", &["chainsmith-planner"]),
+    ("chainsmith-testkit", &["chainsmith-iptables"]),
 ];
 
 const PURE: &[&str] = &[
     "chainsmith-model",
     "chainsmith-naming",
+    "chainsmith-iptables",
     "chainsmith-planner",
+    "chainsmith-layout",
     "chainsmith-restore",
     "chainsmith-sync",
     "chainsmith-tracer",
@@ -306,6 +336,39 @@ fn only_the_applier_runner_starts_processes_and_never_a_shell() {
         [runner],
         "only the applier's runner may start processes"
     );
+}
+
+/// The planner decides and names no rule: no argument, target or fixed
+/// chain appears in its sources (layouts own those).
+#[test]
+fn planner_writes_no_rule_text() {
+    const RULE_TEXT: &[&str] = &[
+        "\"-j",
+        "\"-m ",
+        "--comment",
+        "\"-A ",
+        "\"KUBE-",
+        "fixed::",
+        "Arg::",
+    ];
+    let meta = metadata();
+    let dir = meta.manifests[&meta.id_of("chainsmith-planner")]
+        .parent()
+        .expect("crate dir")
+        .join("src");
+    let files = rust_files(&dir);
+    assert!(files.len() >= 4, "planner sources not found in {}", dir.display());
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        let library = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for word in RULE_TEXT {
+            assert!(
+                !library.contains(word),
+                "{} writes rule text ({word})",
+                file.display()
+            );
+        }
+    }
 }
 
 /// Every crate root opens with a doc comment saying what the crate owns.

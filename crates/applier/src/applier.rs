@@ -1,7 +1,7 @@
 //! Applying payloads and kube-proxy's fixed objects.
 
+use chainsmith_iptables::{BUILTIN_JUMPS, Table};
 use chainsmith_naming::{ServiceChainKind, fixed};
-use chainsmith_planner::{BUILTIN_JUMPS, Table};
 
 use chainsmith_restore::batch::split_full_payload;
 

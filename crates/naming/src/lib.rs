@@ -87,6 +87,8 @@ pub mod fixed {
     pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
     /// nat: sets the masquerade mark.
     pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
+    /// Marks packets for the kubelet's `KUBE-FIREWALL` to drop (v1.10 layout).
+    pub const KUBE_MARK_DROP: &str = "KUBE-MARK-DROP";
     /// Empty chain whose disappearance tells that someone flushed the tables.
     pub const KUBE_PROXY_CANARY: &str = "KUBE-PROXY-CANARY";
 }
@@ -211,7 +213,16 @@ impl ServicePortChains {
     pub fn fw(&self) -> ChainName {
         self.chain(ServiceChainKind::Fw)
     }
+
+    /// `KUBE-XLB-<h>`: the Local-policy chain of kube-proxy's 2018 layout
+    /// (v1.10), which later became `KUBE-SVL-` and `KUBE-EXT-`.
+    pub fn xlb(&self) -> ChainName {
+        ChainName::with_hash(XLB_PREFIX, &self.hash)
+    }
 }
+
+/// The prefix of [`ServicePortChains::xlb`].
+pub const XLB_PREFIX: &str = "KUBE-XLB-";
 
 /// `KUBE-SEP-<e>` for one endpoint (`ip:port` or `[ipv6]:port`) of a service port.
 pub fn endpoint_chain(service_port_name: &str, protocol: &str, endpoint: &str) -> ChainName {

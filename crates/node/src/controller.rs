@@ -425,7 +425,7 @@ fn report_drift(applier: &Applier, ip_family: IpFamily, payload: &[u8]) {
         .and_then(|text| {
             let mut desired = Ruleset::new();
             desired.apply(text).map_err(|e| e.to_string())?;
-            Ok(desired.with_builtin_jumps(ip_family))
+            Ok(desired.with_builtin_jumps(ip_family, &chainsmith_iptables::BUILTIN_JUMPS))
         });
     match (desired, actual) {
         (Ok(desired), Ok(actual)) => {

@@ -3,9 +3,6 @@
 use std::net::IpAddr;
 
 use chainsmith_model::{Diagnostic, IpFamily, IpNet, LocalTrafficDetector, NodeConfig, ObjectKind};
-use chainsmith_naming::fixed;
-
-use crate::rules::{Arg, RuleSink, Target, emit};
 
 /// Above this many endpoints (over all service ports) kube-proxy enters
 /// large-cluster mode and drops the per-endpoint comments.
@@ -19,24 +16,26 @@ pub mod nfacct {
     pub const LOCALHOST_NODEPORTS_ACCEPTED: &str = "localhost_nps_accepted_pkts";
 }
 
-const NODEPORTS_JUMP_COMMENT: &str =
-    "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
-
-/// How the local traffic detector matches, as iptables arguments.
+/// How traffic from this node's pods is recognised (upstream's local traffic
+/// detector), resolved for one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum DetectorMatch {
-    /// `-s CIDR` / `! -s CIDR`.
+pub enum LocalDetector {
+    /// Its source address lies in this CIDR (cluster or node CIDR).
     Source(String),
-    /// `-i NAME` / `! -i NAME` (prefix modes carry the trailing `+`).
+    /// It comes in on this interface (a prefix mode ends in `+`).
     Interface(String),
 }
 
-/// Where the NodePort catch-all jump applies.
+/// Where NodePorts are open.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum NodePortDestinations {
-    /// Every local address, optionally excluding loopback (`! -d NET`).
-    AllLocal { excluded_loopback: Option<&'static str> },
-    /// One jump per matching node IP.
+pub enum NodePortDestinations {
+    /// Every local address, except this loopback network when localhost
+    /// NodePorts are off (or impossible, as on IPv6).
+    AllLocal {
+        /// The loopback network excluded, if any.
+        excluded_loopback: Option<&'static str>,
+    },
+    /// Only these node IPs (`nodePortAddresses`).
     NodeIps(Vec<String>),
 }
 
@@ -45,7 +44,7 @@ enum NodePortDestinations {
 pub struct NodeContext {
     config: NodeConfig,
     mark_with_mask: String,
-    detector: Option<DetectorMatch>,
+    detector: Option<LocalDetector>,
     localhost_node_ports: bool,
     node_port_destinations: NodePortDestinations,
     diagnostics: Vec<Diagnostic>,
@@ -94,176 +93,31 @@ impl NodeContext {
     }
 
     /// NodePort rules also count localhost traffic in an nfacct counter.
-    pub(crate) fn localhost_node_ports_nfacct(&self) -> bool {
+    pub fn localhost_node_ports_nfacct(&self) -> bool {
         self.localhost_node_ports && self.config.nfacct.localhost_nps_accepted_pkts
     }
 
-    /// The detector's "is local" match, if a detector is configured.
-    pub(crate) fn local_match(&self) -> Option<Arg<'_>> {
-        self.detector_arg(false)
+    /// How traffic from this node's pods is told apart, if it can be.
+    pub fn local_detector(&self) -> Option<&LocalDetector> {
+        self.detector.as_ref()
     }
 
-    /// The detector's "is not local" match, if a detector is configured.
-    pub(crate) fn not_local_match(&self) -> Option<Arg<'_>> {
-        self.detector_arg(true)
+    /// Where NodePorts are open.
+    pub fn node_port_destinations(&self) -> &NodePortDestinations {
+        &self.node_port_destinations
     }
 
-    fn detector_arg(&self, negated: bool) -> Option<Arg<'_>> {
-        self.detector.as_ref().map(|detector| match detector {
-            DetectorMatch::Source(cidr) => Arg::Source { addr: cidr, negated },
-            DetectorMatch::Interface(name) => Arg::InInterface { name, negated },
-        })
-    }
-
-    /// Fixed filter chains, in upstream's declaration order.
-    pub fn filter_chains(&self) -> &'static [&'static str] {
-        const WITH_FIREWALL: [&str; 6] = [
-            fixed::KUBE_SERVICES,
-            fixed::KUBE_EXTERNAL_SERVICES,
-            fixed::KUBE_FORWARD,
-            fixed::KUBE_NODEPORTS,
-            fixed::KUBE_PROXY_FIREWALL,
-            fixed::KUBE_FIREWALL,
-        ];
-        if self.localhost_node_ports {
-            &WITH_FIREWALL
-        } else {
-            &WITH_FIREWALL[..5]
-        }
-    }
-
-    /// Fixed nat chains, in upstream's declaration order.
-    pub fn nat_chains(&self) -> &'static [&'static str] {
-        &[
-            fixed::KUBE_SERVICES,
-            fixed::KUBE_NODEPORTS,
-            fixed::KUBE_POSTROUTING,
-            fixed::KUBE_MARK_MASQ,
-        ]
-    }
-
-    /// filter rules written before any service's (the localhost anti-martian rule).
-    pub fn emit_filter_head(&self, sink: &mut impl RuleSink) {
-        if self.localhost_node_ports {
-            let args = [
-                Arg::Comment(["block incoming localnet connections", "", ""]),
-                Arg::Destination {
-                    addr: "127.0.0.0/8",
-                    negated: false,
-                },
-                Arg::Source {
-                    addr: "127.0.0.0/8",
-                    negated: true,
-                },
-                Arg::ConntrackState {
-                    states: "RELATED,ESTABLISHED,DNAT",
-                    negated: true,
-                },
-            ];
-            emit(sink, fixed::KUBE_FIREWALL, &args, Target::Jump("DROP"));
-        }
-    }
-
-    /// filter rules written after every service's (KUBE-FORWARD).
-    pub fn emit_filter_tail(&self, sink: &mut impl RuleSink) {
-        if !self.config.conntrack_tcp_be_liberal {
-            let invalid = Arg::ConntrackState {
-                states: "INVALID",
-                negated: false,
-            };
-            let counted = [invalid, Arg::Nfacct(nfacct::CT_STATE_INVALID_DROPPED)];
-            let args = if self.config.nfacct.ct_state_invalid_dropped_pkts {
-                &counted[..]
-            } else {
-                &counted[..1]
-            };
-            emit(sink, fixed::KUBE_FORWARD, args, Target::Jump("DROP"));
-        }
-        let args = [
-            Arg::Comment(["kubernetes forwarding rules", "", ""]),
-            Arg::Mark {
-                mark: &self.mark_with_mask,
-                negated: false,
-            },
-        ];
-        emit(sink, fixed::KUBE_FORWARD, &args, Target::Jump("ACCEPT"));
-        let args = [
-            Arg::Comment(["kubernetes forwarding conntrack rule", "", ""]),
-            Arg::ConntrackState {
-                states: "RELATED,ESTABLISHED",
-                negated: false,
-            },
-        ];
-        emit(sink, fixed::KUBE_FORWARD, &args, Target::Jump("ACCEPT"));
-    }
-
-    /// nat rules written before any service's (KUBE-POSTROUTING, KUBE-MARK-MASQ).
-    pub fn emit_nat_head(&self, sink: &mut impl RuleSink) {
-        let mark = self.config.masquerade_mark.as_str();
-        let args = [Arg::Mark {
-            mark: &self.mark_with_mask,
-            negated: true,
-        }];
-        emit(sink, fixed::KUBE_POSTROUTING, &args, Target::Jump("RETURN"));
-        emit(sink, fixed::KUBE_POSTROUTING, &[], Target::MarkXor(mark));
-        let args = [Arg::Comment([
-            "kubernetes service traffic requiring SNAT",
-            "",
-            "",
-        ])];
-        let random_fully = self.config.iptables_has_random_fully;
-        emit(
-            sink,
-            fixed::KUBE_POSTROUTING,
-            &args,
-            Target::Masquerade { random_fully },
-        );
-        emit(sink, fixed::KUBE_MARK_MASQ, &[], Target::MarkOr(mark));
-    }
-
-    /// nat rules written last: the jump(s) to KUBE-NODEPORTS, which must stay
-    /// at the end of KUBE-SERVICES.
-    pub fn emit_nat_tail(&self, sink: &mut impl RuleSink) {
-        let comment = Arg::Comment([NODEPORTS_JUMP_COMMENT, "", ""]);
-        let target = Target::Jump(fixed::KUBE_NODEPORTS);
-        match &self.node_port_destinations {
-            NodePortDestinations::AllLocal { excluded_loopback } => {
-                let all = [
-                    comment,
-                    Arg::DestinationTypeLocal,
-                    Arg::Destination {
-                        addr: excluded_loopback.unwrap_or_default(),
-                        negated: true,
-                    },
-                ];
-                let args = if excluded_loopback.is_some() {
-                    &all[..]
-                } else {
-                    &all[..2]
-                };
-                emit(sink, fixed::KUBE_SERVICES, args, target);
-            }
-            NodePortDestinations::NodeIps(ips) => {
-                for ip in ips {
-                    let args = [
-                        comment,
-                        Arg::Destination {
-                            addr: ip,
-                            negated: false,
-                        },
-                    ];
-                    emit(sink, fixed::KUBE_SERVICES, &args, target);
-                }
-            }
-        }
+    /// The masquerade mark with itself as the mask (`0x4000/0x4000`).
+    pub fn mark_with_mask(&self) -> &str {
+        &self.mark_with_mask
     }
 }
 
-fn resolve_detector(config: &NodeConfig, diagnostics: &mut Vec<Diagnostic>) -> Option<DetectorMatch> {
+fn resolve_detector(config: &NodeConfig, diagnostics: &mut Vec<Diagnostic>) -> Option<LocalDetector> {
     let family = config.ip_family;
     let mut cidr_of_family = |cidr: &IpNet, mode: &str| {
         if IpFamily::of_net(cidr) == family {
-            Some(DetectorMatch::Source(cidr.to_string()))
+            Some(LocalDetector::Source(cidr.to_string()))
         } else {
             diagnostics.push(Diagnostic::warning(
                 ObjectKind::NodeConfig,
@@ -278,9 +132,9 @@ fn resolve_detector(config: &NodeConfig, diagnostics: &mut Vec<Diagnostic>) -> O
         LocalTrafficDetector::None => None,
         LocalTrafficDetector::ClusterCidr(cidr) => cidr_of_family(cidr, "ClusterCIDR"),
         LocalTrafficDetector::NodeCidr(cidr) => cidr_of_family(cidr, "NodeCIDR"),
-        LocalTrafficDetector::BridgeInterface(name) => Some(DetectorMatch::Interface(name.clone())),
+        LocalTrafficDetector::BridgeInterface(name) => Some(LocalDetector::Interface(name.clone())),
         LocalTrafficDetector::InterfaceNamePrefix(prefix) => {
-            Some(DetectorMatch::Interface(format!("{prefix}+")))
+            Some(LocalDetector::Interface(format!("{prefix}+")))
         }
     }
 }

@@ -1,13 +1,16 @@
-//! The planner: kube-proxy's iptables semantics as pure functions.
+//! The planner: kube-proxy's decisions as pure functions.
 //!
 //! Input: the model (`chainsmith_model::Service`, `EndpointSlice`, `NodeConfig`).
 //! Output: a [`Plan`], i.e. for every service port a [`ServicePortPlan`] holding
-//! the decisions upstream's `syncProxyRules` makes (which chains exist, which
-//! endpoints each one balances over, what gets rejected or dropped), plus the
-//! fixed chains of the node ([`NodeContext`]). Rules are not stored as text: each
-//! plan *emits* them, in upstream's exact generation order and argument order, as
-//! [`Rule`] values into a [`RuleSink`]. A renderer turns them into
-//! `iptables-restore` text; a counter counts them; nothing is allocated per rule.
+//! the decisions upstream's proxier makes: which endpoints serve cluster,
+//! Local-policy and external traffic (with the terminating fallback and
+//! topology hints), whether each entry point reaches an endpoint or is
+//! rejected or dropped, what is masqueraded, which sources a load-balancer
+//! firewall admits, affinity and health checks; plus the node's resolved
+//! settings ([`NodeContext`]: the local traffic detector, where NodePorts are
+//! open, the masquerade mark). A plan names no rule: a layout
+//! (`chainsmith-layout`) turns decisions into rules, so the v1.33 and v1.10
+//! iptables layouts (and later nftables) share one set of decisions.
 //!
 //! The stages, in the order upstream runs them:
 //! - [`service_ports`]: one Service -> its [`ServicePortInfo`]s for one family
@@ -15,24 +18,24 @@
 //! - [`endpoints_by_port`]: the EndpointSlices of one Service -> the sorted,
 //!   de-duplicated [`EndpointInfo`]s of each port (`endpointslicecache.go`);
 //! - [`ServicePortPlan::new`]: cluster/local endpoint selection with terminating
-//!   fallback and topology hints (`topology.go`) and the chain decisions
-//!   (`proxier.go`).
+//!   fallback and topology hints (`topology.go`) and the per-port decisions
+//!   (`proxier.go`);
+//! - [`plan_service`]: all three for one Service, as both [`Plan::compile`]
+//!   and the sync engine call it.
 //!
-//! Architecture invariant: no I/O, clock, randomness or process; no knowledge of
-//! the text format (that is the renderer's), of Kubernetes client types, or of
-//! what was applied before (that is the sync engine's). The same inputs always
-//! give the same plan, in the same order.
+//! Architecture invariant: no I/O, clock, randomness or process; no rule text,
+//! argument or fixed chain (a layout's), no Kubernetes client types, and no
+//! memory of what was applied before (the sync engine's). The same inputs
+//! always give the same plan, in the same order.
 
 mod context;
 mod endpoints;
-mod jumps;
 mod plan;
-mod rules;
 mod service_port;
 
-pub use context::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, nfacct};
+pub use context::{
+    LARGE_CLUSTER_ENDPOINTS_THRESHOLD, LocalDetector, NodeContext, NodePortDestinations, nfacct,
+};
 pub use endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
-pub use jumps::{BUILTIN_JUMPS, BuiltinJump};
-pub use plan::{Plan, PortKey, PortRuleCounts, ServicePortPlan};
-pub use rules::{Arg, CountingSink, Rule, RuleSink, Table, Target};
+pub use plan::{EndpointsInRole, Plan, PortKey, ServicePortPlan, distinct_service_ports, plan_service};
 pub use service_port::{Addr, ServiceAddresses, ServicePortInfo, service_ports};

@@ -2,17 +2,13 @@
 //! `syncProxyRules` and `topology.go` `CategorizeEndpoints`).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, ObjectKind, Protocol, Service};
-use chainsmith_naming::{ChainName, ServiceChainKind, fixed};
-
-use crate::context::nfacct;
 use crate::endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
-use crate::rules::{Arg, RuleSink, Target, emit};
 use crate::service_port::{ServicePortInfo, service_ports};
 use crate::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext};
+use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, ObjectKind, Protocol, Service};
 
 /// Identifies a service port; orders plans as kube-proxy's tests sort rules
 /// (by `namespace/name`), then by port name and protocol.
@@ -67,6 +63,28 @@ pub struct ServicePortPlan {
     uses_ext: bool,
     uses_fw: bool,
     allow_from_node: bool,
+}
+
+/// The endpoints of one port that play one role, in endpoint order.
+#[derive(Debug, Clone)]
+pub struct EndpointsInRole<'p> {
+    endpoints: std::slice::Iter<'p, EndpointInfo>,
+    roles: std::slice::Iter<'p, u8>,
+    bit: u8,
+}
+
+impl<'p> Iterator for EndpointsInRole<'p> {
+    type Item = &'p EndpointInfo;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'p EndpointInfo> {
+        loop {
+            let endpoint = self.endpoints.next()?;
+            if *self.roles.next()? & self.bit != 0 {
+                return Some(endpoint);
+            }
+        }
+    }
 }
 
 /// Role bits of an endpoint within one service port.
@@ -167,12 +185,12 @@ impl ServicePortPlan {
         }
     }
 
-    fn with_role(&self, bit: u8) -> impl Iterator<Item = &EndpointInfo> + Clone {
-        self.endpoints
-            .iter()
-            .zip(&self.roles)
-            .filter(move |(_, role)| *role & bit != 0)
-            .map(|(ep, _)| ep)
+    fn with_role(&self, bit: u8) -> EndpointsInRole<'_> {
+        EndpointsInRole {
+            endpoints: self.endpoints.iter(),
+            roles: self.roles.iter(),
+            bit,
+        }
     }
 
     /// The derived service port.
@@ -204,17 +222,17 @@ impl ServicePortPlan {
     }
 
     /// Endpoints used by cluster traffic policy.
-    pub fn cluster_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> + Clone {
+    pub fn cluster_endpoints(&self) -> EndpointsInRole<'_> {
         self.with_role(CLUSTER)
     }
 
     /// Endpoints used by local traffic policy.
-    pub fn local_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> + Clone {
+    pub fn local_endpoints(&self) -> EndpointsInRole<'_> {
         self.with_role(LOCAL)
     }
 
     /// Endpoints that get a `KUBE-SEP-` chain.
-    pub fn reachable_endpoints(&self) -> impl Iterator<Item = &EndpointInfo> + Clone {
+    pub fn reachable_endpoints(&self) -> EndpointsInRole<'_> {
         self.with_role(REACHABLE)
     }
 
@@ -233,400 +251,59 @@ impl ServicePortPlan {
         self.has_endpoints && !self.has_external
     }
 
-    /// Uses a `KUBE-FW-` chain.
-    pub fn uses_firewall(&self) -> bool {
+    /// Load-balancer traffic is filtered by its source: the port has
+    /// endpoints, load-balancer IPs and `loadBalancerSourceRanges` (upstream's
+    /// `KUBE-FW-` chain).
+    pub fn filters_sources(&self) -> bool {
         self.uses_fw
     }
 
-    /// The port's own nat chains, in upstream's declaration order (EXT, FW, SVC,
-    /// SVL, then the endpoint chains).
-    pub fn own_chains(&self) -> impl Iterator<Item = ChainName> + '_ {
-        let info = &self.info;
-        let fixed = [
-            self.uses_ext.then(|| info.ext_chain()),
-            self.uses_fw.then(|| info.fw_chain()),
-            self.uses_svc.then(|| info.svc_chain()),
-            self.uses_svl.then(|| info.svl_chain()),
-        ];
-        fixed
-            .into_iter()
-            .flatten()
-            .chain(self.reachable_endpoints().map(|ep| ep.chain))
+    /// Load-balancer traffic from the node itself is admitted by the source
+    /// filter (a source range contains the node IP).
+    pub fn firewall_admits_node(&self) -> bool {
+        self.allow_from_node
     }
 
-    fn internal_chain(&self) -> ChainName {
-        if self.info.internal_policy_local {
-            self.info.svl_chain()
-        } else {
-            self.info.svc_chain()
-        }
+    /// Cluster traffic is balanced over [`ServicePortPlan::cluster_endpoints`]
+    /// (upstream's `KUBE-SVC-` chain).
+    pub fn balances_cluster(&self) -> bool {
+        self.uses_svc
     }
 
-    fn external_policy_chain(&self) -> ChainName {
-        if self.info.external_policy_local {
-            self.info.svl_chain()
-        } else {
-            self.info.svc_chain()
-        }
+    /// Traffic under a Local policy is balanced over
+    /// [`ServicePortPlan::local_endpoints`] (upstream's `KUBE-SVL-` chain).
+    pub fn balances_local(&self) -> bool {
+        self.uses_svl
     }
 
-    /// The port's filter rules (rejects, drops, firewall drops, health-check
-    /// accepts), in upstream's order.
-    pub fn emit_filter(&self, sink: &mut impl RuleSink) {
-        let info = &*self.info;
-        let name: &str = &info.name;
-        let proto = Arg::Protocol(info.protocol);
-        let dport = Arg::DestinationPort(info.port);
-        let (no_endpoints, no_local) = (
-            [name, " has no endpoints", ""],
-            [name, " has no local endpoints", ""],
-        );
-        let (internal, external) = if !self.has_endpoints {
-            ((no_endpoints, "REJECT"), (no_endpoints, "REJECT"))
-        } else {
-            ((no_local, "DROP"), (no_local, "DROP"))
-        };
-        if !self.has_internal {
-            let args = [
-                Arg::Comment(internal.0),
-                proto,
-                dest(&info.addresses.cluster_ip.text),
-                dport,
-            ];
-            emit(sink, fixed::KUBE_SERVICES, &args, Target::Jump(internal.1));
-        }
-        let reject_external = |sink: &mut _, addr: &str| {
-            let args = [Arg::Comment(external.0), proto, dest(addr), dport];
-            emit(
-                sink,
-                fixed::KUBE_EXTERNAL_SERVICES,
-                &args,
-                Target::Jump(external.1),
-            );
-        };
-        for ip in &info.addresses.external_ips {
-            if !self.has_external {
-                reject_external(sink, &ip.text);
-            }
-        }
-        if self.uses_fw {
-            let fw = info.fw_chain();
-            for vip in &info.addresses.load_balancer_vips {
-                let args = [
-                    Arg::Comment([name, " traffic not accepted by ", fw.as_str()]),
-                    proto,
-                    dest(&vip.text),
-                    dport,
-                ];
-                emit(sink, fixed::KUBE_PROXY_FIREWALL, &args, Target::Jump("DROP"));
-            }
-        }
-        if !self.has_external {
-            for vip in &info.addresses.load_balancer_vips {
-                reject_external(sink, &vip.text);
-            }
-        }
-        if info.node_port != 0 && !self.has_external {
-            let args = [
-                Arg::Comment(external.0),
-                Arg::DestinationTypeLocal,
-                proto,
-                Arg::DestinationPort(info.node_port),
-            ];
-            emit(
-                sink,
-                fixed::KUBE_EXTERNAL_SERVICES,
-                &args,
-                Target::Jump(external.1),
-            );
-        }
-        if info.health_check_node_port != 0 {
-            let args = [
-                Arg::Comment([name, " health check node port", ""]),
-                Arg::Protocol(Protocol::Tcp),
-                Arg::DestinationPort(info.health_check_node_port),
-            ];
-            emit(sink, fixed::KUBE_NODEPORTS, &args, Target::Jump("ACCEPT"));
-        }
+    /// External entry points (node port, external and load-balancer IPs) lead
+    /// somewhere: the port has endpoints and is externally accessible
+    /// (upstream's `KUBE-EXT-` chain).
+    pub fn routes_external(&self) -> bool {
+        self.uses_ext
     }
 
-    /// The port's rules in the shared nat chains KUBE-SERVICES and
-    /// KUBE-NODEPORTS, in upstream's order.
-    pub fn emit_nat_shared(&self, ctx: &NodeContext, sink: &mut impl RuleSink) {
-        let info = &*self.info;
-        let name: &str = &info.name;
-        let proto = Arg::Protocol(info.protocol);
-        let dport = Arg::DestinationPort(info.port);
-        if self.has_internal {
-            let internal = self.internal_chain();
-            let args = [
-                Arg::Comment([name, " cluster IP", ""]),
-                proto,
-                dest(&info.addresses.cluster_ip.text),
-                dport,
-            ];
-            emit(sink, fixed::KUBE_SERVICES, &args, Target::Jump(internal.as_str()));
-        }
-        if !self.has_endpoints {
-            return;
-        }
-        let ext = info.ext_chain();
-        for ip in &info.addresses.external_ips {
-            let args = [
-                Arg::Comment([name, " external IP", ""]),
-                proto,
-                dest(&ip.text),
-                dport,
-            ];
-            emit(sink, fixed::KUBE_SERVICES, &args, Target::Jump(ext.as_str()));
-        }
-        let lb_target = if self.uses_fw { info.fw_chain() } else { ext };
-        for vip in &info.addresses.load_balancer_vips {
-            let args = [
-                Arg::Comment([name, " loadbalancer IP", ""]),
-                proto,
-                dest(&vip.text),
-                dport,
-            ];
-            emit(
-                sink,
-                fixed::KUBE_SERVICES,
-                &args,
-                Target::Jump(lb_target.as_str()),
-            );
-        }
-        if info.node_port != 0 {
-            let node_port = Arg::DestinationPort(info.node_port);
-            if ctx.localhost_node_ports_nfacct() {
-                let args = [
-                    Arg::Comment([name, "", ""]),
-                    proto,
-                    dest("127.0.0.0/8"),
-                    node_port,
-                    Arg::Nfacct(nfacct::LOCALHOST_NODEPORTS_ACCEPTED),
-                ];
-                emit(sink, fixed::KUBE_NODEPORTS, &args, Target::Jump(ext.as_str()));
-            }
-            let args = [Arg::Comment([name, "", ""]), proto, node_port];
-            emit(sink, fixed::KUBE_NODEPORTS, &args, Target::Jump(ext.as_str()));
-        }
+    /// Traffic to the cluster IP reaches an endpoint: there are endpoints, and
+    /// a local one if `internalTrafficPolicy` is Local.
+    pub fn serves_internal(&self) -> bool {
+        self.has_internal
     }
 
-    /// The rules of the port's own nat chains, in upstream's order. In
-    /// large-cluster mode the endpoint-related comments are left out.
-    pub fn emit_nat_own(&self, ctx: &NodeContext, large_cluster: bool, sink: &mut impl RuleSink) {
-        let info = &*self.info;
-        let name: &str = &info.name;
-        let config = ctx.config();
-        let mark_masq = Target::Jump(fixed::KUBE_MARK_MASQ);
-
-        if self.has_internal {
-            let internal = self.internal_chain();
-            let base = [
-                Arg::Comment([name, " cluster IP", ""]),
-                Arg::Protocol(info.protocol),
-                dest(&info.addresses.cluster_ip.text),
-                Arg::DestinationPort(info.port),
-            ];
-            if config.masquerade_all {
-                emit(sink, internal.as_str(), &base, mark_masq);
-            } else if let Some(not_local) = ctx.not_local_match() {
-                let args = [base[0], base[1], base[2], base[3], not_local];
-                emit(sink, internal.as_str(), &args, mark_masq);
-            }
-        }
-
-        if self.uses_ext {
-            let ext = info.ext_chain();
-            let ext = ext.as_str();
-            let svc = info.svc_chain();
-            if !info.external_policy_local {
-                let args = [Arg::Comment([
-                    "masquerade traffic for ",
-                    name,
-                    " external destinations",
-                ])];
-                emit(sink, ext, &args, mark_masq);
-            } else {
-                if let Some(local) = ctx.local_match() {
-                    let args = [
-                        Arg::Comment(["pod traffic for ", name, " external destinations"]),
-                        local,
-                    ];
-                    emit(sink, ext, &args, Target::Jump(svc.as_str()));
-                }
-                let args = [
-                    Arg::Comment(["masquerade LOCAL traffic for ", name, " external destinations"]),
-                    Arg::SourceTypeLocal,
-                ];
-                emit(sink, ext, &args, mark_masq);
-                let args = [
-                    Arg::Comment(["route LOCAL traffic for ", name, " external destinations"]),
-                    Arg::SourceTypeLocal,
-                ];
-                emit(sink, ext, &args, Target::Jump(svc.as_str()));
-            }
-            if self.has_external {
-                let policy = self.external_policy_chain();
-                emit(sink, ext, &[], Target::Jump(policy.as_str()));
-            }
-        }
-
-        if self.uses_fw {
-            let fw = info.fw_chain();
-            let ext = info.ext_chain();
-            let comment = Arg::Comment([name, " loadbalancer IP", ""]);
-            for range in &info.addresses.source_ranges {
-                let args = [
-                    comment,
-                    Arg::Source {
-                        addr: &range.text,
-                        negated: false,
-                    },
-                ];
-                emit(sink, fw.as_str(), &args, Target::Jump(ext.as_str()));
-            }
-            if self.allow_from_node {
-                for vip in &info.addresses.load_balancer_vips {
-                    let args = [
-                        comment,
-                        Arg::Source {
-                            addr: &vip.text,
-                            negated: false,
-                        },
-                    ];
-                    emit(sink, fw.as_str(), &args, Target::Jump(ext.as_str()));
-                }
-            }
-            let args = [Arg::Comment([
-                "other traffic to ",
-                name,
-                " will be dropped by KUBE-PROXY-FIREWALL",
-            ])];
-            emit(sink, fw.as_str(), &args, Target::None);
-        }
-
-        if self.uses_svc {
-            self.emit_balancing(
-                info.svc_chain(),
-                self.cluster_endpoints(),
-                self.cluster_count,
-                large_cluster,
-                sink,
-            );
-        }
-        if self.uses_svl {
-            self.emit_balancing(
-                info.svl_chain(),
-                self.local_endpoints(),
-                self.local_count,
-                large_cluster,
-                sink,
-            );
-        }
-
-        for ep in self.reachable_endpoints() {
-            let chain = ep.chain.as_str();
-            let comment = Arg::Comment([name, "", ""]);
-            let hairpin = Arg::Source {
-                addr: ep.ip_text(),
-                negated: false,
-            };
-            let all = [comment, hairpin];
-            let args = if large_cluster { &all[1..] } else { &all[..] };
-            emit(sink, chain, args, mark_masq);
-            let all = [
-                comment,
-                Arg::RecentSet { name: chain },
-                Arg::Protocol(info.protocol),
-            ];
-            let args = match (large_cluster, info.affinity_seconds.is_some()) {
-                (false, true) => &all[..],
-                (true, true) => &all[1..],
-                (false, false) => &[all[0], all[2]][..],
-                (true, false) => &all[2..],
-            };
-            emit(sink, chain, args, Target::Dnat(ep.endpoint()));
-        }
+    /// Traffic to the external entry points reaches an endpoint: there are
+    /// endpoints, and a local one if `externalTrafficPolicy` is Local.
+    pub fn serves_external(&self) -> bool {
+        self.has_external
     }
 
-    fn emit_balancing<'p>(
-        &'p self,
-        chain: ChainName,
-        members: impl Iterator<Item = &'p EndpointInfo> + Clone,
-        n: usize,
-        large_cluster: bool,
-        sink: &mut impl RuleSink,
-    ) {
-        let info = &*self.info;
-        let name: &str = &info.name;
-        let chain = chain.as_str();
-        if let Some(seconds) = info.affinity_seconds {
-            for ep in members.clone() {
-                let all = [
-                    Arg::Comment([name, " -> ", ep.endpoint()]),
-                    Arg::RecentCheck {
-                        name: ep.chain.as_str(),
-                        seconds,
-                    },
-                ];
-                let args = if large_cluster { &all[1..] } else { &all[..] };
-                emit(sink, chain, args, Target::Jump(ep.chain.as_str()));
-            }
-        }
-        for (position, ep) in members.enumerate() {
-            let all = [
-                Arg::Comment([name, " -> ", ep.endpoint()]),
-                Arg::RandomProbability { one_in: n - position },
-            ];
-            let with_comment = usize::from(large_cluster);
-            let without_probability = if position + 1 < n { 2 } else { 1 };
-            let args = &all[with_comment..without_probability];
-            emit(sink, chain, args, Target::Jump(ep.chain.as_str()));
-        }
+    /// How many endpoints cluster traffic is balanced over.
+    pub fn cluster_count(&self) -> usize {
+        self.cluster_count
     }
 
-    /// Counts of this port's rules: filter, nat in the shared chains, and nat in
-    /// its own chains by kind (indexed like `ServiceChainKind::ALL`).
-    pub fn rule_counts(&self, ctx: &NodeContext) -> PortRuleCounts {
-        let mut filter = crate::CountingSink::default();
-        let mut shared = crate::CountingSink::default();
-        let mut own = [0usize; 5];
-        self.emit_filter(&mut filter);
-        self.emit_nat_shared(ctx, &mut shared);
-        self.emit_nat_own(ctx, false, &mut |rule: &crate::Rule<'_>| {
-            if let Some(kind) = ServiceChainKind::of(rule.chain) {
-                own[kind as usize] += 1;
-            }
-        });
-        PortRuleCounts {
-            filter: filter.rules,
-            nat_shared: shared.rules,
-            nat_own_by_kind: own,
-        }
+    /// How many endpoints Local-policy traffic is balanced over.
+    pub fn local_count(&self) -> usize {
+        self.local_count
     }
-}
-
-/// How many rules one service port contributes, for the rule metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PortRuleCounts {
-    /// Rules in the filter table.
-    pub filter: usize,
-    /// Rules in nat KUBE-SERVICES and KUBE-NODEPORTS.
-    pub nat_shared: usize,
-    /// Rules in the port's own nat chains, by kind (`ServiceChainKind::ALL` order).
-    pub nat_own_by_kind: [usize; 5],
-}
-
-impl PortRuleCounts {
-    /// Rules in the port's own nat chains.
-    pub fn nat_own(&self) -> usize {
-        self.nat_own_by_kind.iter().sum()
-    }
-}
-
-fn dest(addr: &str) -> Arg<'_> {
-    Arg::Destination { addr, negated: false }
 }
 
 /// Upstream `topologyModeFromHints`: hints apply only if every ready endpoint
@@ -705,38 +382,19 @@ impl Plan {
                 continue;
             }
             previous = Some(&service.key);
-            let mut infos = service_ports(service, &ctx);
+            let infos = distinct_service_ports(service, &ctx, &mut diagnostics);
             if infos.is_empty() {
                 continue;
             }
-            infos.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
-            let own_slices = slices_by_service
+            let mut own_slices = slices_by_service
                 .get_mut(&service.key)
                 .map(std::mem::take)
                 .unwrap_or_default();
-            let mut own_slices = own_slices;
             own_slices.sort_by(|a, b| a.key.name.cmp(&b.key.name));
             let endpoints = endpoints_by_port(&service.key, own_slices, &ctx, None);
-            let mut previous_port: Option<(String, Protocol)> = None;
-            for info in infos {
-                let port = (info.port_name.clone(), info.protocol);
-                if previous_port.as_ref() == Some(&port) {
-                    diagnostics.push(Diagnostic::warning(
-                        ObjectKind::Service,
-                        Some(service.key.clone()),
-                        "spec.ports",
-                        format!("port {:?}/{} listed twice (later one skipped)", port.0, port.1),
-                    ));
-                    continue;
-                }
-                let port_endpoints = endpoints.get(&port).cloned().unwrap_or_default();
-                previous_port = Some(port);
-                total_endpoints += port_endpoints.len();
-                ports.push(Arc::new(ServicePortPlan::new(
-                    Arc::new(info),
-                    port_endpoints,
-                    &ctx,
-                )));
+            for plan in plan_service(&infos, &endpoints, &ctx) {
+                total_endpoints += plan.endpoints().len();
+                ports.push(Arc::new(plan));
             }
         }
         Plan {
@@ -746,4 +404,56 @@ impl Plan {
             diagnostics,
         }
     }
+}
+
+/// The service ports of one Service for the context's family, ordered by port
+/// name and protocol; a port listed twice keeps its first entry, with a
+/// diagnostic naming the Service.
+pub fn distinct_service_ports(
+    service: &Service,
+    ctx: &NodeContext,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Arc<ServicePortInfo>> {
+    let mut infos = service_ports(service, ctx);
+    infos.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
+    let mut distinct: Vec<Arc<ServicePortInfo>> = Vec::with_capacity(infos.len());
+    for info in infos {
+        if let Some(last) = distinct.last()
+            && last.port_name == info.port_name
+            && last.protocol == info.protocol
+        {
+            diagnostics.push(Diagnostic::warning(
+                ObjectKind::Service,
+                Some(service.key.clone()),
+                "spec.ports",
+                format!(
+                    "port {:?}/{} listed twice (later one skipped)",
+                    info.port_name, info.protocol
+                ),
+            ));
+            continue;
+        }
+        distinct.push(Arc::new(info));
+    }
+    distinct
+}
+
+/// Plans every port of one Service: `infos` from [`distinct_service_ports`],
+/// `endpoints` from [`endpoints_by_port`]. What [`Plan::compile`] does per
+/// Service, and what the sync engine does for each Service that changed.
+pub fn plan_service(
+    infos: &[Arc<ServicePortInfo>],
+    endpoints: &BTreeMap<(String, Protocol), PortEndpoints>,
+    ctx: &NodeContext,
+) -> Vec<ServicePortPlan> {
+    infos
+        .iter()
+        .map(|info| {
+            let port_endpoints = endpoints
+                .get(&(info.port_name.clone(), info.protocol))
+                .cloned()
+                .unwrap_or_default();
+            ServicePortPlan::new(info.clone(), port_endpoints, ctx)
+        })
+        .collect()
 }

@@ -49,6 +49,8 @@ impl Addr<IpNet> {
 pub struct ServiceAddresses {
     /// The Service.
     pub service: ObjectKey,
+    /// `spec.type`.
+    pub service_type: ServiceType,
     /// The cluster IP of the family.
     pub cluster_ip: Addr<IpAddr>,
     /// External IPs of the family.
@@ -191,6 +193,7 @@ pub fn service_ports(service: &Service, ctx: &NodeContext) -> Vec<ServicePortInf
     };
     let addresses = Arc::new(ServiceAddresses {
         service: service.key.clone(),
+        service_type: service.service_type,
         cluster_ip: Addr::ip(cluster_ip),
         external_ips,
         load_balancer_vips,

@@ -14,8 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use chainsmith_iptables::{Rule, Table};
+use chainsmith_layout::Layout;
 use chainsmith_model::{ObjectKey, Protocol};
-use chainsmith_planner::{NodeContext, Plan, PortKey, Rule, ServicePortPlan, Table};
+use chainsmith_planner::{NodeContext, Plan, PortKey, ServicePortPlan};
 use serde::{Serialize, Serializer};
 use similar::{Algorithm, DiffOp, capture_diff_slices};
 
@@ -130,7 +132,7 @@ impl PlanDiff {
 /// node's own rules show in [`PlanDiff::node`]. Ports whose plans are equal
 /// under the same node context are not rendered at all, so a small change to
 /// a large cluster costs little.
-pub fn diff_plans(old: &Plan, new: &Plan) -> PlanDiff {
+pub fn diff_plans(old: &Plan, new: &Plan, layout: Layout) -> PlanDiff {
     let same_context = old.ctx == new.ctx && old.large_cluster == new.large_cluster;
     let mut pairs: BTreeMap<PortKey, (Option<&ServicePortPlan>, Option<&ServicePortPlan>)> = BTreeMap::new();
     for port in &old.ports {
@@ -152,7 +154,7 @@ pub fn diff_plans(old: &Plan, new: &Plan) -> PlanDiff {
             continue;
         }
         let rules_of = |port: Option<&ServicePortPlan>, plan: &Plan| {
-            port.map(|p| port_rules(p, &plan.ctx, plan.large_cluster))
+            port.map(|p| port_rules(layout, p, &plan.ctx, plan.large_cluster))
                 .unwrap_or_default()
         };
         let chains = compare(&rules_of(before, old), &rules_of(after, new));
@@ -199,7 +201,7 @@ pub fn diff_plans(old: &Plan, new: &Plan) -> PlanDiff {
         services.push(diff);
     }
 
-    let node = compare(&node_rules(&old.ctx), &node_rules(&new.ctx));
+    let node = compare(&node_rules(layout, &old.ctx), &node_rules(layout, &new.ctx));
     for chain in &node {
         total.rules_added += chain.added.len();
         total.rules_removed += chain.removed.len();
@@ -287,29 +289,36 @@ impl OwnedRules {
     }
 }
 
-fn port_rules(port: &ServicePortPlan, ctx: &NodeContext, large_cluster: bool) -> OwnedRules {
+fn port_rules(layout: Layout, port: &ServicePortPlan, ctx: &NodeContext, large_cluster: bool) -> OwnedRules {
     let mut owned = OwnedRules::default();
-    port.emit_filter(&mut owned.sink(Table::Filter));
-    port.emit_nat_shared(ctx, &mut owned.sink(Table::Nat));
-    for chain in port.own_chains() {
+    layout.emit_filter(port, ctx, &mut owned.sink(Table::Filter));
+    layout.emit_nat(port, ctx, large_cluster, false, &mut owned.sink(Table::Nat));
+    for chain in layout.own_chains(port) {
         owned.declare(Table::Nat, chain.as_str());
     }
-    port.emit_nat_own(ctx, large_cluster, &mut owned.sink(Table::Nat));
+    {
+        let mut own = owned.sink(Table::Nat);
+        layout.emit_nat(port, ctx, large_cluster, true, &mut |rule: &Rule<'_>| {
+            if layout.owns_service_chain(rule.chain) {
+                own(rule);
+            }
+        });
+    }
     owned
 }
 
-fn node_rules(ctx: &NodeContext) -> OwnedRules {
+fn node_rules(layout: Layout, ctx: &NodeContext) -> OwnedRules {
     let mut owned = OwnedRules::default();
-    for chain in ctx.filter_chains() {
+    for chain in layout.filter_chains(ctx) {
         owned.declare(Table::Filter, chain);
     }
-    ctx.emit_filter_head(&mut owned.sink(Table::Filter));
-    ctx.emit_filter_tail(&mut owned.sink(Table::Filter));
-    for chain in ctx.nat_chains() {
+    layout.emit_filter_head(ctx, &mut owned.sink(Table::Filter));
+    layout.emit_filter_tail(ctx, &mut owned.sink(Table::Filter));
+    for chain in layout.nat_chains() {
         owned.declare(Table::Nat, chain);
     }
-    ctx.emit_nat_head(&mut owned.sink(Table::Nat));
-    ctx.emit_nat_tail(&mut owned.sink(Table::Nat));
+    layout.emit_nat_head(ctx, &mut owned.sink(Table::Nat));
+    layout.emit_nat_tail(ctx, &mut owned.sink(Table::Nat));
     owned
 }
 
@@ -472,6 +481,7 @@ mod tests {
         diff_plans(
             &Plan::compile(old.0, old.1, old_node),
             &Plan::compile(new.0, new.1, new_node),
+            Layout::V1_33,
         )
     }
 

@@ -2,9 +2,11 @@
 
 use std::sync::OnceLock;
 
+use chainsmith_iptables::{Arg, Rule, RuleSink, Target};
+use chainsmith_layout::Layout;
 use chainsmith_model::Protocol;
 use chainsmith_naming::ChainName;
-use chainsmith_planner::{Arg, NodeContext, Plan, Rule, RuleSink, ServicePortPlan, Target};
+use chainsmith_planner::{NodeContext, Plan, ServicePortPlan};
 
 /// Writes one rule as `-A CHAIN ARGS TARGET\n`, in upstream's spelling.
 ///
@@ -26,6 +28,7 @@ pub fn write_rule(out: &mut Vec<u8>, rule: &Rule<'_>) {
         }
         Target::MarkOr(mark) => push(out, &[" -j MARK --or-mark ", mark]),
         Target::MarkXor(mark) => push(out, &[" -j MARK --xor-mark ", mark]),
+        Target::MarkSet(mark) => push(out, &[" -j MARK --set-xmark ", mark]),
         Target::Masquerade { random_fully } => {
             out.extend_from_slice(b" -j MASQUERADE");
             if random_fully {
@@ -75,9 +78,15 @@ fn write_arg(out: &mut Vec<u8>, arg: &Arg<'_>) {
         }
         Arg::SourceTypeLocal => out.extend_from_slice(b" -m addrtype --src-type LOCAL"),
         Arg::DestinationTypeLocal => out.extend_from_slice(b" -m addrtype --dst-type LOCAL"),
+        Arg::SourceTypeNotLocal => out.extend_from_slice(b" -m addrtype ! --src-type LOCAL"),
+        Arg::NotBridgedIn => out.extend_from_slice(b" -m physdev ! --physdev-is-in"),
         Arg::RandomProbability { one_in } => {
             out.extend_from_slice(b" -m statistic --mode random --probability ");
             write_probability(out, one_in);
+        }
+        Arg::RandomProbabilityFiveDecimals { one_in } => {
+            out.extend_from_slice(b" -m statistic --mode random --probability ");
+            out.extend_from_slice(format!("{:.5}", 1.0 / one_in.max(1) as f64).as_bytes());
         }
         Arg::RecentCheck { name, seconds } => {
             push(out, &[" -m recent --name ", name, " --rcheck --seconds "]);
@@ -188,6 +197,7 @@ impl PayloadWriter {
     /// delete. `ports` is called once per pass over the ports.
     pub fn write_upstream<'p, I>(
         &mut self,
+        layout: Layout,
         ctx: &NodeContext,
         large_cluster: bool,
         ports: impl Fn() -> I,
@@ -199,7 +209,7 @@ impl PayloadWriter {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"*filter\n");
-        for chain in ctx.filter_chains() {
+        for chain in layout.filter_chains(ctx) {
             write_chain_line(out, chain);
         }
         let mut filter = TextSink {
@@ -207,19 +217,19 @@ impl PayloadWriter {
             keep: |_: &str| true,
             rules: 0,
         };
-        ctx.emit_filter_head(&mut filter);
+        layout.emit_filter_head(ctx, &mut filter);
         for (port, _) in ports() {
-            port.emit_filter(&mut filter);
+            layout.emit_filter(port, ctx, &mut filter);
         }
-        ctx.emit_filter_tail(&mut filter);
+        layout.emit_filter_tail(ctx, &mut filter);
         let filter_rules = filter.rules;
         out.extend_from_slice(b"COMMIT\n*nat\n");
-        for chain in ctx.nat_chains() {
+        for chain in layout.nat_chains() {
             write_chain_line(out, chain);
         }
         for (port, own) in ports() {
             if own {
-                for chain in port.own_chains() {
+                for chain in layout.own_chains(port) {
                     write_chain_line(out, chain.as_str());
                 }
             }
@@ -232,12 +242,9 @@ impl PayloadWriter {
             keep: |_: &str| true,
             rules: 0,
         };
-        ctx.emit_nat_head(&mut nat);
+        layout.emit_nat_head(ctx, &mut nat);
         for (port, own) in ports() {
-            port.emit_nat_shared(ctx, &mut nat);
-            if own {
-                port.emit_nat_own(ctx, large_cluster, &mut nat);
-            }
+            layout.emit_nat(port, ctx, large_cluster, own, &mut nat);
         }
         let mut nat_rules = nat.rules;
         for chain in stale_nat_chains {
@@ -248,7 +255,7 @@ impl PayloadWriter {
             keep: |_: &str| true,
             rules: 0,
         };
-        ctx.emit_nat_tail(&mut nat);
+        layout.emit_nat_tail(ctx, &mut nat);
         nat_rules += nat.rules;
         out.extend_from_slice(b"COMMIT\n");
         PayloadCounts {
@@ -266,6 +273,7 @@ impl PayloadWriter {
     /// empty payload.
     pub fn write_chains<'p, I>(
         &mut self,
+        layout: Layout,
         ctx: &NodeContext,
         large_cluster: bool,
         request: &ChainRequest<'p, I>,
@@ -287,11 +295,11 @@ impl PayloadWriter {
                 keep: |chain: &str| wanted.contains(&chain),
                 rules: 0,
             };
-            ctx.emit_filter_head(&mut sink);
+            layout.emit_filter_head(ctx, &mut sink);
             for port in request.all_ports.clone() {
-                port.emit_filter(&mut sink);
+                layout.emit_filter(port, ctx, &mut sink);
             }
-            ctx.emit_filter_tail(&mut sink);
+            layout.emit_filter_tail(ctx, &mut sink);
             counts.filter_rules = sink.rules;
             out.extend_from_slice(b"COMMIT\n");
         }
@@ -318,16 +326,16 @@ impl PayloadWriter {
             keep: |chain: &str| fixed.contains(&chain),
             rules: 0,
         };
-        ctx.emit_nat_head(&mut sink);
+        layout.emit_nat_head(ctx, &mut sink);
         if fixed.iter().any(|chain| {
             *chain == chainsmith_naming::fixed::KUBE_SERVICES
                 || *chain == chainsmith_naming::fixed::KUBE_NODEPORTS
         }) {
             for port in request.all_ports.clone() {
-                port.emit_nat_shared(ctx, &mut sink);
+                layout.emit_nat(port, ctx, large_cluster, false, &mut sink);
             }
         }
-        ctx.emit_nat_tail(&mut sink);
+        layout.emit_nat_tail(ctx, &mut sink);
         counts.nat_rules = sink.rules;
         for (port, chains) in &request.nat_own_chains {
             let mut sink = TextSink {
@@ -335,7 +343,7 @@ impl PayloadWriter {
                 keep: |chain: &str| chains.iter().any(|c| c.as_str() == chain),
                 rules: 0,
             };
-            port.emit_nat_own(ctx, large_cluster, &mut sink);
+            layout.emit_nat(port, ctx, large_cluster, true, &mut sink);
             counts.nat_rules += sink.rules;
         }
         for chain in &request.nat_deleted {
@@ -362,9 +370,9 @@ pub struct ChainRequest<'p, I> {
     pub nat_deleted: Vec<ChainName>,
 }
 
-/// The full-sync payload of a plan: what `chainsmith compile` prints. Every
-/// piece written is a `&str`, so the bytes are UTF-8.
-pub fn render_plan(plan: &Plan) -> Vec<u8> {
+/// The full-sync payload of a plan in a layout: what `chainsmith compile`
+/// prints. Every piece written is a `&str`, so the bytes are UTF-8.
+pub fn render_plan(plan: &Plan, layout: Layout) -> Vec<u8> {
     let mut writer = PayloadWriter::new();
     // About three lines of ~110 bytes per endpoint and eight per port; growing
     // the buffer by doubling would copy the payload twice over.
@@ -373,6 +381,7 @@ pub fn render_plan(plan: &Plan) -> Vec<u8> {
         .out
         .reserve(endpoints * 330 + plan.ports.len() * 900 + 4096);
     writer.write_upstream(
+        layout,
         &plan.ctx,
         plan.large_cluster,
         || plan.ports.iter().map(|p| (&**p, true)),

@@ -3,11 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use chainsmith_model::{EndpointSlice, NodeConfig, ObjectKey, Protocol, Service};
-use chainsmith_naming::{ChainName, ServiceChainKind, fixed};
+use chainsmith_iptables::{Rule, RuleSink, Table};
+use chainsmith_layout::Layout;
+use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Protocol, Service};
+use chainsmith_naming::ChainName;
 use chainsmith_planner::{
-    CountingSink, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, PortEndpoints, PortKey, Rule, RuleSink,
-    ServicePortInfo, ServicePortPlan, endpoints_by_port, service_ports,
+    LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, PortEndpoints, PortKey, ServicePortInfo, ServicePortPlan,
+    distinct_service_ports, endpoints_by_port, plan_service,
 };
 use chainsmith_restore::PayloadWriter;
 use chainsmith_restore::render::{ChainRequest, PayloadCounts, write_rule};
@@ -102,12 +104,12 @@ struct PortCounts {
 }
 
 impl PortCounts {
-    fn of(plan: &ServicePortPlan, ctx: &NodeContext) -> PortCounts {
-        let rules = plan.rule_counts(ctx);
+    fn of(layout: Layout, plan: &ServicePortPlan, ctx: &NodeContext) -> PortCounts {
+        let rules = layout.rule_counts(plan, ctx);
         PortCounts {
             filter: rules.filter,
             nat_shared: rules.nat_shared,
-            nat_own: rules.nat_own(),
+            nat_own: rules.nat_own,
             nat_own_by_kind: rules.nat_own_by_kind,
             endpoints: plan.endpoints().len(),
             lacks_local_internal: plan.lacks_local_internal(),
@@ -176,6 +178,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct SyncEngine {
     ctx: Arc<NodeContext>,
+    layout: Layout,
     mode: PartialSyncMode,
     fixed_filter_rules: usize,
     fixed_nat_rules: usize,
@@ -197,23 +200,27 @@ pub struct SyncEngine {
     writer: PayloadWriter,
     full_sync_period_ms: u64,
     counters: SyncCounters,
+    diagnostics: Vec<Diagnostic>,
 }
 
 impl SyncEngine {
-    /// An engine for one node and family, with nothing applied yet.
+    /// An engine for one node and family in the v1.33 layout, with nothing
+    /// applied yet.
     pub fn new(config: NodeConfig, mode: PartialSyncMode) -> SyncEngine {
+        SyncEngine::with_layout(config, mode, Layout::default())
+    }
+
+    /// An engine writing `layout`. A layout without partial syncs makes every
+    /// sync a full one, whatever `mode` says.
+    pub fn with_layout(config: NodeConfig, mode: PartialSyncMode, layout: Layout) -> SyncEngine {
         let ctx = Arc::new(NodeContext::new(config));
-        let mut filter = CountingSink::default();
-        ctx.emit_filter_head(&mut filter);
-        ctx.emit_filter_tail(&mut filter);
-        let mut nat = CountingSink::default();
-        ctx.emit_nat_head(&mut nat);
-        ctx.emit_nat_tail(&mut nat);
+        let (fixed_filter_rules, fixed_nat_rules) = layout.fixed_rule_counts(&ctx);
         SyncEngine {
             ctx,
+            layout,
             mode,
-            fixed_filter_rules: filter.rules,
-            fixed_nat_rules: nat.rules,
+            fixed_filter_rules,
+            fixed_nat_rules,
             services: HashMap::new(),
             slices: HashMap::new(),
             slice_owner: HashMap::new(),
@@ -231,6 +238,7 @@ impl SyncEngine {
             writer: PayloadWriter::new(),
             full_sync_period_ms: FULL_SYNC_PERIOD_MS,
             counters: SyncCounters::default(),
+            diagnostics: Vec::new(),
         }
     }
 
@@ -241,14 +249,7 @@ impl SyncEngine {
             return;
         }
         let ctx = NodeContext::new(config);
-        let mut filter = CountingSink::default();
-        ctx.emit_filter_head(&mut filter);
-        ctx.emit_filter_tail(&mut filter);
-        let mut nat = CountingSink::default();
-        ctx.emit_nat_head(&mut nat);
-        ctx.emit_nat_tail(&mut nat);
-        self.fixed_filter_rules = filter.rules;
-        self.fixed_nat_rules = nat.rules;
+        (self.fixed_filter_rules, self.fixed_nat_rules) = self.layout.fixed_rule_counts(&ctx);
         self.ctx = Arc::new(ctx);
         // What changes at run time (zone labels, the pod CIDR) shapes the plans,
         // not the derived ports, so re-planning every Service from its stored
@@ -278,6 +279,17 @@ impl SyncEngine {
         self.counters
     }
 
+    /// The layout the engine writes.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Problems found in the objects recorded since the last call (a port
+    /// listed twice), each naming the object and field.
+    pub fn take_diagnostics(&mut self) -> Vec<Diagnostic> {
+        std::mem::take(&mut self.diagnostics)
+    }
+
     /// The node context the engine plans with.
     pub fn context(&self) -> &Arc<NodeContext> {
         &self.ctx
@@ -296,15 +308,10 @@ impl SyncEngine {
     /// Records the Service `key` as it is now (`None`: deleted). Returns whether
     /// this changes what the proxier derives from it.
     pub fn set_service(&mut self, key: &ObjectKey, service: Option<&Service>) -> bool {
-        let mut infos: Vec<Arc<ServicePortInfo>> = match service {
-            Some(service) => service_ports(service, &self.ctx)
-                .into_iter()
-                .map(Arc::new)
-                .collect(),
+        let infos: Vec<Arc<ServicePortInfo>> = match service {
+            Some(service) => distinct_service_ports(service, &self.ctx, &mut self.diagnostics),
             None => Vec::new(),
         };
-        infos.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
-        infos.dedup_by(|a, b| a.port_name == b.port_name && a.protocol == b.protocol);
         let old = self.services.get(key).map(Vec::as_slice).unwrap_or_default();
         if old == infos.as_slice() {
             return false;
@@ -396,10 +403,15 @@ impl SyncEngine {
     /// `iptables-save -t nat` before a full sync); per-service chains among
     /// them that are not wanted are deleted by the next scan.
     pub fn set_existing_nat_chains(&mut self, chains: impl IntoIterator<Item = ChainName>) {
-        let wanted: HashSet<ChainName> = self.ports.values().flat_map(|e| e.plan.own_chains()).collect();
+        let layout = self.layout;
+        let wanted: HashSet<ChainName> = self
+            .ports
+            .values()
+            .flat_map(|e| layout.own_chains(&e.plan))
+            .collect();
         self.stale = chains
             .into_iter()
-            .filter(|c| c.service_chain_kind().is_some() && !wanted.contains(c))
+            .filter(|c| layout.owns_service_chain(c.as_str()) && !wanted.contains(c))
             .collect();
     }
 
@@ -428,11 +440,12 @@ impl SyncEngine {
         // their comments follow the same large-cluster mode.
         let mode_flip =
             self.mode == PartialSyncMode::Minimal && self.applied_large_cluster != Some(large_cluster);
-        let kind = if force_full || self.needs_full || periodic || mode_flip {
-            SyncKind::Full
-        } else {
-            SyncKind::Partial
-        };
+        let kind =
+            if force_full || self.needs_full || periodic || mode_flip || !self.layout.has_partial_syncs() {
+                SyncKind::Full
+            } else {
+                SyncKind::Partial
+            };
         let changed_services = self.dirty.len();
 
         let (payload_counts, deleted, scanned) = match (kind, self.mode) {
@@ -517,14 +530,10 @@ impl SyncEngine {
                 }
                 None => BTreeMap::new(),
             };
-            let mut keys = Vec::new();
-            for info in self.services.get(service).into_iter().flatten() {
-                let port_endpoints = endpoints
-                    .get(&(info.port_name.clone(), info.protocol))
-                    .cloned()
-                    .unwrap_or_default();
-                let plan = ServicePortPlan::new(info.clone(), port_endpoints, &self.ctx);
-                let counts = PortCounts::of(&plan, &self.ctx);
+            let infos = self.services.get(service).map(Vec::as_slice).unwrap_or_default();
+            let mut keys = Vec::with_capacity(infos.len());
+            for plan in plan_service(infos, &endpoints, &self.ctx) {
+                let counts = PortCounts::of(self.layout, &plan, &self.ctx);
                 self.totals.add(&counts, true);
                 let key = plan.key();
                 keys.push(key.clone());
@@ -541,12 +550,13 @@ impl SyncEngine {
             } else {
                 self.endpoints.insert(service.clone(), endpoints);
             }
+            let layout = self.layout;
             let wanted: HashSet<ChainName> = keys
                 .iter()
                 .filter_map(|key| self.ports.get(key))
-                .flat_map(|e| e.plan.own_chains())
+                .flat_map(|e| layout.own_chains(&e.plan))
                 .collect();
-            for chain in old.iter().flat_map(|plan| plan.own_chains()) {
+            for chain in old.iter().flat_map(|plan| layout.own_chains(plan)) {
                 if !wanted.contains(&chain) {
                     self.stale.insert(chain);
                 }
@@ -588,6 +598,7 @@ impl SyncEngine {
         };
         let ports = &self.ports;
         let counts = self.writer.write_upstream(
+            self.layout,
             &self.ctx,
             large_cluster,
             || ports.values().map(|e| (&*e.plan, writes_own(&e.plan))),
@@ -603,6 +614,7 @@ impl SyncEngine {
         large_cluster: bool,
     ) -> (PayloadCounts, Vec<ChainName>) {
         let ctx = &*self.ctx;
+        let layout = self.layout;
         let mut filter_chains = BTreeSet::new();
         let mut nat_fixed_chains = BTreeSet::new();
         let mut own: Vec<(&ServicePortPlan, Vec<ChainName>)> = Vec::new();
@@ -615,9 +627,9 @@ impl SyncEngine {
                 .filter_map(|key| self.ports.get(key))
                 .map(|e| &*e.plan)
                 .collect();
-            let old_shared = shared_texts(old.iter().map(|p| &**p), ctx);
-            let new_shared = shared_texts(new.iter().copied(), ctx);
-            for (chain, table) in SHARED_CHAINS {
+            let old_shared = shared_texts(layout, old.iter().map(|p| &**p), ctx);
+            let new_shared = shared_texts(layout, new.iter().copied(), ctx);
+            for (table, chain) in fixed_chains(layout, ctx) {
                 if old_shared.get(&(table, chain)) != new_shared.get(&(table, chain)) {
                     match table {
                         Table::Filter => filter_chains.insert(chain),
@@ -625,11 +637,11 @@ impl SyncEngine {
                     };
                 }
             }
-            let old_own = own_texts(old.iter().map(|p| &**p), ctx, large_cluster);
-            let new_own = own_texts(new.iter().copied(), ctx, large_cluster);
+            let old_own = own_texts(layout, old.iter().map(|p| &**p), ctx, large_cluster);
+            let new_own = own_texts(layout, new.iter().copied(), ctx, large_cluster);
             for plan in &new {
-                let changed: Vec<ChainName> = plan
-                    .own_chains()
+                let changed: Vec<ChainName> = layout
+                    .own_chains(plan)
                     .filter(|chain| old_own.get(chain) != new_own.get(chain))
                     .collect();
                 if !changed.is_empty() {
@@ -642,31 +654,24 @@ impl SyncEngine {
         let deleted: Vec<ChainName> = self.stale.iter().copied().collect();
         let request = ChainRequest {
             all_ports: self.ports.values().map(|e| &*e.plan),
-            filter_chains: ordered(ctx.filter_chains(), &filter_chains),
-            nat_fixed_chains: ordered(ctx.nat_chains(), &nat_fixed_chains),
+            filter_chains: ordered(layout.filter_chains(ctx), &filter_chains),
+            nat_fixed_chains: ordered(layout.nat_chains(), &nat_fixed_chains),
             nat_own_chains: own,
             nat_deleted: deleted.clone(),
         };
-        let counts = self.writer.write_chains(ctx, large_cluster, &request);
+        let counts = self.writer.write_chains(layout, ctx, large_cluster, &request);
         (counts, deleted)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Table {
-    Filter,
-    Nat,
+/// The layout's fixed chains, which service ports add rules to.
+fn fixed_chains(layout: Layout, ctx: &NodeContext) -> impl Iterator<Item = (Table, &'static str)> {
+    let filter = layout
+        .filter_chains(ctx)
+        .iter()
+        .map(|chain| (Table::Filter, *chain));
+    filter.chain(layout.nat_chains().iter().map(|chain| (Table::Nat, *chain)))
 }
-
-/// The fixed chains services add rules to.
-const SHARED_CHAINS: [(&str, Table); 6] = [
-    (fixed::KUBE_SERVICES, Table::Filter),
-    (fixed::KUBE_EXTERNAL_SERVICES, Table::Filter),
-    (fixed::KUBE_NODEPORTS, Table::Filter),
-    (fixed::KUBE_PROXY_FIREWALL, Table::Filter),
-    (fixed::KUBE_SERVICES, Table::Nat),
-    (fixed::KUBE_NODEPORTS, Table::Nat),
-];
 
 fn ordered(order: &[&'static str], wanted: &BTreeSet<&'static str>) -> Vec<&'static str> {
     order
@@ -677,12 +682,12 @@ fn ordered(order: &[&'static str], wanted: &BTreeSet<&'static str>) -> Vec<&'sta
 }
 
 /// Renders rules into one text per chain.
-struct PerChain<K> {
+struct PerChain<K, F> {
     texts: HashMap<K, Vec<u8>>,
-    key: fn(&str) -> Option<K>,
+    key: F,
 }
 
-impl<K: std::hash::Hash + Eq> RuleSink for PerChain<K> {
+impl<K: std::hash::Hash + Eq, F: Fn(&str) -> Option<K>> RuleSink for PerChain<K, F> {
     fn rule(&mut self, rule: &Rule<'_>) {
         if let Some(key) = (self.key)(rule.chain) {
             write_rule(self.texts.entry(key).or_default(), rule);
@@ -691,51 +696,52 @@ impl<K: std::hash::Hash + Eq> RuleSink for PerChain<K> {
 }
 
 fn shared_texts<'p>(
+    layout: Layout,
     plans: impl Iterator<Item = &'p ServicePortPlan>,
     ctx: &NodeContext,
 ) -> HashMap<(Table, &'static str), Vec<u8>> {
-    fn shared_key(table: Table) -> impl Fn(&str) -> Option<(Table, &'static str)> {
-        move |chain| {
-            SHARED_CHAINS
-                .iter()
-                .find(|(c, t)| *t == table && *c == chain)
-                .map(|(c, t)| (*t, *c))
-        }
+    fn fixed_key(
+        layout: Layout,
+        ctx: &NodeContext,
+        table: Table,
+    ) -> impl Fn(&str) -> Option<(Table, &'static str)> {
+        let chains: Vec<(Table, &'static str)> =
+            fixed_chains(layout, ctx).filter(|(t, _)| *t == table).collect();
+        move |chain| chains.iter().find(|(_, c)| *c == chain).copied()
     }
     let mut filter = PerChain {
         texts: HashMap::new(),
-        key: |c| shared_key(Table::Filter)(c),
+        key: fixed_key(layout, ctx, Table::Filter),
     };
     let mut nat = PerChain {
         texts: HashMap::new(),
-        key: |c| shared_key(Table::Nat)(c),
+        key: fixed_key(layout, ctx, Table::Nat),
     };
     for plan in plans {
-        plan.emit_filter(&mut filter);
-        plan.emit_nat_shared(ctx, &mut nat);
+        layout.emit_filter(plan, ctx, &mut filter);
+        layout.emit_nat(plan, ctx, false, false, &mut nat);
     }
     filter.texts.extend(nat.texts);
     filter.texts
 }
 
 fn own_texts<'p>(
+    layout: Layout,
     plans: impl Iterator<Item = &'p ServicePortPlan>,
     ctx: &NodeContext,
     large_cluster: bool,
 ) -> HashMap<ChainName, Vec<u8>> {
     let mut sink = PerChain {
         texts: HashMap::new(),
-        key: |c| ChainName::new(c),
+        key: |c: &str| ChainName::new(c).filter(|_| layout.owns_service_chain(c)),
     };
     for plan in plans {
         // Declared chains exist even without rules.
-        for chain in plan.own_chains() {
+        for chain in layout.own_chains(plan) {
             sink.texts.entry(chain).or_default();
         }
-        plan.emit_nat_own(ctx, large_cluster, &mut sink);
+        layout.emit_nat(plan, ctx, large_cluster, true, &mut sink);
     }
-    sink.texts
-        .retain(|chain, _| ServiceChainKind::of(chain.as_str()).is_some());
     sink.texts
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use chainsmith_planner::BUILTIN_JUMPS;
+use chainsmith_iptables::{BUILTIN_JUMPS, BuiltinJump};
 
 use crate::{CommandError, Netns};
 
@@ -76,6 +76,18 @@ pub fn apply_kube_proxy_rules(
     family: IpFamily,
     backend: Backend,
 ) -> Result<(), CommandError> {
+    apply_rules_with_jumps(netns, payload, family, backend, &BUILTIN_JUMPS)
+}
+
+/// [`apply_kube_proxy_rules`] with another layout's jumps (e.g.
+/// `chainsmith_iptables::V1_10_JUMPS`).
+pub fn apply_rules_with_jumps(
+    netns: &Netns,
+    payload: &str,
+    family: IpFamily,
+    backend: Backend,
+    jumps: &[BuiltinJump],
+) -> Result<(), CommandError> {
     for counter in nfacct_names(payload) {
         if let Err(e) = netns.run("nfacct", &["add", counter])
             && !e.0.contains("exists")
@@ -89,7 +101,7 @@ pub fn apply_kube_proxy_rules(
         payload.as_bytes(),
     )?;
     let iptables = tool(family, backend, "");
-    for jump in &BUILTIN_JUMPS {
+    for jump in jumps {
         let table = jump.table.as_str();
         if let Err(e) = netns.run(&iptables, &["-w", "-t", table, "-N", jump.to])
             && !e.0.contains("already exists")

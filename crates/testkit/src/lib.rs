@@ -33,7 +33,9 @@ mod metrics;
 mod topology;
 
 pub use echo::{EchoServer, Peer, ProbeResult, Proto, probe, probe_from, probe_here};
-pub use iptables::{Backend, IpFamily, apply_kube_proxy_rules, nfacct_packets, rule_packets};
+pub use iptables::{
+    Backend, IpFamily, apply_kube_proxy_rules, apply_rules_with_jumps, nfacct_packets, rule_packets,
+};
 pub use metrics::metric_sample;
 pub use topology::{Pod, Topology};
 

@@ -806,6 +806,7 @@ impl<'a> Run<'a> {
                 any != *negated
             }
             Match::Nfacct { .. } => true,
+            Match::PhysdevIsIn { negated } => packet.bridged_in != *negated,
             Match::Unknown(text) => {
                 self.warnings.push(format!(
                     "match {text:?} is not modelled; rule taken as not matching ({table}): {}",

@@ -71,6 +71,10 @@ pub struct Packet {
     pub recent: Vec<String>,
     /// The packet mark on arrival.
     pub mark: u32,
+    /// It came in through a bridge port and the node runs `br_netfilter`
+    /// (`-m physdev --physdev-is-in`): a pod on a bridge CNI talking to a
+    /// pod or Service on the same node.
+    pub bridged_in: bool,
 }
 
 fn protocol_name<S: Serializer>(protocol: &Protocol, serializer: S) -> Result<S::Ok, S::Error> {
@@ -91,6 +95,7 @@ impl Packet {
             conntrack: CtState::New,
             recent: Vec::new(),
             mark: 0,
+            bridged_in: false,
         }
     }
 }

@@ -169,6 +169,12 @@ pub enum Match {
         /// Negated with `!`.
         negated: bool,
     },
+    /// `-m physdev [!] --physdev-is-in`: the packet came in through a bridge
+    /// port (seen by iptables only with `br_netfilter`).
+    PhysdevIsIn {
+        /// Negated with `!`.
+        negated: bool,
+    },
     /// `-m nfacct --nfacct-name N`: a counter, always matches.
     Nfacct {
         /// The counter.
@@ -407,6 +413,7 @@ fn is_flag(option: &str) -> bool {
     matches!(
         option,
         "--rcheck"
+            | "--physdev-is-in"
             | "--update"
             | "--set"
             | "--remove"
@@ -536,6 +543,7 @@ impl Parser {
                             | "conntrack"
                             | "state"
                             | "nfacct"
+                            | "physdev"
                     );
                     if !known {
                         self.matches.push(Match::Unknown(format!("-m {name}")));
@@ -669,6 +677,7 @@ impl Parser {
                 negated,
             }),
             ("nfacct", "--nfacct-name") => Some(Match::Nfacct { name: v.to_string() }),
+            ("physdev", "--physdev-is-in") if value.is_none() => Some(Match::PhysdevIsIn { negated }),
             _ => None,
         };
         self.matches

@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use chainsmith_iptables::BuiltinJump;
 use chainsmith_model::IpFamily;
-use chainsmith_planner::BUILTIN_JUMPS;
 
 use crate::error::TraceError;
 use crate::rule::{ParsedRule, Target, tokenize};
@@ -208,8 +208,8 @@ impl Ruleset {
         }
     }
 
-    /// Adds the jumps kube-proxy inserts into the built-in chains
-    /// (`chainsmith_planner::BUILTIN_JUMPS`) where they are missing, the way
+    /// Adds the jumps kube-proxy inserts into the built-in chains (`jumps`:
+    /// the layout's, e.g. `chainsmith_iptables::BUILTIN_JUMPS`) where they are missing, the way
     /// kube-proxy does on a full sync: the target chain is created if absent,
     /// then each jump missing from its built-in chain (`iptables -C`: the same
     /// rule in any spelling) is inserted at the top, so later entries of the list
@@ -217,9 +217,9 @@ impl Ruleset {
     /// chains (a compiled payload); a dump from a node already has the jumps and
     /// is left as it is. The jumps are the same for both families; `family`
     /// is recorded so that a trace can warn about a packet of the other family.
-    pub fn with_builtin_jumps(mut self, family: IpFamily) -> Ruleset {
+    pub fn with_builtin_jumps(mut self, family: IpFamily, jumps: &[BuiltinJump]) -> Ruleset {
         self.family = Some(family);
-        for jump in &BUILTIN_JUMPS {
+        for jump in jumps {
             let table_name = jump.table.as_str();
             let table = self.tables.entry(table_name.to_string()).or_default();
             table
@@ -436,7 +436,7 @@ mod tests {
 
     #[test]
     fn builtin_jumps_follow_upstream_order_and_are_not_duplicated() {
-        let rules = Ruleset::new().with_builtin_jumps(IpFamily::V4);
+        let rules = Ruleset::new().with_builtin_jumps(IpFamily::V4, &chainsmith_iptables::BUILTIN_JUMPS);
         let targets = |chain: &str| -> Vec<String> {
             rules
                 .chain("filter", chain)
@@ -478,14 +478,16 @@ mod tests {
             [r#"-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES"#]
         );
         assert_eq!(rules.rule_count(), 14);
-        let again = rules.clone().with_builtin_jumps(IpFamily::V4);
+        let again = rules
+            .clone()
+            .with_builtin_jumps(IpFamily::V4, &chainsmith_iptables::BUILTIN_JUMPS);
         assert_eq!(again, rules);
         // The same jumps as iptables-save prints them count as present.
         let saved = Ruleset::from_dump(
             "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n",
         )
         .expect("dump")
-        .with_builtin_jumps(IpFamily::V4);
+        .with_builtin_jumps(IpFamily::V4, &chainsmith_iptables::BUILTIN_JUMPS);
         assert_eq!(texts(&saved, "nat", "PREROUTING").len(), 1);
     }
 }

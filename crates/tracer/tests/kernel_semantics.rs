@@ -197,7 +197,7 @@ fn ip(text: &str) -> IpAddr {
 fn base() -> Ruleset {
     Ruleset::from_dump(BASE)
         .expect("base")
-        .with_builtin_jumps(IpFamily::V4)
+        .with_builtin_jumps(IpFamily::V4, &chainsmith_iptables::BUILTIN_JUMPS)
 }
 
 fn node() -> Node {
@@ -495,7 +495,7 @@ fn localnet_firewall_rule() {
          *filter\n:KUBE-FIREWALL - [0:0]\n{firewall}\nCOMMIT\n"
     ))
     .expect("rules")
-    .with_builtin_jumps(IpFamily::V4);
+    .with_builtin_jumps(IpFamily::V4, &chainsmith_iptables::BUILTIN_JUMPS);
     let t = run(&merged, &packet("10.0.0.5", "127.0.0.1", 80, Origin::FromOutside));
     assert_eq!(only(&t), (Some("127.0.0.2:8080"), false, Verdict::Pass));
     let t = run(&merged, &packet("10.0.0.5", "127.0.0.1", 81, Origin::FromOutside));
@@ -543,7 +543,7 @@ COMMIT
 "#;
     let rules = Ruleset::from_dump(text)
         .expect("v6")
-        .with_builtin_jumps(IpFamily::V6);
+        .with_builtin_jumps(IpFamily::V6, &chainsmith_iptables::BUILTIN_JUMPS);
     let t = run(
         &rules,
         &packet("fd00:10::2", "fd00:172:30::41", 80, Origin::FromOutside),
@@ -606,7 +606,9 @@ fn comparable(trace: &Trace) -> Comparable {
 #[test]
 fn iptables_save_dump_traces_like_the_restore_text() {
     let saved = Ruleset::from_dump(SAVED).expect("saved");
-    let completed = saved.clone().with_builtin_jumps(IpFamily::V4);
+    let completed = saved
+        .clone()
+        .with_builtin_jumps(IpFamily::V4, &chainsmith_iptables::BUILTIN_JUMPS);
     assert_eq!(
         completed.rule_count(),
         saved.rule_count(),

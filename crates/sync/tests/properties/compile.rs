@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
+use chainsmith_layout::Layout;
 use chainsmith_model::{EndpointSlice, IpFamily, IpNet, NodeConfig, Service};
 use chainsmith_naming::ChainName;
 use chainsmith_planner::{Plan, PortKey};
@@ -16,7 +17,7 @@ use proptest::prelude::*;
 use crate::cluster::{any_node_config, cluster, node_config};
 
 fn render(plan: &Plan) -> String {
-    String::from_utf8(render_plan(plan)).expect("payloads are UTF-8")
+    String::from_utf8(render_plan(plan, Layout::V1_33)).expect("payloads are UTF-8")
 }
 
 /// The lines of each `*table` section of a payload.
@@ -61,7 +62,11 @@ fn check_chain_names(plan: &Plan, text: &str) -> Result<(), TestCaseError> {
         let seps: BTreeSet<ChainName> = port.endpoints().iter().map(|ep| ep.chain).collect();
         prop_assert_eq!(seps.len(), port.endpoints().len(), "{:?}", key);
     }
-    let used: BTreeSet<ChainName> = plan.ports.iter().flat_map(|p| p.own_chains()).collect();
+    let used: BTreeSet<ChainName> = plan
+        .ports
+        .iter()
+        .flat_map(|p| Layout::V1_33.own_chains(p))
+        .collect();
     for (table, lines) in sections(text) {
         let mut declared = BTreeSet::new();
         for line in lines {

@@ -12,6 +12,7 @@
 
 use std::net::IpAddr;
 
+use chainsmith_layout::Layout;
 use chainsmith_model::{EndpointSlice, IpFamily, LoadBalancerIpMode, NodeConfig, Protocol, Service};
 use chainsmith_planner::Plan;
 use chainsmith_restore::normalize::first_difference;
@@ -198,7 +199,7 @@ fn scenario() -> impl Strategy<Value = (NodeConfig, Cluster, Vec<Step>)> {
 
 /// The tables one full sync of this state leaves in an empty kernel.
 fn full_sync_tables(services: &[Service], slices: &[EndpointSlice], config: &NodeConfig) -> String {
-    let payload = render_plan(&Plan::compile(services, slices, config));
+    let payload = render_plan(&Plan::compile(services, slices, config), Layout::V1_33);
     let payload = String::from_utf8(payload).expect("payloads are UTF-8");
     let mut kernel = RuleSet::new();
     kernel

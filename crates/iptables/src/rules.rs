@@ -2,7 +2,7 @@
 //!
 //! A [`Rule`] borrows everything it prints from the plan, so emitting one costs a
 //! few words on the stack. Each [`Arg`] stands for a fixed sequence of
-//! iptables-restore tokens; the renderer owns the spelling, the planner owns the
+//! iptables-restore tokens; the renderer owns the spelling, a layout owns the
 //! order (which is upstream's argument order, so the text comes out identical).
 
 use chainsmith_model::Protocol;
@@ -61,8 +61,19 @@ pub enum Arg<'a> {
     SourceTypeLocal,
     /// `-m addrtype --dst-type LOCAL`.
     DestinationTypeLocal,
+    /// `-m addrtype ! --src-type LOCAL` (v1.10's external-IP rule).
+    SourceTypeNotLocal,
+    /// `-m physdev ! --physdev-is-in`: not bridged in from a local bridge port
+    /// (v1.10's external-IP rule).
+    NotBridgedIn,
     /// `-m statistic --mode random --probability 1/one_in` (printed `%0.10f`).
     RandomProbability {
+        /// The denominator: the number of endpoints not yet passed.
+        one_in: usize,
+    },
+    /// `-m statistic --mode random --probability 1/one_in` printed `%0.5f`, as
+    /// kube-proxy wrote it until 2019.
+    RandomProbabilityFiveDecimals {
         /// The denominator: the number of endpoints not yet passed.
         one_in: usize,
     },
@@ -107,6 +118,8 @@ pub enum Target<'a> {
     MarkOr(&'a str),
     /// `-j MARK --xor-mark M`.
     MarkXor(&'a str),
+    /// `-j MARK --set-xmark VALUE/MASK`.
+    MarkSet(&'a str),
     /// `-j MASQUERADE [--random-fully]`.
     Masquerade {
         /// Append `--random-fully`.
@@ -123,7 +136,7 @@ impl<'a> Target<'a> {
         match self {
             Target::None => None,
             Target::Jump(name) => Some(name),
-            Target::MarkOr(_) | Target::MarkXor(_) => Some("MARK"),
+            Target::MarkOr(_) | Target::MarkXor(_) | Target::MarkSet(_) => Some("MARK"),
             Target::Masquerade { .. } => Some("MASQUERADE"),
             Target::Dnat(_) => Some("DNAT"),
         }
@@ -153,9 +166,9 @@ impl<F: FnMut(&Rule<'_>)> RuleSink for F {
     }
 }
 
-/// Emits one rule; every rule of the planner goes through here.
+/// Emits one rule; every rule a layout writes goes through here.
 #[inline(always)]
-pub(crate) fn emit(sink: &mut impl RuleSink, chain: &str, args: &[Arg<'_>], target: Target<'_>) {
+pub fn emit(sink: &mut impl RuleSink, chain: &str, args: &[Arg<'_>], target: Target<'_>) {
     sink.rule(&Rule { chain, args, target });
 }
 

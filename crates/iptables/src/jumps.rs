@@ -37,8 +37,8 @@ impl BuiltinJump {
 
 const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
 
-/// Every jump, in upstream's insertion order (`iptablesJumpChains` followed by
-/// the kubelet firewall jumps).
+/// Every jump of the v1.33 layout, in upstream's insertion order
+/// (`iptablesJumpChains` followed by the kubelet firewall jumps).
 pub const BUILTIN_JUMPS: [BuiltinJump; 14] = [
     jump(
         Table::Filter,
@@ -124,6 +124,62 @@ pub const BUILTIN_JUMPS: [BuiltinJump; 14] = [
         &[],
         "kubernetes postrouting rules",
     ),
+    KUBELET_FIREWALL_JUMPS[0],
+    KUBELET_FIREWALL_JUMPS[1],
+];
+
+/// The jumps of kube-proxy's 2018 layout (v1.10), in its insertion order,
+/// followed by the kubelet's firewall jumps: no `KUBE-PROXY-FIREWALL`, no
+/// `KUBE-NODEPORTS` in filter, `KUBE-SERVICES` in filter only from OUTPUT.
+pub const V1_10_JUMPS: [BuiltinJump; 8] = [
+    jump(
+        Table::Filter,
+        "INPUT",
+        "KUBE-EXTERNAL-SERVICES",
+        NEW,
+        "kubernetes externally-visible service portals",
+    ),
+    jump(
+        Table::Filter,
+        "OUTPUT",
+        "KUBE-SERVICES",
+        NEW,
+        "kubernetes service portals",
+    ),
+    jump(
+        Table::Nat,
+        "OUTPUT",
+        "KUBE-SERVICES",
+        &[],
+        "kubernetes service portals",
+    ),
+    jump(
+        Table::Nat,
+        "PREROUTING",
+        "KUBE-SERVICES",
+        &[],
+        "kubernetes service portals",
+    ),
+    jump(
+        Table::Nat,
+        "POSTROUTING",
+        "KUBE-POSTROUTING",
+        &[],
+        "kubernetes postrouting rules",
+    ),
+    jump(
+        Table::Filter,
+        "FORWARD",
+        "KUBE-FORWARD",
+        &[],
+        "kubernetes forwarding rules",
+    ),
+    KUBELET_FIREWALL_JUMPS[0],
+    KUBELET_FIREWALL_JUMPS[1],
+];
+
+/// The kubelet's jumps to its `KUBE-FIREWALL` (no comment), in both layouts.
+const KUBELET_FIREWALL_JUMPS: [BuiltinJump; 2] = [
     BuiltinJump {
         table: Table::Filter,
         from: "INPUT",
