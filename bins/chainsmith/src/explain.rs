@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use chainsmith_layout::{Layout, PortView};
 use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey};
+use chainsmith_naming::ChainName;
 use chainsmith_planner::{Plan, ServicePortPlan};
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
 use clap::Args;
@@ -91,12 +93,50 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let local = Node::new(tracing::local_ips(&node));
     let mut out = String::new();
     for port in ports {
-        explain_port(&mut out, &node, port, &ruleset, &local);
+        explain_port(&mut out, &node, args.layout.layout, port, &ruleset, &local);
     }
     std::io::stdout()
         .lock()
         .write_all(out.as_bytes())
         .context("cannot write to stdout")
+}
+
+/// What the 2018 layout's `KUBE-FW-` chain does with load-balancer traffic,
+/// in the words of the seed's walk-through.
+fn explain_v1_10_firewall(out: &mut String, port: &ServicePortPlan, view: &PortView<'_>) {
+    use std::fmt::Write;
+    let addresses = &port.info().addresses;
+    if addresses.load_balancer_vips.is_empty() {
+        return;
+    }
+    let chains: Vec<ChainName> = Layout::V1_10.own_chains(port).collect();
+    let named = |prefix: &str| chains.iter().find(|c| c.as_str().starts_with(prefix));
+    let Some(fw) = named("KUBE-FW-") else {
+        let _ = writeln!(
+            out,
+            "  without ready endpoints the 2018 layout writes nothing for the load-balancer IP: it is not captured"
+        );
+        return;
+    };
+    let balance = if let Some(xlb) = named("KUBE-XLB-") {
+        format!("sends it to {xlb} (this node's endpoints only, the client's address kept)")
+    } else {
+        format!(
+            "marks it for masquerade (KUBE-MARK-MASQ), balances it over the Service ({})",
+            view.service_chain
+        )
+    };
+    let admitted = if addresses.source_ranges.is_empty() {
+        "every source is admitted, so nothing is left for the last rule".to_string()
+    } else {
+        let ranges: Vec<&str> = addresses.source_ranges.iter().map(|r| &*r.text).collect();
+        format!("only sources in {} are admitted", ranges.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "  KUBE-SERVICES -d <LB IP> -j {fw}: {fw} {balance}, and marks for drop (KUBE-MARK-DROP) what no \
+         rule admitted ({admitted}); the kubelet's KUBE-FIREWALL drops marked packets in INPUT and OUTPUT"
+    );
 }
 
 /// `ip:port`, or `[ip]:port` for IPv6.
@@ -111,6 +151,7 @@ fn host_port(ip: &str, port: u16) -> String {
 fn explain_port(
     out: &mut String,
     node: &NodeConfig,
+    layout: Layout,
     port: &ServicePortPlan,
     ruleset: &Ruleset,
     local: &Node,
@@ -118,10 +159,11 @@ fn explain_port(
     use std::fmt::Write;
     let info = port.info();
     let addresses = &info.addresses;
+    let view = layout.describe_port(port);
     let _ = writeln!(
         out,
         "Service port {} ({} {})",
-        info.name, info.port, info.protocol
+        view.name, info.port, info.protocol
     );
     let policies = format!(
         "externalTrafficPolicy {}, internalTrafficPolicy {}",
@@ -136,14 +178,19 @@ fn explain_port(
             "Cluster"
         }
     );
-    let _ = writeln!(out, "  {policies}; chains share the hash of {}", info.svc_chain());
-    let _ = writeln!(out, "  endpoints ({}):", port.endpoints().len());
-    for ep in port.endpoints().iter() {
+    let _ = writeln!(
+        out,
+        "  {policies}; chains share the hash of {}",
+        view.service_chain
+    );
+    let _ = writeln!(out, "  endpoints ({}):", view.endpoints.len());
+    for endpoint in &view.endpoints {
+        let ep = endpoint.info;
         let mut roles = Vec::new();
-        if port.cluster_endpoints().any(|c| c.endpoint() == ep.endpoint()) {
+        if endpoint.cluster {
             roles.push("cluster");
         }
-        if port.local_endpoints().any(|l| l.endpoint() == ep.endpoint()) {
+        if endpoint.local {
             roles.push("local");
         }
         let condition = match (ep.ready, ep.serving, ep.terminating) {
@@ -162,7 +209,7 @@ fn explain_port(
             out,
             "    {} {condition}, {place}: {used} ({})",
             ep.endpoint(),
-            ep.chain
+            endpoint.chain
         );
     }
     let who = senders(node, port);
@@ -218,6 +265,7 @@ fn explain_port(
                 ("outside the cluster", Some(who.outside), Origin::FromOutside),
                 ("an allowed source range", allowed, Origin::FromOutside),
                 (pod_label, who.pod, Origin::FromOutside),
+                ("this node", who.node, Origin::FromNode),
             ],
         );
     }
@@ -240,7 +288,9 @@ fn explain_port(
              that does come through the load balancer lands on the same rules"
         );
     }
-    if !addresses.source_ranges.is_empty() && !addresses.load_balancer_vips.is_empty() {
+    if layout == Layout::V1_10 {
+        explain_v1_10_firewall(out, port, &view);
+    } else if !addresses.source_ranges.is_empty() && !addresses.load_balancer_vips.is_empty() {
         let ranges: Vec<&str> = addresses.source_ranges.iter().map(|r| &*r.text).collect();
         let _ = writeln!(
             out,

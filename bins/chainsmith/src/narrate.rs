@@ -2,10 +2,30 @@
 
 use std::fmt::Write;
 
+use chainsmith_layout::Layout;
 use chainsmith_tracer::{Action, Origin, Outcome, Step, Trace, Verdict};
 
-/// What a kube-proxy chain is for, from its name.
-fn chain_role(chain: &str) -> Option<&'static str> {
+/// What a kube-proxy chain is for, from its name, in the layout that wrote it.
+fn chain_role(chain: &str, layout: Layout) -> Option<&'static str> {
+    if layout == Layout::V1_10 {
+        let role = match chain {
+            "KUBE-EXTERNAL-SERVICES" => Some("rejects external traffic for Services without endpoints"),
+            "KUBE-FIREWALL" => Some("the kubelet's chain: drops packets marked by KUBE-MARK-DROP"),
+            "KUBE-MARK-DROP" => Some("marks the packet for the kubelet's KUBE-FIREWALL to drop"),
+            _ if chain.starts_with("KUBE-FW-") => Some(
+                "the load-balancer IP: marks for masquerade, sends on to the Service, and marks for drop \
+                 what no rule admitted",
+            ),
+            _ if chain.starts_with("KUBE-XLB-") => Some(
+                "externalTrafficPolicy Local: pods go to the whole Service, others only to this node's \
+                 endpoints (their address kept), or are marked for drop when there are none",
+            ),
+            _ => None,
+        };
+        if role.is_some() {
+            return role;
+        }
+    }
     Some(match chain {
         "KUBE-SERVICES" => "kube-proxy's entry chain for Service traffic",
         "KUBE-NODEPORTS" => "the NodePorts of this node",
@@ -40,11 +60,11 @@ fn rule_label(step: &Step) -> String {
 }
 
 /// One line for one step; `None` for steps not worth a line.
-fn describe(step: &Step) -> Option<String> {
+fn describe(step: &Step, layout: Layout) -> Option<String> {
     let label = rule_label(step);
     Some(match &step.action {
         Action::Enter => return None,
-        Action::Jump { to } | Action::Goto { to } => match chain_role(to) {
+        Action::Jump { to } | Action::Goto { to } => match chain_role(to, layout) {
             Some(role) => format!("{label} matches: on to {to} ({role})"),
             None => format!("{label} matches: on to {to}"),
         },
@@ -69,10 +89,10 @@ fn describe(step: &Step) -> Option<String> {
     })
 }
 
-fn write_steps(out: &mut String, steps: &[Step]) {
+fn write_steps(out: &mut String, steps: &[Step], layout: Layout) {
     let mut chain: Option<(&str, &str)> = None;
     for step in steps {
-        let Some(line) = describe(step) else {
+        let Some(line) = describe(step, layout) else {
             continue;
         };
         if chain != Some((step.table.as_str(), step.chain.as_str())) {
@@ -151,8 +171,9 @@ fn fate(outcome: &Outcome, destination: Option<String>) -> String {
     parts.join(", ")
 }
 
-/// The whole trace as text a person can follow.
-pub fn narrate(trace: &Trace) -> String {
+/// The whole trace as text a person can follow; chains are explained as the
+/// layout that wrote them uses them.
+pub fn narrate(trace: &Trace, layout: Layout) -> String {
     let mut out = String::new();
     let packet = &trace.packet;
     let origin = match packet.origin {
@@ -172,7 +193,7 @@ pub fn narrate(trace: &Trace) -> String {
         let _ = writeln!(out, "No outcome.");
         return out;
     };
-    write_steps(&mut out, &first.path);
+    write_steps(&mut out, &first.path, layout);
     for (n, outcome) in trace.outcomes.iter().enumerate().skip(1) {
         // Show where this branch leaves the first one.
         let shared = first
@@ -182,7 +203,7 @@ pub fn narrate(trace: &Trace) -> String {
             .take_while(|(a, b)| a == b)
             .count();
         let _ = writeln!(out, "\n  ... branch {} of {}:", n + 1, trace.outcomes.len());
-        write_steps(&mut out, &outcome.path[shared..]);
+        write_steps(&mut out, &outcome.path[shared..], layout);
     }
     let _ = writeln!(out);
     if trace.outcomes.len() == 1 {

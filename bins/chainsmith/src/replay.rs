@@ -80,6 +80,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         let manifests = input::load_manifests(&[state])?;
         input::report_diagnostics(&manifests.diagnostics);
         engine.replace_state(&manifests.services, &manifests.endpoint_slices);
+        input::report_diagnostics(&engine.take_diagnostics());
         let now_ms = clock_ms.get(index).copied().unwrap_or(0);
         let outcome = engine.sync(now_ms, args.full_sync_at.contains(&step));
         let payload = std::str::from_utf8(outcome.payload)

@@ -150,7 +150,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     ips.extend(&args.local_ips);
     let result = trace(&ruleset, &packet, &Node::new(ips));
     let text = match args.output {
-        Output::Text => narrate::narrate(&result),
+        Output::Text => narrate::narrate(&result, layout),
         Output::Json => serde_json::to_string_pretty(&result)? + "\n",
     };
     std::io::stdout()

@@ -85,6 +85,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-applier",
             "chainsmith-iptables",
             "chainsmith-k8s",
+            "chainsmith-layout",
             "chainsmith-model",
             "chainsmith-naming",
             "chainsmith-planner",

@@ -82,6 +82,29 @@ fn manifest_changes_per_service() {
     }
 }
 
+/// The same review in kube-proxy's 2018 layout: its KUBE-FW chains and
+/// KUBE-XLB, attributed to the Service that writes them.
+#[test]
+fn manifest_changes_in_the_2018_layout() {
+    for case in ["loadbalancer-source-ranges", "external-traffic-policy-local"] {
+        let output = diff_case(case, &["--layout", "v1.10"]);
+        assert_eq!(output.status.code(), Some(1), "{case}");
+        let mut args = diff_args(case);
+        args.extend(["--layout".into(), "v1.10".into()]);
+        insta::with_settings!({
+            snapshot_path => "../../../snapshots",
+            prepend_module_to_snapshot => false,
+            description => format!("chainsmith {}", args.join(" ")),
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(
+                format!("diff@{case}@v1.10"),
+                String::from_utf8(output.stdout).expect("utf8")
+            );
+        });
+    }
+}
+
 #[test]
 fn exit_status_is_zero_without_rule_changes_one_with_two_on_trouble() {
     // `chainsmith_in_fixtures` insists on success, i.e. exit status 0.

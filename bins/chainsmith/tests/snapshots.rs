@@ -54,13 +54,26 @@ fn fixture_clusters() {
             description => format!("chainsmith compile --node {node} {cluster}: {note}"),
             omit_expression => true,
         }, {
-            insta::assert_snapshot!(name, compile(&["--node", node, cluster]));
+            insta::assert_snapshot!(name.clone(), compile(&["--node", node, cluster]));
+        });
+        // The same cluster in kube-proxy's 2018 layout.
+        insta::with_settings!({
+            snapshot_path => "../../../snapshots",
+            prepend_module_to_snapshot => false,
+            description => format!("chainsmith compile --layout v1.10 --node {node} {cluster}: {note}"),
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(
+                format!("{name}@v1.10"),
+                compile(&["--layout", "v1.10", "--node", node, cluster])
+            );
         });
     }
 }
 
-/// A short sequence of cluster states replayed in both partial-sync modes:
-/// the snapshot shows what each sync writes, and the rule metrics after it.
+/// A short sequence of cluster states replayed in both partial-sync modes
+/// (and in the v1.10 layout, whose every sync is full): the snapshot shows
+/// what each sync writes, and the rule metrics after it.
 #[test]
 fn replay_scenario() {
     let states = [
@@ -69,7 +82,7 @@ fn replay_scenario() {
         "replay/03-delete-api.yaml",
         "replay/04-web-becomes-loadbalancer.yaml",
     ];
-    for mode in ["compat", "minimal"] {
+    for (mode, layout) in [("compat", "v1.33"), ("minimal", "v1.33"), ("compat", "v1.10")] {
         let out = tempfile::tempdir().expect("tempdir");
         let out_dir = out.path().to_str().expect("utf8 path");
         let mut args = vec![
@@ -78,6 +91,8 @@ fn replay_scenario() {
             "nodes/ipv4.yaml",
             "--partial-sync",
             mode,
+            "--layout",
+            layout,
             "--out",
             out_dir,
         ];
@@ -100,10 +115,17 @@ fn replay_scenario() {
         insta::with_settings!({
             snapshot_path => "../../../snapshots",
             prepend_module_to_snapshot => false,
-            description => format!("chainsmith replay --partial-sync {mode} --node nodes/ipv4.yaml {}", states.join(" ")),
+            description => match layout {
+                "v1.33" => format!("chainsmith replay --partial-sync {mode} --node nodes/ipv4.yaml {}", states.join(" ")),
+                _ => format!("chainsmith replay --layout {layout} --node nodes/ipv4.yaml {}", states.join(" ")),
+            },
             omit_expression => true,
         }, {
-            insta::assert_snapshot!(format!("replay@{mode}"), text);
+            let name = match layout {
+                "v1.33" => format!("replay@{mode}"),
+                _ => format!("replay@{layout}"),
+            };
+            insta::assert_snapshot!(name, text);
         });
     }
 }

@@ -111,6 +111,66 @@ fn explains_every_entry_point() {
     }
 }
 
+/// kube-proxy's 2018 layout: the seed's question (why does a public
+/// load-balancer IP have a rule on every node?) on the seed's own Service, a
+/// source outside loadBalancerSourceRanges, and a Local NodePort.
+#[test]
+fn the_2018_layout_in_plain_words() {
+    snapshot(
+        "explain@v1.10-seed",
+        &[
+            "explain",
+            "--layout",
+            "v1.10",
+            "--example",
+            "seed",
+            "default/sleep",
+        ],
+    );
+    snapshot(
+        "trace@v1.10-seed-load-balancer-ip",
+        &[
+            "trace",
+            "--layout",
+            "v1.10",
+            "--example",
+            "seed",
+            "--src",
+            "203.0.113.7",
+            "--dst",
+            "118.24.224.100",
+            "--dport",
+            "80",
+        ],
+    );
+    // The load-balancer IP as a local address of the node, as cloud guest
+    // agents configure it: the drop mark then meets the kubelet's firewall.
+    snapshot(
+        "trace@v1.10-source-range-denied",
+        &with(
+            &with(&["trace", "--layout", "v1.10"], V4),
+            &[
+                "loadbalancer.yaml",
+                "--src",
+                "192.0.2.200",
+                "--dst",
+                "203.0.113.30",
+                "--dport",
+                "443",
+                "--local-ip",
+                "203.0.113.30",
+            ],
+        ),
+    );
+    snapshot(
+        "explain@v1.10-nodeport-local-policy",
+        &with(
+            &with(&["explain", "--layout", "v1.10"], V4),
+            &["nodeport.yaml", "shop/storefront-local"],
+        ),
+    );
+}
+
 #[test]
 fn json_traces_carry_every_branch_with_its_probability() {
     let json = run(&with(

@@ -1,6 +1,6 @@
 //! Applying payloads and kube-proxy's fixed objects.
 
-use chainsmith_iptables::{BUILTIN_JUMPS, Table};
+use chainsmith_iptables::{BUILTIN_JUMPS, BuiltinJump, Table};
 use chainsmith_naming::{ServiceChainKind, fixed};
 
 use chainsmith_restore::batch::split_full_payload;
@@ -225,12 +225,13 @@ impl Applier {
         })
     }
 
-    /// Ensures every jump from the built-in chains (checked with `-C`, inserted
-    /// at the top with `-I` when missing, in upstream's order), creating the
-    /// target chains first. Returns how many jumps had to be inserted.
-    pub fn ensure_jumps(&self) -> Result<usize, ApplyError> {
+    /// Ensures every jump from the built-in chains of a layout (`jumps`:
+    /// checked with `-C`, inserted at the top with `-I` when missing, in
+    /// upstream's order), creating the target chains first. Returns how many
+    /// jumps had to be inserted.
+    pub fn ensure_jumps(&self, jumps: &[BuiltinJump]) -> Result<usize, ApplyError> {
         let mut inserted = 0;
-        for jump in BUILTIN_JUMPS {
+        for jump in jumps {
             let table = jump.table.as_str();
             self.ensure_chain(table, jump.to)?;
             let rule = jump.args();

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use chainsmith_applier::{Applier, Backend, NetnsRunner, Tools};
+use chainsmith_iptables::BUILTIN_JUMPS;
 use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpFamily, LoadBalancerIngress,
     LocalTrafficDetector, NodeConfig, ObjectKey, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
@@ -189,7 +190,7 @@ fn incremental_syncs_leave_the_tables_of_one_full_sync() {
                     Ok(_) => {
                         engine.commit(true);
                         if full {
-                            kernel.ensure_jumps().expect("jumps");
+                            kernel.ensure_jumps(&BUILTIN_JUMPS).expect("jumps");
                         }
                     }
                     Err(error) => {
@@ -207,7 +208,7 @@ fn incremental_syncs_leave_the_tables_of_one_full_sync() {
             let mut full_engine = SyncEngine::new(node(&fresh), mode);
             full_engine.replace_state(&state.0, &state.1);
             fresh.apply(full_engine.sync(0, true).payload).expect("full sync");
-            fresh.ensure_jumps().expect("jumps");
+            fresh.ensure_jumps(&BUILTIN_JUMPS).expect("jumps");
             let (got, want) = (kube_tables(&kernel), kube_tables(&fresh));
             let chains = want
                 .keys()

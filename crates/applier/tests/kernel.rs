@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chainsmith_applier::{
     Applier, ApplyError, Backend, CommandOutput, NetnsRunner, Runner, Tools, backend_in_use,
 };
+use chainsmith_iptables::BUILTIN_JUMPS;
 use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpFamily, LocalTrafficDetector,
     NodeConfig, ObjectKey, Protocol, Service, ServicePort,
@@ -87,7 +88,7 @@ fn first_sync(applier: &Applier) -> SyncEngine {
     let payload = engine.sync(0, false).payload.to_vec();
     applier.apply(&payload).expect("first sync");
     engine.commit(true);
-    applier.ensure_jumps().expect("jumps");
+    applier.ensure_jumps(&BUILTIN_JUMPS).expect("jumps");
     applier.ensure_canaries().expect("canaries");
     engine
 }
@@ -103,7 +104,7 @@ fn applies_payloads_jumps_and_canaries_idempotently() {
         assert_eq!(applier.tools().backend, backend);
         first_sync(&applier);
         assert_eq!(
-            applier.ensure_jumps().expect("again"),
+            applier.ensure_jumps(&BUILTIN_JUMPS).expect("again"),
             0,
             "{backend:?}: jumps are only inserted once"
         );

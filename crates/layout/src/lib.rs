@@ -26,7 +26,7 @@ use std::str::FromStr;
 
 use chainsmith_iptables::{BUILTIN_JUMPS, BuiltinJump, CountingSink, Rule, RuleSink, V1_10_JUMPS};
 use chainsmith_naming::{ChainName, ServiceChainKind, XLB_PREFIX};
-use chainsmith_planner::{EndpointsInRole, NodeContext, ServicePortPlan};
+use chainsmith_planner::{EndpointInfo, EndpointsInRole, NodeContext, ServicePortPlan};
 
 /// A rule layout.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -175,6 +175,15 @@ impl Layout {
         }
     }
 
+    /// How this layout names one port and uses its endpoints, for
+    /// explanations (`chainsmith explain`).
+    pub fn describe_port(self, port: &ServicePortPlan) -> PortView<'_> {
+        match self {
+            Layout::V1_33 => v1_33::describe_port(port),
+            Layout::V1_10 => v1_10::describe_port(port),
+        }
+    }
+
     /// How many rules one port contributes, for the rule metrics.
     pub fn rule_counts(self, port: &ServicePortPlan, ctx: &NodeContext) -> PortRuleCounts {
         let mut filter = CountingSink::default();
@@ -250,6 +259,30 @@ pub struct PortRuleCounts {
     /// Of those, by kind (`ServiceChainKind::ALL` order; chains of no kind,
     /// such as v1.10's `KUBE-XLB-`, count only in `nat_own`).
     pub nat_own_by_kind: [usize; 5],
+}
+
+/// One port as a layout writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortView<'p> {
+    /// The service-port name in comments and chain hashes.
+    pub name: String,
+    /// The port's cluster balancing chain (`KUBE-SVC-`), declared or not.
+    pub service_chain: ChainName,
+    /// Every endpoint of the port, in the plan's order.
+    pub endpoints: Vec<EndpointView<'p>>,
+}
+
+/// One endpoint as a layout uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointView<'p> {
+    /// The endpoint.
+    pub info: &'p EndpointInfo,
+    /// Its endpoint chain (`KUBE-SEP-`).
+    pub chain: ChainName,
+    /// Cluster traffic is balanced over it.
+    pub cluster: bool,
+    /// Traffic under a Local policy is balanced over it.
+    pub local: bool,
 }
 
 /// The own chains of one port, without allocating for the v1.33 layout.

@@ -179,6 +179,11 @@ struct PortText<'p> {
     external_ips: Vec<String>,
     load_balancer_ips: Vec<String>,
     host_suffix: &'static str,
+    /// Lower-case protocol, a chain-hash input.
+    protocol: &'static str,
+    /// An unnamed port, whose v1.10 name (with its colon) hashes differently
+    /// from the planner's.
+    renamed: bool,
 }
 
 impl<'p> PortText<'p> {
@@ -191,11 +196,7 @@ impl<'p> PortText<'p> {
         } else {
             Cow::Borrowed(&info.name)
         };
-        let hash = if renamed {
-            ServicePortChains::new(&name, protocol)
-        } else {
-            ServicePortChains::new(&info.name, protocol)
-        };
+        let hash = ServicePortChains::new(&name, protocol);
         let addresses = &info.addresses;
         let host_suffix = match IpFamily::of(&addresses.cluster_ip.value) {
             IpFamily::V4 => "/32",
@@ -204,29 +205,16 @@ impl<'p> PortText<'p> {
         let host = |text: &str| format!("{text}{host_suffix}");
         let mut ready: Vec<&EndpointInfo> = port.endpoints().iter().filter(|ep| ep.ready).collect();
         ready.sort_by(|a, b| a.ip_text().cmp(b.ip_text()));
-        let endpoints = ready
-            .into_iter()
-            .map(|ep| Endpoint {
-                info: ep,
-                chain: if renamed {
-                    endpoint_chain(&name, protocol, ep.endpoint())
-                } else {
-                    ep.chain
-                },
-                host: host(ep.ip_text()),
-            })
-            .collect();
-        let local = info.external_policy_local
-            && matches!(
-                addresses.service_type,
-                ServiceType::NodePort | ServiceType::LoadBalancer
-            );
-        PortText {
+        let mut text = PortText {
             svc: hash.svc(),
             xlb: hash.xlb(),
             fw: hash.fw(),
-            local,
-            endpoints,
+            local: info.external_policy_local
+                && matches!(
+                    addresses.service_type,
+                    ServiceType::NodePort | ServiceType::LoadBalancer
+                ),
+            endpoints: Vec::with_capacity(ready.len()),
             cluster_ip: host(&addresses.cluster_ip.text),
             external_ips: addresses.external_ips.iter().map(|ip| host(&ip.text)).collect(),
             load_balancer_ips: addresses
@@ -235,12 +223,54 @@ impl<'p> PortText<'p> {
                 .map(|ip| host(&ip.text))
                 .collect(),
             host_suffix,
+            protocol,
+            renamed,
             name,
-        }
+        };
+        text.endpoints = ready
+            .into_iter()
+            .map(|ep| Endpoint {
+                info: ep,
+                chain: text.endpoint_chain(ep),
+                host: format!("{}{host_suffix}", ep.ip_text()),
+            })
+            .collect();
+        text
     }
 
     fn has_endpoints(&self) -> bool {
         !self.endpoints.is_empty()
+    }
+
+    /// The endpoint chain of any endpoint of the port, ready or not.
+    fn endpoint_chain(&self, ep: &EndpointInfo) -> ChainName {
+        if self.renamed {
+            endpoint_chain(&self.name, self.protocol, ep.endpoint())
+        } else {
+            ep.chain
+        }
+    }
+}
+
+pub(crate) fn describe_port(port: &ServicePortPlan) -> crate::PortView<'_> {
+    let text = PortText::new(port);
+    let endpoints = port
+        .endpoints()
+        .iter()
+        .map(|info| {
+            let ready = text.endpoints.iter().find(|ep| std::ptr::eq(ep.info, info));
+            crate::EndpointView {
+                info,
+                chain: ready.map_or_else(|| text.endpoint_chain(info), |ep| ep.chain),
+                cluster: ready.is_some(),
+                local: ready.is_some() && text.local && info.local,
+            }
+        })
+        .collect();
+    crate::PortView {
+        name: text.name.to_string(),
+        service_chain: text.svc,
+        endpoints,
     }
 }
 

@@ -28,6 +28,24 @@ pub(crate) fn own_chains(port: &ServicePortPlan) -> crate::OwnChains<'_> {
     crate::OwnChains::new(fixed.into_iter().flatten().collect(), port.reachable_endpoints())
 }
 
+pub(crate) fn describe_port(port: &ServicePortPlan) -> crate::PortView<'_> {
+    let endpoints = port
+        .endpoints()
+        .iter()
+        .map(|ep| crate::EndpointView {
+            info: ep,
+            chain: ep.chain,
+            cluster: port.cluster_endpoints().any(|c| c.endpoint() == ep.endpoint()),
+            local: port.local_endpoints().any(|l| l.endpoint() == ep.endpoint()),
+        })
+        .collect();
+    crate::PortView {
+        name: port.info().name.to_string(),
+        service_chain: port.info().svc_chain(),
+        endpoints,
+    }
+}
+
 fn internal_chain(port: &ServicePortPlan) -> ChainName {
     if port.info().internal_policy_local {
         port.info().svl_chain()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chainsmith_applier::{Applier, Runner};
+use chainsmith_iptables::BuiltinJump;
 use chainsmith_k8s::KUBE_PROXY_MIN_SYNC_PERIOD_MS;
 use chainsmith_model::{InterfaceAddress, IpFamily, NodeObject, ObjectKey};
 use chainsmith_naming::ChainName;
@@ -192,12 +193,20 @@ impl SyncLoop {
             self.node = node;
             self.reconfigure();
         }
+        let single_family = self.families.len() == 1;
         for proxier in &mut self.families {
             for (key, service) in &changes.services {
                 proxier.engine.set_service(key, service.as_ref());
             }
             for (key, slice) in &changes.slices {
                 proxier.engine.set_endpoint_slice(key, slice.as_ref());
+            }
+            // A port listed twice: both families see it, one warning is enough.
+            let diagnostics = proxier.engine.take_diagnostics();
+            if proxier.family == IpFamily::V4 || single_family {
+                for diagnostic in diagnostics {
+                    tracing::warn!(%diagnostic, "object partly ignored");
+                }
             }
         }
         changes.trigger_times
@@ -234,18 +243,19 @@ impl SyncLoop {
     fn sync_family(&mut self, index: usize, now_ms: u64) -> bool {
         let proxier = &mut self.families[index];
         let family = proxier.family;
+        let jumps = proxier.engine.layout().builtin_jumps();
         let started = Instant::now();
         let outcome = proxier.engine.sync(now_ms, false);
         let (kind, counts, bytes) = (outcome.kind, outcome.counts, outcome.payload.len());
         if kind == SyncKind::Full && std::mem::take(&mut proxier.audit_next_full) {
-            report_drift(&proxier.applier, family, outcome.payload);
+            report_drift(&proxier.applier, family, jumps, outcome.payload);
         }
         let result = match kind {
             // A full sync also restores what an outside flush may have removed.
             SyncKind::Full => proxier
                 .applier
                 .ensure_canaries()
-                .and_then(|()| proxier.applier.ensure_jumps())
+                .and_then(|()| proxier.applier.ensure_jumps(jumps))
                 .and_then(|_| proxier.applier.apply_full(outcome.payload)),
             SyncKind::Partial => proxier.applier.apply(outcome.payload),
         };
@@ -413,7 +423,7 @@ impl SyncLoop {
 /// Logs how the kernel's filter and nat rules differ from the full payload
 /// about to be applied (`chainsmith diff --live`'s comparison). Runs only after
 /// the canary vanished, never on the hot path.
-fn report_drift(applier: &Applier, ip_family: IpFamily, payload: &[u8]) {
+fn report_drift(applier: &Applier, ip_family: IpFamily, jumps: &[BuiltinJump], payload: &[u8]) {
     let family = ip_family.as_str();
     let actual = applier
         .save_table("filter")
@@ -425,7 +435,7 @@ fn report_drift(applier: &Applier, ip_family: IpFamily, payload: &[u8]) {
         .and_then(|text| {
             let mut desired = Ruleset::new();
             desired.apply(text).map_err(|e| e.to_string())?;
-            Ok(desired.with_builtin_jumps(ip_family, &chainsmith_iptables::BUILTIN_JUMPS))
+            Ok(desired.with_builtin_jumps(ip_family, jumps))
         });
     match (desired, actual) {
         (Ok(desired), Ok(actual)) => {

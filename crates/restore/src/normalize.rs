@@ -117,7 +117,9 @@ const BUILTIN_TARGETS: [&str; 8] = [
     "SNAT",
     "MASQUERADE",
 ];
-const ALWAYS_ALLOWED_CHAINS: [&str; 8] = [
+/// Upstream's list, plus the kubelet's `KUBE-MARK-DROP`, a fixed chain of the
+/// v1.10 layout as `KUBE-FIREWALL` is of both.
+const ALWAYS_ALLOWED_CHAINS: [&str; 9] = [
     "KUBE-SERVICES",
     "KUBE-EXTERNAL-SERVICES",
     "KUBE-NODEPORTS",
@@ -126,6 +128,7 @@ const ALWAYS_ALLOWED_CHAINS: [&str; 8] = [
     "KUBE-MARK-MASQ",
     "KUBE-PROXY-FIREWALL",
     "KUBE-FIREWALL",
+    "KUBE-MARK-DROP",
 ];
 
 /// Upstream's rule-jump consistency check for full-sync payloads: every chain

@@ -144,6 +144,39 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(crate::cases(128))]
+
+    /// Property 1 for kube-proxy's 2018 layout: the full payload passes the
+    /// consistency check, the model of the kernel accepts it, the NodePort
+    /// jump comes last, and its addresses are all of the node's family.
+    #[test]
+    fn v1_10_payloads_are_consistent(cluster in cluster(), node in any_node_config()) {
+        let (services, slices) = cluster.materialize();
+        let plan = Plan::compile(&services, &slices, &node);
+        let text = String::from_utf8(render_plan(&plan, Layout::V1_10)).expect("payloads are UTF-8");
+        let mut errors = consistency_errors(&text);
+        // v1.10 declares the KUBE-XLB chain of a Local Service even without
+        // endpoints and leaves it unused (the spec, section 5, steps 1 and 6).
+        errors.retain(|e| {
+            let unused_xlb_only = e.strip_prefix("some chains in nat are created but not used: ").is_some_and(|set| {
+                set.trim_matches(|c| c == '{' || c == '}')
+                    .split(", ")
+                    .all(|chain| chain.trim_matches('"').starts_with("KUBE-XLB-"))
+            });
+            !unused_xlb_only
+        });
+        prop_assert!(errors.is_empty(), "{errors:#?}\n{text}");
+        if let Err(e) = RuleSet::new().apply(&text) {
+            return Err(TestCaseError::fail(format!("the kernel model refuses it: {e}\n{text}")));
+        }
+        check_nodeports_jump_last(&text)?;
+        for (word, family, line) in addresses_in(&text)? {
+            prop_assert_eq!(family, node.ip_family, "{} in {}", word, line);
+        }
+    }
+}
+
 /// The family of a word that is an address, a network or an `ip:port`.
 fn family_of_word(word: &str) -> Option<IpFamily> {
     if let Ok(ip) = word.parse::<IpAddr>() {
