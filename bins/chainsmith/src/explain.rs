@@ -5,9 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use chainsmith_layout::{Layout, PortView};
+use chainsmith_layout::Layout;
 use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey};
-use chainsmith_naming::ChainName;
 use chainsmith_planner::{Plan, ServicePortPlan};
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
 use clap::Args;
@@ -99,44 +98,6 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         .lock()
         .write_all(out.as_bytes())
         .context("cannot write to stdout")
-}
-
-/// What the 2018 layout's `KUBE-FW-` chain does with load-balancer traffic,
-/// in the words of the seed's walk-through.
-fn explain_v1_10_firewall(out: &mut String, port: &ServicePortPlan, view: &PortView<'_>) {
-    use std::fmt::Write;
-    let addresses = &port.info().addresses;
-    if addresses.load_balancer_vips.is_empty() {
-        return;
-    }
-    let chains: Vec<ChainName> = Layout::V1_10.own_chains(port).collect();
-    let named = |prefix: &str| chains.iter().find(|c| c.as_str().starts_with(prefix));
-    let Some(fw) = named("KUBE-FW-") else {
-        let _ = writeln!(
-            out,
-            "  without ready endpoints the 2018 layout writes nothing for the load-balancer IP: it is not captured"
-        );
-        return;
-    };
-    let balance = if let Some(xlb) = named("KUBE-XLB-") {
-        format!("sends it to {xlb} (this node's endpoints only, the client's address kept)")
-    } else {
-        format!(
-            "marks it for masquerade (KUBE-MARK-MASQ), balances it over the Service ({})",
-            view.service_chain
-        )
-    };
-    let admitted = if addresses.source_ranges.is_empty() {
-        "every source is admitted, so nothing is left for the last rule".to_string()
-    } else {
-        let ranges: Vec<&str> = addresses.source_ranges.iter().map(|r| &*r.text).collect();
-        format!("only sources in {} are admitted", ranges.join(", "))
-    };
-    let _ = writeln!(
-        out,
-        "  KUBE-SERVICES -d <LB IP> -j {fw}: {fw} {balance}, and marks for drop (KUBE-MARK-DROP) what no \
-         rule admitted ({admitted}); the kubelet's KUBE-FIREWALL drops marked packets in INPUT and OUTPUT"
-    );
 }
 
 /// `ip:port`, or `[ip]:port` for IPv6.
@@ -288,17 +249,8 @@ fn explain_port(
              that does come through the load balancer lands on the same rules"
         );
     }
-    if layout == Layout::V1_10 {
-        explain_v1_10_firewall(out, port, &view);
-    } else if !addresses.source_ranges.is_empty() && !addresses.load_balancer_vips.is_empty() {
-        let ranges: Vec<&str> = addresses.source_ranges.iter().map(|r| &*r.text).collect();
-        let _ = writeln!(
-            out,
-            "  loadBalancerSourceRanges {}: other sources fall off {} and are dropped by KUBE-PROXY-FIREWALL; \
-             NodePorts are not restricted by them",
-            ranges.join(", "),
-            info.fw_chain()
-        );
+    if let Some(note) = layout.load_balancer_note(port) {
+        let _ = writeln!(out, "  {note}");
     }
     let _ = writeln!(out);
 }

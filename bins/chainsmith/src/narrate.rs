@@ -5,49 +5,6 @@ use std::fmt::Write;
 use chainsmith_layout::Layout;
 use chainsmith_tracer::{Action, Origin, Outcome, Step, Trace, Verdict};
 
-/// What a kube-proxy chain is for, from its name, in the layout that wrote it.
-fn chain_role(chain: &str, layout: Layout) -> Option<&'static str> {
-    if layout == Layout::V1_10 {
-        let role = match chain {
-            "KUBE-EXTERNAL-SERVICES" => Some("rejects external traffic for Services without endpoints"),
-            "KUBE-FIREWALL" => Some("the kubelet's chain: drops packets marked by KUBE-MARK-DROP"),
-            "KUBE-MARK-DROP" => Some("marks the packet for the kubelet's KUBE-FIREWALL to drop"),
-            _ if chain.starts_with("KUBE-FW-") => Some(
-                "the load-balancer IP: marks for masquerade, sends on to the Service, and marks for drop \
-                 what no rule admitted",
-            ),
-            _ if chain.starts_with("KUBE-XLB-") => Some(
-                "externalTrafficPolicy Local: pods go to the whole Service, others only to this node's \
-                 endpoints (their address kept), or are marked for drop when there are none",
-            ),
-            _ => None,
-        };
-        if role.is_some() {
-            return role;
-        }
-    }
-    Some(match chain {
-        "KUBE-SERVICES" => "kube-proxy's entry chain for Service traffic",
-        "KUBE-NODEPORTS" => "the NodePorts of this node",
-        "KUBE-EXTERNAL-SERVICES" => {
-            "drops or rejects external traffic for Services without (local) endpoints"
-        }
-        "KUBE-PROXY-FIREWALL" => "drops load-balancer traffic outside loadBalancerSourceRanges",
-        "KUBE-FORWARD" => "lets marked and established traffic be forwarded",
-        "KUBE-FIREWALL" => "blocks outside traffic to 127.0.0.0/8",
-        "KUBE-POSTROUTING" => "masquerades packets marked for it",
-        "KUBE-MARK-MASQ" => "marks the packet to be masqueraded on its way out",
-        _ if chain.starts_with("KUBE-SVC-") => "load-balances over the Service's endpoints in the cluster",
-        _ if chain.starts_with("KUBE-SVL-") => "load-balances over the Service's endpoints on this node only",
-        _ if chain.starts_with("KUBE-EXT-") => {
-            "the Service's external destinations (NodePort, load-balancer and external IPs)"
-        }
-        _ if chain.starts_with("KUBE-FW-") => "checks the source against loadBalancerSourceRanges",
-        _ if chain.starts_with("KUBE-SEP-") => "one endpoint",
-        _ => return None,
-    })
-}
-
 fn rule_label(step: &Step) -> String {
     let mut label = match step.rule_index {
         Some(index) => format!("rule {index}"),
@@ -64,7 +21,7 @@ fn describe(step: &Step, layout: Layout) -> Option<String> {
     let label = rule_label(step);
     Some(match &step.action {
         Action::Enter => return None,
-        Action::Jump { to } | Action::Goto { to } => match chain_role(to, layout) {
+        Action::Jump { to } | Action::Goto { to } => match layout.chain_role(to) {
             Some(role) => format!("{label} matches: on to {to} ({role})"),
             None => format!("{label} matches: on to {to}"),
         },

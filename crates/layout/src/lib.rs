@@ -184,6 +184,25 @@ impl Layout {
         }
     }
 
+    /// What one of this layout's chains is for, in a few words (for
+    /// narrated traces); `None` for a chain it does not write.
+    pub fn chain_role(self, chain: &str) -> Option<&'static str> {
+        match self {
+            Layout::V1_33 => v1_33::chain_role(chain),
+            Layout::V1_10 => v1_10::chain_role(chain).or_else(|| v1_33::chain_role(chain)),
+        }
+    }
+
+    /// What this layout does with load-balancer traffic of one port, in a
+    /// sentence (for `chainsmith explain`); `None` when there is nothing
+    /// beyond the capture itself to say.
+    pub fn load_balancer_note(self, port: &ServicePortPlan) -> Option<String> {
+        match self {
+            Layout::V1_33 => v1_33::load_balancer_note(port),
+            Layout::V1_10 => v1_10::load_balancer_note(port),
+        }
+    }
+
     /// How many rules one port contributes, for the rule metrics.
     pub fn rule_counts(self, port: &ServicePortPlan, ctx: &NodeContext) -> PortRuleCounts {
         let mut filter = CountingSink::default();

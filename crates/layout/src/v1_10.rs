@@ -30,7 +30,7 @@ use std::borrow::Cow;
 
 use chainsmith_iptables::{Arg, RuleSink, Target, emit};
 use chainsmith_model::{IpFamily, ServiceType};
-use chainsmith_naming::{ChainName, ServicePortChains, endpoint_chain, fixed};
+use chainsmith_naming::{ChainName, ServicePortChains, XLB_PREFIX, endpoint_chain, fixed};
 use chainsmith_planner::{EndpointInfo, LocalDetector, NodeContext, NodePortDestinations, ServicePortPlan};
 
 /// The kubelet's drop mark (bit 15), with itself as the mask.
@@ -272,6 +272,64 @@ pub(crate) fn describe_port(port: &ServicePortPlan) -> crate::PortView<'_> {
         service_chain: text.svc,
         endpoints,
     }
+}
+
+/// The roles of the chains this layout writes differently from v1.33.
+pub(crate) fn chain_role(chain: &str) -> Option<&'static str> {
+    Some(match chain {
+        "KUBE-EXTERNAL-SERVICES" => "rejects external traffic for Services without endpoints",
+        "KUBE-FIREWALL" => "the kubelet's chain: drops packets marked by KUBE-MARK-DROP",
+        fixed::KUBE_MARK_DROP => "marks the packet for the kubelet's KUBE-FIREWALL to drop",
+        _ if chain.starts_with("KUBE-FW-") => {
+            "the load-balancer IP: marks for masquerade, sends on to the Service, and marks for drop \
+             what no rule admitted"
+        }
+        _ if chain.starts_with(XLB_PREFIX) => {
+            "externalTrafficPolicy Local: pods go to the whole Service, others only to this node's \
+             endpoints (their address kept), or are marked for drop when there are none"
+        }
+        _ => return None,
+    })
+}
+
+/// The seed's answer: what `KUBE-FW-` does with load-balancer traffic.
+pub(crate) fn load_balancer_note(port: &ServicePortPlan) -> Option<String> {
+    let addresses = &port.info().addresses;
+    if addresses.load_balancer_vips.is_empty() {
+        return None;
+    }
+    let text = PortText::new(port);
+    if !text.has_endpoints() {
+        return Some(
+            "without ready endpoints the 2018 layout writes nothing for the load-balancer IP: it is not \
+             captured"
+                .to_string(),
+        );
+    }
+    let fw = text.fw;
+    let balance = if text.local {
+        format!(
+            "sends it to {} (this node's endpoints only, the client's address kept)",
+            text.xlb
+        )
+    } else {
+        format!(
+            "marks it for masquerade (KUBE-MARK-MASQ), balances it over the Service ({})",
+            text.svc
+        )
+    };
+    let admitted = if addresses.source_ranges.is_empty() {
+        "every source is admitted, so nothing is left for the last rule".to_string()
+    } else {
+        let ranges: Vec<&str> = addresses.source_ranges.iter().map(|r| &*r.text).collect();
+        format!("only sources in {} are admitted", ranges.join(", "))
+    };
+    Some(format!(
+        "KUBE-SERVICES -d <LB IP> -j {fw}: {fw} {balance}, and marks for drop (KUBE-MARK-DROP) what no \
+         rule admitted ({admitted}); the kubelet's KUBE-FIREWALL drops marked packets in INPUT and \
+         OUTPUT, so where the load-balancer IP is not an address of this node a marked packet is \
+         forwarded instead"
+    ))
 }
 
 pub(crate) fn own_chains(port: &ServicePortPlan) -> Vec<ChainName> {

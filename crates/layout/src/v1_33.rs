@@ -46,6 +46,43 @@ pub(crate) fn describe_port(port: &ServicePortPlan) -> crate::PortView<'_> {
     }
 }
 
+pub(crate) fn chain_role(chain: &str) -> Option<&'static str> {
+    Some(match chain {
+        "KUBE-SERVICES" => "kube-proxy's entry chain for Service traffic",
+        "KUBE-NODEPORTS" => "the NodePorts of this node",
+        "KUBE-EXTERNAL-SERVICES" => {
+            "drops or rejects external traffic for Services without (local) endpoints"
+        }
+        "KUBE-PROXY-FIREWALL" => "drops load-balancer traffic outside loadBalancerSourceRanges",
+        "KUBE-FORWARD" => "lets marked and established traffic be forwarded",
+        "KUBE-FIREWALL" => "blocks outside traffic to 127.0.0.0/8",
+        "KUBE-POSTROUTING" => "masquerades packets marked for it",
+        "KUBE-MARK-MASQ" => "marks the packet to be masqueraded on its way out",
+        _ if chain.starts_with("KUBE-SVC-") => "load-balances over the Service's endpoints in the cluster",
+        _ if chain.starts_with("KUBE-SVL-") => "load-balances over the Service's endpoints on this node only",
+        _ if chain.starts_with("KUBE-EXT-") => {
+            "the Service's external destinations (NodePort, load-balancer and external IPs)"
+        }
+        _ if chain.starts_with("KUBE-FW-") => "checks the source against loadBalancerSourceRanges",
+        _ if chain.starts_with("KUBE-SEP-") => "one endpoint",
+        _ => return None,
+    })
+}
+
+pub(crate) fn load_balancer_note(port: &ServicePortPlan) -> Option<String> {
+    let addresses = &port.info().addresses;
+    if addresses.source_ranges.is_empty() || addresses.load_balancer_vips.is_empty() {
+        return None;
+    }
+    let ranges: Vec<&str> = addresses.source_ranges.iter().map(|r| &*r.text).collect();
+    Some(format!(
+        "loadBalancerSourceRanges {}: other sources fall off {} and are dropped by KUBE-PROXY-FIREWALL; \
+         NodePorts are not restricted by them",
+        ranges.join(", "),
+        port.info().fw_chain()
+    ))
+}
+
 fn internal_chain(port: &ServicePortPlan) -> ChainName {
     if port.info().internal_policy_local {
         port.info().svl_chain()
