@@ -103,27 +103,9 @@ pub const BUILTIN_JUMPS: [BuiltinJump; 14] = [
         NEW,
         "kubernetes load balancer firewall",
     ),
-    jump(
-        Table::Nat,
-        "OUTPUT",
-        "KUBE-SERVICES",
-        &[],
-        "kubernetes service portals",
-    ),
-    jump(
-        Table::Nat,
-        "PREROUTING",
-        "KUBE-SERVICES",
-        &[],
-        "kubernetes service portals",
-    ),
-    jump(
-        Table::Nat,
-        "POSTROUTING",
-        "KUBE-POSTROUTING",
-        &[],
-        "kubernetes postrouting rules",
-    ),
+    NAT_JUMPS[0],
+    NAT_JUMPS[1],
+    NAT_JUMPS[2],
     KUBELET_FIREWALL_JUMPS[0],
     KUBELET_FIREWALL_JUMPS[1],
 ];
@@ -146,6 +128,22 @@ pub const V1_10_JUMPS: [BuiltinJump; 8] = [
         NEW,
         "kubernetes service portals",
     ),
+    NAT_JUMPS[0],
+    NAT_JUMPS[1],
+    NAT_JUMPS[2],
+    jump(
+        Table::Filter,
+        "FORWARD",
+        "KUBE-FORWARD",
+        &[],
+        "kubernetes forwarding rules",
+    ),
+    KUBELET_FIREWALL_JUMPS[0],
+    KUBELET_FIREWALL_JUMPS[1],
+];
+
+/// The nat jumps, the same in both layouts.
+const NAT_JUMPS: [BuiltinJump; 3] = [
     jump(
         Table::Nat,
         "OUTPUT",
@@ -167,15 +165,6 @@ pub const V1_10_JUMPS: [BuiltinJump; 8] = [
         &[],
         "kubernetes postrouting rules",
     ),
-    jump(
-        Table::Filter,
-        "FORWARD",
-        "KUBE-FORWARD",
-        &[],
-        "kubernetes forwarding rules",
-    ),
-    KUBELET_FIREWALL_JUMPS[0],
-    KUBELET_FIREWALL_JUMPS[1],
 ];
 
 /// The kubelet's jumps to its `KUBE-FIREWALL` (no comment), in both layouts.

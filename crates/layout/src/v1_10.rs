@@ -33,11 +33,10 @@ use chainsmith_model::{IpFamily, ServiceType};
 use chainsmith_naming::{ChainName, ServicePortChains, XLB_PREFIX, endpoint_chain, fixed};
 use chainsmith_planner::{EndpointInfo, LocalDetector, NodeContext, NodePortDestinations, ServicePortPlan};
 
+use crate::v1_33::{self, NODEPORTS_JUMP_COMMENT};
+
 /// The kubelet's drop mark (bit 15), with itself as the mask.
 const DROP_MARK: &str = "0x00008000/0x00008000";
-
-const NODEPORTS_JUMP_COMMENT: &str =
-    "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
 
 pub(crate) fn filter_chains() -> &'static [&'static str] {
     &[
@@ -140,18 +139,7 @@ pub(crate) fn emit_nat_tail(ctx: &NodeContext, sink: &mut impl RuleSink) {
                 target,
             );
         }
-        NodePortDestinations::NodeIps(ips) => {
-            for ip in ips {
-                let args = [
-                    comment,
-                    Arg::Destination {
-                        addr: ip,
-                        negated: false,
-                    },
-                ];
-                emit(sink, fixed::KUBE_SERVICES, &args, target);
-            }
-        }
+        NodePortDestinations::NodeIps(ips) => v1_33::emit_node_ip_nodeport_jumps(ips, sink),
     }
 }
 

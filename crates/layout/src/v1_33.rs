@@ -12,7 +12,7 @@ use chainsmith_planner::{
     EndpointInfo, LocalDetector, NodeContext, NodePortDestinations, ServicePortPlan, nfacct,
 };
 
-const NODEPORTS_JUMP_COMMENT: &str =
+pub(crate) const NODEPORTS_JUMP_COMMENT: &str =
     "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
 
 /// The port's own nat chains, in upstream's declaration order (EXT, FW, SVC,
@@ -575,17 +575,20 @@ pub(crate) fn emit_nat_tail(ctx: &NodeContext, sink: &mut impl RuleSink) {
             };
             emit(sink, fixed::KUBE_SERVICES, args, target);
         }
-        NodePortDestinations::NodeIps(ips) => {
-            for ip in ips {
-                let args = [
-                    comment,
-                    Arg::Destination {
-                        addr: ip,
-                        negated: false,
-                    },
-                ];
-                emit(sink, fixed::KUBE_SERVICES, &args, target);
-            }
-        }
+        NodePortDestinations::NodeIps(ips) => emit_node_ip_nodeport_jumps(ips, sink),
+    }
+}
+
+/// One jump to KUBE-NODEPORTS per node IP (`--nodeport-addresses`), in both
+/// layouts.
+pub(crate) fn emit_node_ip_nodeport_jumps(ips: &[String], sink: &mut impl RuleSink) {
+    for ip in ips {
+        let args = [Arg::Comment([NODEPORTS_JUMP_COMMENT, "", ""]), dest(ip)];
+        emit(
+            sink,
+            fixed::KUBE_SERVICES,
+            &args,
+            Target::Jump(fixed::KUBE_NODEPORTS),
+        );
     }
 }
