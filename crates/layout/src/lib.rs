@@ -25,7 +25,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chainsmith_iptables::{BUILTIN_JUMPS, BuiltinJump, CountingSink, Rule, RuleSink, V1_10_JUMPS};
-use chainsmith_naming::{ChainName, ServiceChainKind, XLB_PREFIX};
+use chainsmith_naming::{ChainName, ServiceChainKind};
 use chainsmith_planner::{EndpointInfo, EndpointsInRole, NodeContext, ServicePortPlan};
 
 /// A rule layout.
@@ -69,12 +69,7 @@ impl Layout {
     pub fn owns_service_chain(self, chain: &str) -> bool {
         match self {
             Layout::V1_33 => ServiceChainKind::of(chain).is_some(),
-            Layout::V1_10 => {
-                [ServiceChainKind::Svc, ServiceChainKind::Sep, ServiceChainKind::Fw]
-                    .iter()
-                    .any(|kind| chain.starts_with(kind.prefix()))
-                    || chain.starts_with(XLB_PREFIX)
-            }
+            Layout::V1_10 => v1_10::owns_service_chain(chain),
         }
     }
 

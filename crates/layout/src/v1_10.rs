@@ -30,7 +30,7 @@ use std::borrow::Cow;
 
 use chainsmith_iptables::{Arg, RuleSink, Target, emit};
 use chainsmith_model::{IpFamily, ServiceType};
-use chainsmith_naming::{ChainName, ServicePortChains, XLB_PREFIX, endpoint_chain, fixed};
+use chainsmith_naming::{ChainName, ServiceChainKind, ServicePortChains, XLB_PREFIX, endpoint_chain, fixed};
 use chainsmith_planner::{EndpointInfo, LocalDetector, NodeContext, NodePortDestinations, ServicePortPlan};
 
 use crate::v1_33::{self, NODEPORTS_JUMP_COMMENT};
@@ -55,6 +55,14 @@ pub(crate) fn nat_chains() -> &'static [&'static str] {
         fixed::KUBE_MARK_MASQ,
         fixed::KUBE_MARK_DROP,
     ]
+}
+
+/// The per-service-port chains v1.10 deleted when stale.
+pub(crate) fn owns_service_chain(chain: &str) -> bool {
+    [ServiceChainKind::Svc, ServiceChainKind::Sep, ServiceChainKind::Fw]
+        .iter()
+        .any(|kind| chain.starts_with(kind.prefix()))
+        || chain.starts_with(XLB_PREFIX)
 }
 
 /// The pod network CIDR (`--cluster-cidr`); v1.10 had no other detector.
