@@ -580,7 +580,9 @@ impl SyncEngine {
         large_cluster: bool,
     ) -> (PayloadCounts, Vec<ChainName>, bool) {
         let full = kind == SyncKind::Full;
+        // Before partial syncs (v1.10), every sync deleted every stale chain.
         let scan_due = match self.mode {
+            _ if !self.layout.has_partial_syncs() => true,
             PartialSyncMode::Minimal => full,
             PartialSyncMode::Compat => {
                 !large_cluster

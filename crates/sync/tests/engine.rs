@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use chainsmith_layout::Layout;
 use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpNet, LoadBalancerIngress,
     LocalTrafficDetector, NodeConfig, ObjectKey, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
@@ -250,6 +251,38 @@ fn large_clusters_scan_for_stale_chains_only_once_per_sync_period() {
         101,
         "the SVC and 100 SEP chains"
     );
+}
+
+/// kube-proxy v1.10 had neither partial syncs nor large-cluster mode: in its
+/// layout every sync is full and deletes every stale chain (KUBE-XLB ones
+/// too), whatever the size and the mode asked for.
+#[test]
+fn the_v1_10_layout_syncs_in_full_and_deletes_stale_chains_every_time() {
+    let endpoints: Vec<(u32, bool, bool)> = (1..=100u32).map(|n| (n, true, n.is_multiple_of(2))).collect();
+    let services: Vec<Service> = (1..=21).map(service).collect();
+    let slices: Vec<EndpointSlice> = (1..=21).map(|i| slice(i, &endpoints)).collect();
+    for mode in [PartialSyncMode::Compat, PartialSyncMode::Minimal] {
+        let mut engine = SyncEngine::with_layout(node(), mode, Layout::V1_10);
+        let mut kernel = RuleSet::new();
+        engine.replace_state(&services, &slices);
+        let (kind, _) = sync(&mut engine, &mut kernel, 0);
+        assert_eq!(kind, SyncKind::Full);
+        // svc21, a NodePort with externalTrafficPolicy Local, has a KUBE-XLB-
+        // chain; drop it, then nothing.
+        engine.replace_state(&services[..20], &slices[..20]);
+        let (kind, payload) = sync(&mut engine, &mut kernel, 1_000);
+        assert_eq!(kind, SyncKind::Full, "{mode:?}");
+        let deleted: Vec<&str> = payload.lines().filter_map(|l| l.strip_prefix("-X ")).collect();
+        assert_eq!(
+            deleted.len(),
+            102,
+            "SVC, XLB and 100 SEP chains ({mode:?}): {deleted:?}"
+        );
+        assert!(deleted.iter().any(|c| c.starts_with("KUBE-XLB-")), "{deleted:?}");
+        let (kind, payload) = sync(&mut engine, &mut kernel, 2_000);
+        assert_eq!(kind, SyncKind::Full, "{mode:?}");
+        assert!(!payload.contains("-X "), "deleted once ({mode:?})");
+    }
 }
 
 #[test]
