@@ -1,4 +1,4 @@
-//! Per-node, per-family facts that every rule generation reads, computed once.
+//! Per-node, per-family facts that every layout reads, resolved once.
 
 use std::net::IpAddr;
 

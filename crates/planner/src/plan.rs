@@ -1,14 +1,15 @@
-//! Per-service-port decisions and the rules they emit (upstream `proxier.go`
+//! Per-service-port decisions (upstream `proxier.go`
 //! `syncProxyRules` and `topology.go` `CategorizeEndpoints`).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, ObjectKind, Protocol, Service};
+
 use crate::endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
 use crate::service_port::{ServicePortInfo, service_ports};
 use crate::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext};
-use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, ObjectKind, Protocol, Service};
 
 /// Identifies a service port; orders plans as kube-proxy's tests sort rules
 /// (by `namespace/name`), then by port name and protocol.
