@@ -226,7 +226,6 @@ fn explain_port(
                 ("outside the cluster", Some(who.outside), Origin::FromOutside),
                 ("an allowed source range", allowed, Origin::FromOutside),
                 (pod_label, who.pod, Origin::FromOutside),
-                ("this node", who.node, Origin::FromNode),
             ],
         );
     }
