@@ -5,7 +5,7 @@
 //! real `chainsmith compile --layout v1.10` for node-a (node IP 203.0.113.1,
 //! cluster CIDR = the pod network 192.0.2.0/24), applies the payload in the
 //! node namespace of a [`Topology`] as kube-proxy and the kubelet of that era
-//! did ([`apply_rules_with_jumps`] with [`V1_10_JUMPS`]: `iptables-restore
+//! did (`apply_rules_with_jumps` with [`V1_10_JUMPS`]: `iptables-restore
 //! --noflush`, then the built-in jumps with `-C`/`-I`), starts an echo server
 //! in every pod and probes from the client, the node and the pods.
 //!
@@ -30,656 +30,82 @@
 //! such a cluster IP leaves the node untranslated; a packet marked by
 //! KUBE-MARK-DROP is dropped only if it is routed to the node itself.
 //!
+//! The harness is shared with `kernel_paths` (`common/paths.rs`); this file
+//! holds the v1.10 [`Layout`], the helpers only its scenarios need (exact
+//! counters, the uplink's counter of untranslated packets, the names of
+//! KUBE-XLB-/KUBE-FW- chains) and the scenarios.
+//!
 //! Runs as root with `CHAINSMITH_KERNEL_TESTS=1` (see `chainsmith-testkit`).
+//!
+//! [`Topology`]: chainsmith_testkit::Topology
 
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
+#[path = "common/paths.rs"]
+mod paths;
 
-use std::cell::{Cell, OnceCell};
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use chainsmith_iptables::V1_10_JUMPS;
-use chainsmith_testkit::{
-    Backend, EchoServer, IpFamily, Netns, Pod, ProbeResult, Proto, Topology, apply_rules_with_jumps,
-    kernel_tests_enabled, probe, probe_from, probe_here,
-};
-use chainsmith_tracer::{Origin, Outcome, Packet, Ruleset, Trace, Verdict};
+use chainsmith_testkit::{Backend, IpFamily, Netns, ProbeResult, Proto, Topology, kernel_tests_enabled};
+use chainsmith_tracer::Trace;
 use serde_json::{Value, json};
 
-/// The port every pod's echo server listens on (the Services' targetPort).
-const POD_PORT: u16 = 8080;
-/// How long an answer may take.
-const ANSWER: Duration = Duration::from_secs(2);
-/// How long we wait before calling a packet dropped.
-const DROPPED: Duration = Duration::from_millis(500);
+use paths::{
+    ANSWER, DROPPED, Layout, World, chains, check_balancing_from_pod_d, check_hairpin,
+    check_node_port_from_client, check_off_cluster_sources_masqueraded, check_sticks_to_one_pod, endpoints,
+    external_ip_cluster, hairpin_cluster, ips, load_balancer, local_policy_cluster, port, service, set,
+    shop_cluster, slice, sticky_cluster, svc_ip, web_cluster,
+};
+
 const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 
 /// kubelet's DROP of packets marked by KUBE-MARK-DROP, as `iptables-save`
 /// prints it (the payload's `0x00008000/0x00008000` comes back shortened).
 const FIREWALL_DROP: &str = "-m mark --mark 0x8000/0x8000 -j DROP";
 
-// ---------------------------------------------------------------------------
-// Cluster YAML (written as JSON values; JSON is YAML)
+/// kube-proxy and the kubelet of 2018: mark bit 14, no --random-fully.
+static V1_10: Layout = Layout {
+    name: "v1.10",
+    node_settings: v1_10_node_settings,
+    jumps: &V1_10_JUMPS,
+    signature: "-A KUBE-MARK-DROP -j MARK --set-xmark 0x00008000/0x00008000\n",
+    kernel_needs: "physdev (external IPs: `-m physdev ! --physdev-is-in`), addrtype, comment, \
+                   conntrack, mark, recent, statistic, tcp, udp, MARK, DNAT, MASQUERADE, REJECT",
+    // No filter FORWARD jump to KUBE-SERVICES; KUBE-FIREWALL only in INPUT and OUTPUT.
+    forwards_untranslated: true,
+};
 
-fn family_name(family: IpFamily) -> &'static str {
-    match family {
-        IpFamily::V4 => "IPv4",
-        IpFamily::V6 => "IPv6",
-    }
+/// The v1.10 proxier's option beyond those every layout shares; the same
+/// for both families.
+fn v1_10_node_settings(_: IpFamily) -> String {
+    "iptablesHasRandomFully: false\n".to_owned()
 }
 
-/// A Service address (cluster IP, LB IP, external IP): 198.51.100.N or
-/// 2001:db8:3::N.
-fn svc_ip(family: IpFamily, n: u8) -> IpAddr {
-    match family {
-        IpFamily::V4 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, n)),
-        IpFamily::V6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, u16::from(n))),
-    }
-}
-
-/// A Service port `port` -> `POD_PORT`, with a NodePort unless 0.
-fn port(name: &str, proto: Proto, port: u16, node_port: u16) -> Value {
-    let mut value = json!({
-        "name": name,
-        "protocol": proto.as_str().to_uppercase(),
-        "port": port,
-        "targetPort": POD_PORT,
-    });
-    if node_port != 0 {
-        value["nodePort"] = json!(node_port);
-    }
-    value
-}
-
-/// A Service in namespace `paths`; `spec` needs `type`, `clusterIP` and
-/// `ports` (ipFamilies, clusterIPs and the selector are filled in), `lb_ips`
-/// become the status' load-balancer ingress.
-fn service(name: &str, family: IpFamily, mut spec: Value, lb_ips: &[IpAddr]) -> Value {
-    spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
-    spec["ipFamilies"] = json!([family_name(family)]);
-    spec["selector"] = json!({"app": name});
-    let ingress: Vec<Value> = lb_ips
-        .iter()
-        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "paths"},
-        "spec": spec,
-        "status": {"loadBalancer": {"ingress": ingress}},
-    })
-}
-
-/// The EndpointSlice of `service`: each endpoint is a pod on a node (v1.10
-/// read v1 Endpoints; the compiler takes slices with the same addresses).
-fn slice(service: &str, family: IpFamily, ports: &[(&str, Proto)], endpoints: &[(&Pod, &str)]) -> Value {
-    let ipv6 = family == IpFamily::V6;
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("{service}-abcde"),
-            "namespace": "paths",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": family_name(family),
-        "endpoints": endpoints.iter().map(|(pod, node)| json!({
-            "addresses": [pod.ip(ipv6).to_string()],
-            "conditions": {"ready": true, "serving": true, "terminating": false},
-            "nodeName": node,
-            "targetRef": {"kind": "Pod", "namespace": "paths", "name": pod.name},
-        })).collect::<Vec<_>>(),
-        "ports": ports.iter().map(|(name, proto)| json!({
-            "name": name,
-            "protocol": proto.as_str().to_uppercase(),
-            "port": POD_PORT,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-/// node-a's settings in v1.10 terms: the node IP on the client link, the pod
-/// network as --cluster-cidr, mark bit 14, no masquerade-all, no
-/// --nodeport-addresses, no --random-fully.
-fn node_yaml(topology: &Topology, family: IpFamily) -> String {
-    let (node_ip, cidr) = match family {
-        IpFamily::V4 => (Topology::NODE_IPV4.to_string(), Topology::POD_CIDR_IPV4),
-        IpFamily::V6 => (Topology::NODE_IPV6.to_string(), Topology::POD_CIDR_IPV6),
-    };
-    let addresses: String = topology
-        .node_interface_addresses()
-        .iter()
-        .map(|(interface, cidr)| format!("- interface: {interface}\n  cidr: {cidr}\n"))
-        .collect();
-    format!(
-        "nodeName: node-a\n\
-         ipFamily: {family}\n\
-         nodeIP: {node_ip}\n\
-         interfaceAddresses:\n{addresses}\
-         localTrafficDetector:\n  mode: ClusterCIDR\n  cidr: {cidr}\n\
-         masqueradeBit: 14\n\
-         masqueradeAll: false\n\
-         nodePortAddresses: []\n\
-         iptablesHasRandomFully: false\n",
-        family = family_name(family),
-    )
-}
-
-/// `chainsmith compile --layout v1.10 --node node.yaml cluster.yaml`, which
-/// must not warn.
-fn compile(node: &str, objects: &[Value]) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster: String = objects
-        .iter()
-        .map(|o| format!("---\n{}\n", serde_json::to_string_pretty(o).expect("json")))
-        .collect();
-    let (node_path, cluster_path) = (dir.path().join("node.yaml"), dir.path().join("cluster.yaml"));
-    std::fs::write(&node_path, node).expect("write node.yaml");
-    std::fs::write(&cluster_path, &cluster).expect("write cluster.yaml");
-    let output = common::chainsmith_in_fixtures(&[
-        "compile",
-        "--layout",
-        "v1.10",
-        "--node",
-        node_path.to_str().expect("path"),
-        cluster_path.to_str().expect("path"),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.trim().is_empty(),
-        "compile warned:\n{stderr}\ncluster:\n{cluster}"
-    );
-    String::from_utf8(output.stdout).expect("utf8")
-}
-
-/// The address the kernel in `from` picks to reach `dst`.
-fn route_source(from: &Netns, dst: IpAddr) -> IpAddr {
-    let route = from
-        .run("ip", &["-o", "route", "get", &dst.to_string()])
-        .expect("ip route get");
-    let words: Vec<&str> = route.split_whitespace().collect();
-    let at = words
-        .iter()
-        .position(|w| *w == "src")
-        .unwrap_or_else(|| panic!("no source in {route:?}"));
-    words[at + 1].parse().expect("source address")
-}
-
-/// Every address of a namespace (`ip -o addr show`).
-fn addresses(netns: &Netns) -> Vec<IpAddr> {
-    let shown = netns.run("ip", &["-o", "addr", "show"]).expect("ip addr show");
-    shown
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "inet" || *w == "inet6")?;
-            words.get(at + 1)?.split('/').next()?.parse().ok()
-        })
-        .collect()
-}
-
-/// The chains a traced outcome went through, in order (for messages and
-/// path assertions).
-fn chains(outcome: &Outcome) -> Vec<String> {
-    let mut chains: Vec<String> = Vec::new();
-    for step in &outcome.path {
-        let name = format!("{}/{}", step.table, step.chain);
-        if chains.last() != Some(&name) {
-            chains.push(name);
-        }
-    }
-    chains
-}
-
-// ---------------------------------------------------------------------------
-// A running world: topology + rules + echo servers
-
-struct World {
-    /// Declared first: stopped before the namespaces go.
-    servers: Vec<EchoServer>,
-    topology: Topology,
+/// A [`World`] of the v1.10 layout; `node_local` go on the node's loopback.
+fn world(
     family: IpFamily,
     backend: Backend,
-    payload: String,
-    /// The node's addresses as the kernel holds them (for the tracer's
-    /// `addrtype LOCAL`).
-    local: Vec<IpAddr>,
-    /// The payload holds `-m recent` rules: probes read the kernel's lists.
-    affinity: bool,
-    kernel_rules: OnceCell<Ruleset>,
-    /// Probes whose outcome the tracer predicted.
-    agreements: Cell<usize>,
+    pods: &[&str],
+    node_local: &[IpAddr],
+    cluster: impl FnOnce(&Topology) -> Vec<Value>,
+) -> World {
+    World::new(&V1_10, family, backend, pods, node_local, cluster)
 }
 
+/// What only these scenarios ask of a world.
 impl World {
-    /// Builds the topology with `pods`, puts `node_local` on the node's
-    /// loopback (load-balancer IPs routed to the node itself, as on GCE),
-    /// compiles what `cluster` returns for it with the v1.10 layout, applies
-    /// the rules with the v1.10 jumps, starts an echo server in every pod.
-    fn new(
-        family: IpFamily,
-        backend: Backend,
-        pods: &[&str],
-        node_local: &[IpAddr],
-        cluster: impl FnOnce(&Topology) -> Vec<Value>,
-    ) -> World {
-        let topology = Topology::new(pods).expect("topology");
-        // The uplink is where untranslated packets leave to: it must drop
-        // them silently, whatever the host's forwarding setting it inherited.
-        for key in ["net.ipv4.conf.all.forwarding=0", "net.ipv6.conf.all.forwarding=0"] {
-            topology
-                .uplink
-                .run("sysctl", &["-qw", key])
-                .expect("uplink sysctl");
-        }
-        for ip in node_local {
-            let host = match ip {
-                IpAddr::V4(_) => format!("{ip}/32"),
-                IpAddr::V6(_) => format!("{ip}/128"),
-            };
-            topology
-                .node
-                .run("ip", &["addr", "add", &host, "dev", "lo"])
-                .expect("address on the node's loopback");
-        }
-        let objects = cluster(&topology);
-        let payload = compile(&node_yaml(&topology, family), &objects);
-        assert!(
-            payload.contains("-A KUBE-MARK-DROP -j MARK --set-xmark 0x00008000/0x00008000\n"),
-            "not a v1.10 payload:\n{payload}"
-        );
-        apply_rules_with_jumps(&topology.node, &payload, family, backend, &V1_10_JUMPS).unwrap_or_else(|e| {
-            // Fail, never skip: a kernel without one of these cannot run v1.10.
-            panic!(
-                "applying the v1.10 rules ({family:?}, {backend:?}) failed: {e}\n\
-                 The v1.10 payload needs these iptables matches and targets in the kernel \
-                 (xt_* modules; nft_compat for iptables-nft): physdev (external IPs: \
-                 `-m physdev ! --physdev-is-in`), addrtype, comment, conntrack, mark, recent, \
-                 statistic, tcp, udp, MARK, DNAT, MASQUERADE, REJECT. A missing one shows above \
-                 as \"Couldn't load match\" or \"No such file or directory\".\n{payload}"
-            )
-        });
-        let local = addresses(&topology.node);
-        let servers = topology
-            .pods
-            .iter()
-            .map(|pod| EchoServer::start(&pod.netns, &pod.name, POD_PORT).expect("echo server"))
-            .collect();
-        World {
-            servers,
-            topology,
-            family,
-            backend,
-            affinity: payload.contains("-m recent"),
-            payload,
-            local,
-            kernel_rules: OnceCell::new(),
-            agreements: Cell::new(0),
-        }
-    }
-
-    fn label(&self) -> String {
-        format!(
-            "v1.10 {}/{}",
-            match self.family {
-                IpFamily::V4 => "ipv4",
-                IpFamily::V6 => "ipv6",
-            },
-            self.backend.as_str()
+    /// Packets for `dst` the uplink received (see [`World::watch_uplink`]).
+    fn uplink_packets(&self, dst: IpAddr) -> u64 {
+        self.count_in(
+            &self.topology.uplink,
+            "raw",
+            "PREROUTING",
+            &[&self.dst_match(dst)],
         )
-    }
-
-    fn ipv6(&self) -> bool {
-        self.family == IpFamily::V6
-    }
-
-    /// `iptables-legacy-save`, `ip6tables-nft`, ... for this world.
-    fn tool(&self, suffix: &str) -> String {
-        let base = if self.ipv6() { "ip6tables" } else { "iptables" };
-        format!("{base}-{}{suffix}", self.backend.as_str())
-    }
-
-    fn pod(&self, name: &str) -> &Pod {
-        self.topology.pod(name).expect("pod")
-    }
-
-    fn pod_ns(&self, name: &str) -> &Netns {
-        &self.pod(name).netns
-    }
-
-    fn pod_ip(&self, name: &str) -> IpAddr {
-        self.pod(name).ip(self.ipv6())
-    }
-
-    fn server(&self, name: &str) -> &EchoServer {
-        self.servers.iter().find(|s| s.pod() == name).expect("server")
-    }
-
-    fn node_ip(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::NODE_IPV6.into()
-        } else {
-            Topology::NODE_IPV4.into()
-        }
-    }
-
-    /// Where masqueraded traffic to a pod comes from.
-    fn node_pod_side(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::NODE_POD_SIDE_IPV6.into()
-        } else {
-            Topology::NODE_POD_SIDE_IPV4.into()
-        }
-    }
-
-    fn client_ip(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::CLIENT_IPV6.into()
-        } else {
-            Topology::CLIENT_IPV4.into()
-        }
-    }
-
-    fn client2_ip(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::CLIENT2_IPV6.into()
-        } else {
-            Topology::CLIENT2_IPV4.into()
-        }
-    }
-
-    fn svc_ip(&self, n: u8) -> IpAddr {
-        svc_ip(self.family, n)
-    }
-
-    /// `IP/32` (`/128`) as iptables-save prints a host.
-    fn host(&self, ip: IpAddr) -> String {
-        format!("{ip}/{}", if self.ipv6() { 128 } else { 32 })
-    }
-
-    /// The rules the node's kernel holds, as the tracer reads `iptables-save`;
-    /// asserts on first use that the kernel holds every v1.10 built-in jump
-    /// (completing the dump with [`V1_10_JUMPS`] adds nothing).
-    fn kernel_rules(&self) -> &Ruleset {
-        self.kernel_rules.get_or_init(|| {
-            let dump = self
-                .topology
-                .node
-                .run(&self.tool("-save"), &[])
-                .expect("iptables-save");
-            let family = if self.ipv6() {
-                chainsmith_model::IpFamily::V6
-            } else {
-                chainsmith_model::IpFamily::V4
-            };
-            let mut from_kernel = Ruleset::from_dump(&dump).expect("the tracer reads the kernel's dump");
-            from_kernel.set_family(Some(family));
-            let completed = from_kernel.clone().with_builtin_jumps(family, &V1_10_JUMPS);
-            assert!(
-                completed == from_kernel,
-                "{}: the kernel lacks some of the v1.10 built-in jumps:\n{dump}",
-                self.label()
-            );
-            completed
-        })
-    }
-
-    /// The kernel's `-m recent` lists (session affinity) that hold `src`.
-    fn recent_lists_holding(&self, src: IpAddr) -> Vec<String> {
-        if !self.affinity {
-            return Vec::new();
-        }
-        self.topology
-            .node
-            .enter(|| {
-                // This thread's namespace (/proc/net would be the process').
-                let dir = "/proc/thread-self/net/xt_recent";
-                let mut lists = Vec::new();
-                for entry in std::fs::read_dir(dir).expect("xt_recent lists") {
-                    let entry = entry.expect("xt_recent entry");
-                    let text = std::fs::read_to_string(entry.path()).expect("xt_recent list");
-                    let holds = text.lines().any(|line| {
-                        line.strip_prefix("src=")
-                            .and_then(|rest| rest.split_whitespace().next())
-                            .and_then(|ip| ip.parse::<IpAddr>().ok())
-                            == Some(src)
-                    });
-                    if holds {
-                        lists.push(entry.file_name().to_string_lossy().into_owned());
-                    }
-                }
-                lists.sort();
-                lists
-            })
-            .expect("enter the node")
-    }
-
-    /// One probe from `from` (optionally from the source `src`), checked
-    /// against the tracer; returns what the kernel did and the trace.
-    fn probe_traced(
-        &self,
-        from: &Netns,
-        proto: Proto,
-        src: Option<IpAddr>,
-        dst: IpAddr,
-        port: u16,
-        timeout: Duration,
-    ) -> (ProbeResult, Trace) {
-        let source = src.unwrap_or_else(|| route_source(from, dst));
-        let recent = self.recent_lists_holding(source);
-        let result = match src {
-            Some(src) => probe_from(from, proto, src, dst, port, timeout),
-            None => probe(from, proto, dst, port, timeout),
-        };
-        let trace = self.agree(from, proto, source, dst, port, recent, &result);
-        (result, trace)
-    }
-
-    fn probe(
-        &self,
-        from: &Netns,
-        proto: Proto,
-        src: Option<IpAddr>,
-        dst: IpAddr,
-        port: u16,
-        timeout: Duration,
-    ) -> ProbeResult {
-        self.probe_traced(from, proto, src, dst, port, timeout).0
-    }
-
-    /// `n` probes from one namespace, optionally from `src`, each checked
-    /// against the tracer.
-    fn probes(
-        &self,
-        from: &Netns,
-        n: usize,
-        proto: Proto,
-        src: Option<IpAddr>,
-        dst: IpAddr,
-        port: u16,
-    ) -> Vec<ProbeResult> {
-        if self.affinity {
-            // The tracer is given the kernel's affinity lists before each one.
-            return (0..n)
-                .map(|_| self.probe(from, proto, src, dst, port, ANSWER))
-                .collect();
-        }
-        let source = src.unwrap_or_else(|| route_source(from, dst));
-        let results: Vec<ProbeResult> = from
-            .enter(|| {
-                (0..n)
-                    .map(|_| probe_here(proto, src, dst, port, ANSWER))
-                    .collect()
-            })
-            .expect("enter");
-        for result in &results {
-            self.agree(from, proto, source, dst, port, Vec::new(), result);
-        }
-        results
-    }
-
-    /// Whether the node routes `dst` out of its uplink (where nothing answers).
-    fn routes_to_uplink(&self, dst: IpAddr) -> bool {
-        let route = self
-            .topology
-            .node
-            .run("ip", &["-o", "route", "get", &dst.to_string()])
-            .expect("ip route get");
-        route.contains(&format!(" dev {} ", self.topology.node_uplink_interface))
-    }
-
-    /// Asserts that `chainsmith_tracer`, on the rules the kernel holds,
-    /// predicts `result` for the packet `src -> dst:port`:
-    /// - a reply: every branch delivers (DNAT, then ACCEPT or no verdict), one
-    ///   of them to the pod that answered, masquerading exactly when the pod
-    ///   saw another address than the sender's;
-    /// - a timeout: every branch drops, or every branch lets the packet leave
-    ///   untranslated to a destination the node routes to the uplink;
-    /// - a refusal: every branch rejects;
-    /// - EPERM on the node's own send: every branch rejects or drops (in OUTPUT).
-    ///
-    /// The trace must have no warnings (everything in the dump modelled).
-    #[allow(clippy::too_many_arguments)]
-    fn agree(
-        &self,
-        from: &Netns,
-        proto: Proto,
-        src: IpAddr,
-        dst: IpAddr,
-        port: u16,
-        recent: Vec<String>,
-        result: &ProbeResult,
-    ) -> Trace {
-        let origin = if from.name() == self.topology.node.name() {
-            Origin::FromNode
-        } else {
-            Origin::FromOutside
-        };
-        let protocol = match proto {
-            Proto::Tcp => chainsmith_model::Protocol::Tcp,
-            Proto::Udp => chainsmith_model::Protocol::Udp,
-        };
-        let mut packet = Packet::new(src, dst, protocol, port, origin);
-        packet.recent = recent;
-        let traced = chainsmith_tracer::trace(
-            self.kernel_rules(),
-            &packet,
-            &chainsmith_tracer::Node::new(self.local.clone()),
-        );
-        let verdicts: Vec<String> = traced.outcomes.iter().map(Outcome::summary).collect();
-        let what = format!(
-            "{} {proto:?} {src} -> {dst}:{port} ({origin:?}, affinity lists {:?})",
-            self.label(),
-            packet.recent
-        );
-        assert!(
-            traced.warnings.is_empty(),
-            "{what}: the tracer warned {:?}",
-            traced.warnings
-        );
-        let delivers = |o: &Outcome| matches!(o.verdict, Verdict::Accept | Verdict::Pass);
-        match result {
-            ProbeResult::Reply { pod, peer_ip } => {
-                let pod_ip = self.pod_ip(pod);
-                let to = match pod_ip {
-                    IpAddr::V4(ip) => format!("{ip}:{POD_PORT}"),
-                    IpAddr::V6(ip) => format!("[{ip}]:{POD_PORT}"),
-                };
-                assert!(
-                    traced
-                        .outcomes
-                        .iter()
-                        .all(|o| delivers(o) && o.nat_destination.is_some()),
-                    "{what}: {pod} answered, but not every branch of the tracer delivers: {verdicts:?}"
-                );
-                let Some(outcome) = traced
-                    .outcomes
-                    .iter()
-                    .find(|o| o.nat_destination.as_deref() == Some(to.as_str()))
-                else {
-                    panic!("{what}: the kernel delivered to {pod} ({to}), the tracer says {verdicts:?}");
-                };
-                assert_eq!(
-                    outcome.masquerade,
-                    *peer_ip != src,
-                    "{what}: {pod} saw {peer_ip}; the tracer says {verdicts:?} via {:?}",
-                    chains(outcome)
-                );
-            }
-            ProbeResult::Timeout => {
-                let dropped = traced.outcomes.iter().all(|o| o.verdict == Verdict::Drop);
-                let leaves = traced
-                    .outcomes
-                    .iter()
-                    .all(|o| delivers(o) && o.nat_destination.is_none())
-                    && self.routes_to_uplink(dst);
-                assert!(
-                    dropped || leaves,
-                    "{what}: timed out, the tracer says {verdicts:?}"
-                );
-            }
-            ProbeResult::Refused => {
-                assert!(
-                    traced.outcomes.iter().all(|o| o.verdict == Verdict::Reject),
-                    "{what}: refused, the tracer says {verdicts:?}"
-                );
-            }
-            // A REJECT or DROP in OUTPUT fails the node's own UDP send with EPERM.
-            ProbeResult::Other(error) if origin == Origin::FromNode && error.contains("not permitted") => {
-                assert!(
-                    traced
-                        .outcomes
-                        .iter()
-                        .all(|o| matches!(o.verdict, Verdict::Reject | Verdict::Drop)),
-                    "{what}: {error}, the tracer says {verdicts:?}"
-                );
-            }
-            other => panic!("{what}: {other:?} has no tracer counterpart; the tracer says {verdicts:?}"),
-        }
-        self.agreements.set(self.agreements.get() + 1);
-        traced
-    }
-
-    /// Packets counted, summed, by the rules of `table` in the chains whose
-    /// name starts with `chain` and whose `iptables-save` text holds every
-    /// needle; at least one rule must match.
-    fn count_in(&self, netns: &Netns, table: &str, chain: &str, needles: &[&str]) -> u64 {
-        let saved = netns
-            .run(&self.tool("-save"), &["-c", "-t", table])
-            .expect("iptables-save -c");
-        let prefix = format!("-A {chain}");
-        let mut rules = 0;
-        let mut packets = 0;
-        for line in saved.lines() {
-            // `[packets:bytes] -A CHAIN ...`
-            let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
-                continue;
-            };
-            if !rule.starts_with(&prefix) || !needles.iter().all(|n| rule.contains(n)) {
-                continue;
-            }
-            rules += 1;
-            packets += counters
-                .split_once(':')
-                .and_then(|(p, _)| p.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("unreadable counters in {line:?}"));
-        }
-        assert!(
-            rules > 0,
-            "{}: no rule of {table} {chain}* holds {needles:?} in {}:\n{saved}",
-            self.label(),
-            netns.name()
-        );
-        packets
-    }
-
-    /// [`World::count_in`] the node.
-    fn count(&self, table: &str, chain: &str, needles: &[&str]) -> u64 {
-        self.count_in(&self.topology.node, table, chain, needles)
     }
 
     /// Counts, in the uplink, every packet that reaches it for `dst`.
@@ -693,12 +119,6 @@ impl World {
             .expect("uplink counter");
     }
 
-    /// Packets for `dst` the uplink received (see [`World::watch_uplink`]).
-    fn uplink_packets(&self, dst: IpAddr) -> u64 {
-        let needle = format!("-d {}", self.host(dst));
-        self.count_in(&self.topology.uplink, "raw", "PREROUTING", &[&needle])
-    }
-
     /// The target of the payload's rule holding every needle (to name a
     /// KUBE-XLB-/KUBE-FW-/KUBE-SVC- chain).
     fn target_of(&self, needles: &[&str]) -> String {
@@ -710,68 +130,6 @@ impl World {
         line.rsplit_once("-j ").expect("a target").1.to_owned()
     }
 
-    /// What the node's kernel holds, for failure messages.
-    fn dump(&self) -> String {
-        let saved = self
-            .topology
-            .node
-            .run(&self.tool("-save"), &["-c"])
-            .unwrap_or_else(|e| e.to_string());
-        let conntrack = self
-            .topology
-            .node
-            .run(
-                "conntrack",
-                &["-L", "-f", if self.ipv6() { "ipv6" } else { "ipv4" }],
-            )
-            .unwrap_or_else(|e| e.to_string());
-        format!(
-            "--- payload\n{}--- kernel ({})\n{saved}--- conntrack\n{conntrack}",
-            self.payload,
-            self.label()
-        )
-    }
-
-    /// Asserts every result is a reply and returns (pods that answered,
-    /// peer addresses they saw).
-    fn replies(&self, what: &str, results: &[ProbeResult]) -> (BTreeSet<String>, BTreeSet<IpAddr>) {
-        let mut pods = BTreeSet::new();
-        let mut peers = BTreeSet::new();
-        for result in results {
-            match result {
-                ProbeResult::Reply { pod, peer_ip } => {
-                    pods.insert(pod.clone());
-                    peers.insert(*peer_ip);
-                }
-                other => panic!(
-                    "{} {what}: expected a reply, got {other:?}\n{}",
-                    self.label(),
-                    self.dump()
-                ),
-            }
-        }
-        (pods, peers)
-    }
-
-    /// Asserts one reply from `pod` that saw `peer` (`None`: any pod).
-    fn expect_reply(&self, what: &str, result: &ProbeResult, pod: Option<&str>, peer: IpAddr) {
-        let ok = match result {
-            ProbeResult::Reply { pod: p, peer_ip } => pod.is_none_or(|want| want == p) && *peer_ip == peer,
-            _ => false,
-        };
-        assert!(
-            ok,
-            "{} {what}: expected a reply from {} seeing {peer}, got {result:?}\n{}",
-            self.label(),
-            pod.unwrap_or("any pod"),
-            self.dump()
-        );
-    }
-
-    fn expect(&self, what: &str, result: &ProbeResult, want: &ProbeResult) {
-        assert_eq!(result, want, "{} {what}\n{}", self.label(), self.dump());
-    }
-
     fn expect_count(&self, what: &str, got: u64, want: u64) {
         assert_eq!(got, want, "{} {what}\n{}", self.label(), self.dump());
     }
@@ -780,26 +138,6 @@ impl World {
     fn answered(&self) -> usize {
         self.servers.iter().map(|s| s.peers().len()).sum()
     }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            println!(
-                "{}: the tracer predicted all {} probes",
-                self.label(),
-                self.agreements.get()
-            );
-        }
-    }
-}
-
-fn set<const N: usize>(items: [&str; N]) -> BTreeSet<String> {
-    items.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn ips<const N: usize>(items: [IpAddr; N]) -> BTreeSet<IpAddr> {
-    items.into_iter().collect()
 }
 
 /// Whether some branch of `trace` went through a chain starting with `prefix`
@@ -814,58 +152,6 @@ fn went_through(trace: &Trace, prefix: &str) -> bool {
 // ---------------------------------------------------------------------------
 // 1. ClusterIP: balancing, masquerade of off-cluster sources only
 
-/// conntrack on the node: for every flow a pod saw from `client_ip` (source
-/// port -> pod), the DNAT of the cluster IP to that pod. Returns the number
-/// of flows of each protocol.
-fn check_conntrack(w: &World, client_ip: IpAddr, cip: IpAddr) -> Vec<usize> {
-    let mut counts = Vec::new();
-    for proto in [Proto::Tcp, Proto::Udp] {
-        let mut seen = BTreeMap::new();
-        for server in &w.servers {
-            let pod_ip = w.pod_ip(server.pod());
-            for peer in server.peers() {
-                if peer.proto == proto && peer.ip == client_ip {
-                    seen.insert(peer.port, pod_ip);
-                }
-            }
-        }
-        let listed = w
-            .topology
-            .node
-            .run(
-                "conntrack",
-                &[
-                    "-L",
-                    "-f",
-                    if w.ipv6() { "ipv6" } else { "ipv4" },
-                    "-p",
-                    proto.as_str(),
-                    "--orig-dst",
-                    &cip.to_string(),
-                ],
-            )
-            .expect("conntrack -L");
-        let mut tracked = BTreeMap::new();
-        for entry in chainsmith_node::conntrack::parse_entries(&listed) {
-            let (orig, reply) = (entry.original, entry.reply);
-            if orig.src == client_ip && orig.dst == cip && orig.dport == 80 && reply.sport == POD_PORT {
-                assert_eq!(reply.dst, client_ip, "{}: reply tuple {reply:?}", w.label());
-                tracked.insert(orig.sport, reply.src);
-            }
-        }
-        assert_eq!(
-            tracked,
-            seen,
-            "{}: {} conntrack DNAT entries (source port -> endpoint) vs. flows the pods saw\n{}",
-            w.label(),
-            proto.as_str(),
-            w.dump()
-        );
-        counts.push(tracked.len());
-    }
-    counts
-}
-
 #[test]
 fn cluster_ip_balances_and_masquerades_only_off_cluster_sources() {
     if !kernel_tests_enabled("cluster_ip_balances_and_masquerades_only_off_cluster_sources") {
@@ -874,68 +160,14 @@ fn cluster_ip_balances_and_masquerades_only_off_cluster_sources() {
     let mut summary = Vec::new();
     for backend in BACKENDS {
         let family = IpFamily::V4;
-        let w = World::new(family, backend, &["pod-a", "pod-b", "pod-c", "pod-d"], &[], |t| {
-            let eps = [
-                (t.pod("pod-a").unwrap(), "node-a"),
-                (t.pod("pod-b").unwrap(), "node-a"),
-                (t.pod("pod-c").unwrap(), "node-b"),
-            ];
-            vec![
-                service(
-                    "web",
-                    family,
-                    json!({
-                        "type": "ClusterIP",
-                        "clusterIP": svc_ip(family, 10).to_string(),
-                        "ports": [port("tcp", Proto::Tcp, 80, 0), port("udp", Proto::Udp, 80, 0)],
-                    }),
-                    &[],
-                ),
-                slice("web", family, &[("tcp", Proto::Tcp), ("udp", Proto::Udp)], &eps),
-            ]
+        let w = world(family, backend, &["pod-a", "pod-b", "pod-c", "pod-d"], &[], |t| {
+            web_cluster(t, family, 0)
         });
         let cip = w.svc_ip(10);
-        let three = set(["pod-a", "pod-b", "pod-c"]);
-        let pod_d = w.pod_ns("pod-d");
         // From a pod (inside the cluster CIDR): balanced, source kept.
-        for (proto, n) in [(Proto::Tcp, 45), (Proto::Udp, 30)] {
-            let results = w.probes(pod_d, n, proto, None, cip, 80);
-            let (pods, peers) = w.replies(
-                &format!("{} from pod-d to the cluster IP", proto.as_str()),
-                &results,
-            );
-            assert_eq!(
-                pods,
-                three,
-                "{}: {} balancing\n{}",
-                w.label(),
-                proto.as_str(),
-                w.dump()
-            );
-            assert_eq!(
-                peers,
-                ips([w.pod_ip("pod-d")]),
-                "{}: a pod's source is kept",
-                w.label()
-            );
-        }
-        let flows = check_conntrack(&w, w.pod_ip("pod-d"), cip);
+        let flows = check_balancing_from_pod_d(&w, cip, [(Proto::Tcp, 45), (Proto::Udp, 30)]);
         // From outside the cluster CIDR: `! -s 192.0.2.0/24 -j KUBE-MARK-MASQ`.
-        let client = w.probes(&w.topology.client, 6, Proto::Tcp, None, cip, 80);
-        let (_, peers) = w.replies("tcp from the client to the cluster IP", &client);
-        assert_eq!(
-            peers,
-            ips([w.node_pod_side()]),
-            "{}: the client is masqueraded",
-            w.label()
-        );
-        let (node, trace) = w.probe_traced(&w.topology.node, Proto::Tcp, None, cip, 80, ANSWER);
-        w.expect_reply(
-            "tcp from the node to the cluster IP",
-            &node,
-            None,
-            w.node_pod_side(),
-        );
+        let trace = check_off_cluster_sources_masqueraded(&w, cip);
         assert!(
             went_through(&trace, "nat/KUBE-MARK-MASQ"),
             "{}: the tracer does not mark the node's packet",
@@ -978,45 +210,12 @@ fn node_port_is_masqueraded_through_kube_nodeports() {
     let mut summary = Vec::new();
     for backend in BACKENDS {
         let family = IpFamily::V4;
-        let w = World::new(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
-            let eps = [
-                (t.pod("pod-a").unwrap(), "node-a"),
-                (t.pod("pod-b").unwrap(), "node-b"),
-            ];
-            vec![
-                service(
-                    "shop",
-                    family,
-                    json!({
-                        "type": "NodePort",
-                        "externalTrafficPolicy": "Cluster",
-                        "clusterIP": svc_ip(family, 20).to_string(),
-                        "ports": [port("tcp", Proto::Tcp, 80, 30080), port("udp", Proto::Udp, 80, 30080)],
-                    }),
-                    &[],
-                ),
-                slice("shop", family, &[("tcp", Proto::Tcp), ("udp", Proto::Udp)], &eps),
-            ]
+        let w = world(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
+            shop_cluster(t, family)
         });
         let node_ip = w.node_ip();
         let masq = w.node_pod_side();
-        let tcp = w.probes(&w.topology.client, 20, Proto::Tcp, None, node_ip, 30080);
-        let (pods, peers) = w.replies("tcp from the client to the NodePort", &tcp);
-        assert_eq!(
-            pods,
-            set(["pod-a", "pod-b"]),
-            "{}: NodePort balancing\n{}",
-            w.label(),
-            w.dump()
-        );
-        assert_eq!(
-            peers,
-            ips([masq]),
-            "{}: NodePort traffic is masqueraded",
-            w.label()
-        );
-        let (udp, trace) = w.probe_traced(&w.topology.client, Proto::Udp, None, node_ip, 30080, ANSWER);
-        w.expect_reply("udp from the client to the NodePort", &udp, None, masq);
+        let trace = check_node_port_from_client(&w);
         assert!(
             went_through(&trace, "nat/KUBE-NODEPORTS"),
             "{}: the tracer does not pass KUBE-NODEPORTS",
@@ -1058,26 +257,14 @@ fn load_balancer_ip_goes_through_kube_fw() {
     let mut summary = Vec::new();
     for backend in BACKENDS {
         let family = IpFamily::V4;
-        let w = World::new(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
+        let w = world(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
             vec![
-                service(
-                    "lb-open",
-                    family,
-                    json!({
-                        "type": "LoadBalancer",
-                        "clusterIP": svc_ip(family, 30).to_string(),
-                        "ports": [port("tcp", Proto::Tcp, 80, 30100)],
-                    }),
-                    &[svc_ip(family, 100)],
-                ),
+                load_balancer("lb-open", family, 30, svc_ip(family, 100), 30100, &[]),
                 slice(
                     "lb-open",
                     family,
                     &[("tcp", Proto::Tcp)],
-                    &[
-                        (t.pod("pod-a").unwrap(), "node-a"),
-                        (t.pod("pod-b").unwrap(), "node-b"),
-                    ],
+                    &endpoints(t, &[("pod-a", "node-a"), ("pod-b", "node-b")]),
                 ),
             ]
         });
@@ -1132,25 +319,8 @@ fn external_ip_three_rules() {
         // One external IP routed through the node, one that is the node's own
         // address (the case of `--dst-type LOCAL`).
         let (far, near) = (svc_ip(family, 200), IpAddr::V4(Topology::NODE_IPV4));
-        let w = World::new(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
-            let eps = [
-                (t.pod("pod-a").unwrap(), "node-a"),
-                (t.pod("pod-b").unwrap(), "node-b"),
-            ];
-            vec![
-                service(
-                    "ext",
-                    family,
-                    json!({
-                        "type": "ClusterIP",
-                        "clusterIP": svc_ip(family, 40).to_string(),
-                        "externalIPs": [far.to_string(), near.to_string()],
-                        "ports": [port("tcp", Proto::Tcp, 80, 0), port("udp", Proto::Udp, 80, 0)],
-                    }),
-                    &[],
-                ),
-                slice("ext", family, &[("tcp", Proto::Tcp), ("udp", Proto::Udp)], &eps),
-            ]
+        let w = world(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
+            external_ip_cluster(t, family, &[far, near])
         });
         w.watch_uplink(far);
         let masq = w.node_pod_side();
@@ -1198,7 +368,7 @@ fn external_ip_three_rules() {
         // The counters of each rule, tcp: client x11 (10 + 1 to `near`), pod
         // x1, node x2; one nat evaluation per connection.
         let tcp_rule = |ip: IpAddr, needle: &str| {
-            let dst = format!("-d {}", w.host(ip));
+            let dst = w.dst_match(ip);
             w.count(
                 "nat",
                 "KUBE-SERVICES",
@@ -1245,7 +415,7 @@ fn no_endpoints_rejects_on_the_node_and_forwards_the_rest() {
             IpAddr::V4(Topology::NODE_IPV4),
             svc_ip(family, 102),
         );
-        let w = World::new(family, backend, &["pod-a"], &[], |_| {
+        let w = world(family, backend, &["pod-a"], &[], |_| {
             vec![
                 service(
                     "empty",
@@ -1259,16 +429,7 @@ fn no_endpoints_rejects_on_the_node_and_forwards_the_rest() {
                     &[],
                 ),
                 slice("empty", family, &[("tcp", Proto::Tcp), ("udp", Proto::Udp)], &[]),
-                service(
-                    "lb-empty",
-                    family,
-                    json!({
-                        "type": "LoadBalancer",
-                        "clusterIP": svc_ip(family, 81).to_string(),
-                        "ports": [port("tcp", Proto::Tcp, 80, 30401)],
-                    }),
-                    &[lb],
-                ),
+                load_balancer("lb-empty", family, 81, lb, 30401, &[]),
                 slice("lb-empty", family, &[("tcp", Proto::Tcp)], &[]),
             ]
         });
@@ -1290,29 +451,14 @@ fn no_endpoints_rejects_on_the_node_and_forwards_the_rest() {
         ];
         for (from, who, dst, dport, protos) in cases {
             for &proto in protos {
-                let start = Instant::now();
-                let r = w.probe(from, proto, None, dst, dport, ANSWER);
-                let took = start.elapsed();
                 let what = format!(
                     "{} from the {who} to {dst}:{dport} without endpoints",
                     proto.as_str()
                 );
-                if who == "node" && dst == cip && proto == Proto::Udp {
-                    // Refused in OUTPUT: send() fails with EPERM.
-                    assert!(
-                        matches!(&r, ProbeResult::Other(e) if e.contains("Operation not permitted")),
-                        "{} {what}: expected send() to fail with EPERM, got {r:?}\n{}",
-                        w.label(),
-                        w.dump()
-                    );
-                } else {
-                    w.expect(&what, &r, &ProbeResult::Refused);
-                }
-                assert!(
-                    took < ANSWER / 4,
-                    "{} {what}: refused only after {took:?}",
-                    w.label()
-                );
+                // Only the node's own packets to the cluster IP meet the
+                // REJECT in OUTPUT; to its own addresses they loop to INPUT.
+                let in_output = who == "node" && dst == cip;
+                let took = w.expect_refused_at_once(&what, from, proto, dst, dport, in_output);
                 slowest = slowest.max(took);
                 refused += 1;
             }
@@ -1403,25 +549,12 @@ fn load_balancer_source_ranges_mark_and_drop() {
         // not the client's second address (.130) nor the pods.
         let allowed = "203.0.113.0/25";
         let (lb, lb_far) = (svc_ip(family, 101), svc_ip(family, 103));
-        let w = World::new(family, backend, &["pod-a", "pod-b"], &[lb], |t| {
-            let ranged = |name: &str, cip: u8, ip: IpAddr, node_port: u16| {
-                service(
-                    name,
-                    family,
-                    json!({
-                        "type": "LoadBalancer",
-                        "clusterIP": svc_ip(family, cip).to_string(),
-                        "loadBalancerSourceRanges": [allowed],
-                        "ports": [port("tcp", Proto::Tcp, 80, node_port)],
-                    }),
-                    &[ip],
-                )
-            };
-            let pod_b = [(t.pod("pod-b").unwrap(), "node-a")];
+        let w = world(family, backend, &["pod-a", "pod-b"], &[lb], |t| {
+            let pod_b = endpoints(t, &[("pod-b", "node-a")]);
             vec![
-                ranged("lb-ranged", 31, lb, 30101),
+                load_balancer("lb-ranged", family, 31, lb, 30101, &[allowed]),
                 slice("lb-ranged", family, &[("tcp", Proto::Tcp)], &pod_b),
-                ranged("lb-ranged-far", 32, lb_far, 30102),
+                load_balancer("lb-ranged-far", family, 32, lb_far, 30102, &[allowed]),
                 slice("lb-ranged-far", family, &[("tcp", Proto::Tcp)], &pod_b),
             ]
         });
@@ -1535,40 +668,8 @@ fn external_traffic_policy_local_uses_kube_xlb() {
         let family = IpFamily::V4;
         let (lb_ok, lb_remote) = (svc_ip(family, 110), svc_ip(family, 111));
         let pods = ["pod-a", "pod-b", "pod-c", "pod-d"];
-        let w = World::new(family, backend, &pods, &[lb_remote], |t| {
-            let local = |name: &str, cip: u8, ip: IpAddr, node_port: u16, hc: u16| {
-                service(
-                    name,
-                    family,
-                    json!({
-                        "type": "LoadBalancer",
-                        "externalTrafficPolicy": "Local",
-                        "healthCheckNodePort": hc,
-                        "clusterIP": svc_ip(family, cip).to_string(),
-                        "ports": [port("tcp", Proto::Tcp, 80, node_port)],
-                    }),
-                    &[ip],
-                )
-            };
-            vec![
-                local("local-ok", 50, lb_ok, 30200, 32000),
-                slice(
-                    "local-ok",
-                    family,
-                    &[("tcp", Proto::Tcp)],
-                    &[
-                        (t.pod("pod-a").unwrap(), "node-a"),
-                        (t.pod("pod-b").unwrap(), "node-b"),
-                    ],
-                ),
-                local("local-remote", 51, lb_remote, 30201, 32001),
-                slice(
-                    "local-remote",
-                    family,
-                    &[("tcp", Proto::Tcp)],
-                    &[(t.pod("pod-c").unwrap(), "node-b")],
-                ),
-            ]
+        let w = world(family, backend, &pods, &[lb_remote], |t| {
+            local_policy_cluster(t, family)
         });
         let (client, node, pod_d) = (&w.topology.client, &w.topology.node, w.pod_ns("pod-d"));
         let node_ip = w.node_ip();
@@ -1696,42 +797,12 @@ fn hairpin_is_masqueraded_by_kube_sep() {
     let mut summary = Vec::new();
     for backend in BACKENDS {
         let family = IpFamily::V4;
-        let w = World::new(family, backend, &["pod-a", "pod-b"], &[], |t| {
-            vec![
-                service(
-                    "self",
-                    family,
-                    json!({
-                        "type": "ClusterIP",
-                        "clusterIP": svc_ip(family, 60).to_string(),
-                        "ports": [port("tcp", Proto::Tcp, 80, 0), port("udp", Proto::Udp, 80, 0)],
-                    }),
-                    &[],
-                ),
-                slice(
-                    "self",
-                    family,
-                    &[("tcp", Proto::Tcp), ("udp", Proto::Udp)],
-                    &[(t.pod("pod-a").unwrap(), "node-a")],
-                ),
-            ]
+        let w = world(family, backend, &["pod-a", "pod-b"], &[], |t| {
+            hairpin_cluster(t, family)
         });
         let cip = w.svc_ip(60);
         for proto in [Proto::Tcp, Proto::Udp] {
-            let r = w.probe(w.pod_ns("pod-a"), proto, None, cip, 80, ANSWER);
-            w.expect_reply(
-                &format!("{} hairpin pod-a -> own cluster IP", proto.as_str()),
-                &r,
-                Some("pod-a"),
-                w.node_pod_side(),
-            );
-            let r = w.probe(w.pod_ns("pod-b"), proto, None, cip, 80, ANSWER);
-            w.expect_reply(
-                &format!("{} pod-b -> cluster IP", proto.as_str()),
-                &r,
-                Some("pod-a"),
-                w.pod_ip("pod-b"),
-            );
+            check_hairpin(&w, proto, cip);
             let hairpin = w.count(
                 "nat",
                 "KUBE-SEP-",
@@ -1767,32 +838,8 @@ fn session_affinity_client_ip_sticks_to_one_pod() {
     let mut summary = Vec::new();
     for backend in BACKENDS {
         let family = IpFamily::V4;
-        let w = World::new(family, backend, &["pod-a", "pod-b", "pod-c", "pod-d"], &[], |t| {
-            let eps = [
-                (t.pod("pod-a").unwrap(), "node-a"),
-                (t.pod("pod-b").unwrap(), "node-a"),
-                (t.pod("pod-c").unwrap(), "node-b"),
-            ];
-            vec![
-                service(
-                    "sticky",
-                    family,
-                    json!({
-                        "type": "ClusterIP",
-                        "clusterIP": svc_ip(family, 70).to_string(),
-                        "sessionAffinity": "ClientIP",
-                        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
-                        "ports": [port("tcp", Proto::Tcp, 80, 0), port("udp", Proto::Udp, 80, 0)],
-                    }),
-                    &[],
-                ),
-                slice(
-                    "sticky",
-                    family,
-                    &[("tcp", Proto::Tcp), ("udp", Proto::Udp)],
-                    &eps,
-                ),
-            ]
+        let w = world(family, backend, &["pod-a", "pod-b", "pod-c", "pod-d"], &[], |t| {
+            sticky_cluster(t, family)
         });
         assert!(w.affinity, "{}: no -m recent rules\n{}", w.label(), w.payload);
         let cip = w.svc_ip(70);
@@ -1804,32 +851,8 @@ fn session_affinity_client_ip_sticks_to_one_pod() {
             (w.pod_ns("pod-d"), None, Proto::Tcp, "pod-d"),
         ];
         for (from, src, proto, who) in sources {
-            let mut pods = BTreeSet::new();
-            for i in 0..10 {
-                let (r, trace) = w.probe_traced(from, proto, src, cip, 80, ANSWER);
-                let (answered, _) = w.replies(&format!("{} #{i} from {who}", proto.as_str()), &[r]);
-                pods.extend(answered);
-                // The first connection is balanced; the kernel's list then
-                // holds the source, and the tracer, given it, knows the pod.
-                let want = if i == 0 { 3 } else { 1 };
-                assert_eq!(
-                    trace.outcomes.len(),
-                    want,
-                    "{}: {} #{i} from {who}: the tracer's outcomes {:?}",
-                    w.label(),
-                    proto.as_str(),
-                    trace.outcomes.iter().map(Outcome::summary).collect::<Vec<_>>()
-                );
-            }
-            assert_eq!(
-                pods.len(),
-                1,
-                "{}: 10 {} connections from {who} went to {pods:?}\n{}",
-                w.label(),
-                proto.as_str(),
-                w.dump()
-            );
-            chosen.push(format!("{} {who}->{}", proto.as_str(), pods.first().unwrap()));
+            let pod = check_sticks_to_one_pod(&w, who, from, src, proto, cip, 10);
+            chosen.push(format!("{} {who}->{pod}", proto.as_str()));
         }
         summary.push(format!("{}: 10 each stuck: {}", w.label(), chosen.join(", ")));
     }
@@ -1847,11 +870,8 @@ fn ipv6_cluster_ip_and_node_port() {
     let mut summary = Vec::new();
     for backend in BACKENDS {
         let family = IpFamily::V6;
-        let w = World::new(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
-            let eps = [
-                (t.pod("pod-a").unwrap(), "node-a"),
-                (t.pod("pod-b").unwrap(), "node-b"),
-            ];
+        let w = world(family, backend, &["pod-a", "pod-b", "pod-c"], &[], |t| {
+            let eps = endpoints(t, &[("pod-a", "node-a"), ("pod-b", "node-b")]);
             vec![
                 service(
                     "web6",
