@@ -3,18 +3,20 @@
 //!
 //! Input: a node.yaml's text, a NUL byte, then manifest text. Without a NUL
 //! byte, the whole input is the manifest and the node is the default one.
-//! Checks: no panic; the payload is UTF-8, parses back (`parse_dump`), passes
-//! upstream's consistency check, and applies to an empty `RuleSet` and to the
-//! tracer's `Ruleset` (what iptables-restore would accept).
+//! Checks: no panic; the payload is UTF-8, reads back on its own
+//! (`RuleSet::read`), passes upstream's consistency check, and applies to an
+//! empty `RuleSet` and to the tracer's `Ruleset` (what iptables-restore would
+//! accept).
 
 #![no_main]
 
+use chainsmith_iptables::RuleSet;
 use chainsmith_k8s::{parse_manifests, parse_node_config};
 use chainsmith_model::NodeConfig;
 use chainsmith_planner::Plan;
 use chainsmith_layout::Layout;
 use chainsmith_restore::normalize::consistency_errors;
-use chainsmith_restore::{RuleSet, parse_dump, render_plan};
+use chainsmith_restore::render_plan;
 use chainsmith_tracer::Ruleset;
 use libfuzzer_sys::fuzz_target;
 
@@ -40,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(payload) = String::from_utf8(payload) else {
         panic!("payload is not UTF-8");
     };
-    if let Err(error) = parse_dump(&payload) {
+    if let Err(error) = RuleSet::<String>::read(&payload) {
         panic!("payload does not parse: {error}\n{payload}");
     }
     let errors = consistency_errors(&payload);

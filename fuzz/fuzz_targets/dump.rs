@@ -1,7 +1,7 @@
-//! `iptables-save` dumps and restore payloads: chainsmith-restore's
-//! `parse_dump`, `normalize`, `consistency_errors` and `RuleSet`, and
-//! chainsmith-tracer's `Ruleset::from_dump`, `trace`, `trace_upstream_test`
-//! and `drift`.
+//! `iptables-save` dumps and restore payloads: chainsmith-iptables's
+//! `RuleSet` (read on its own and applied), chainsmith-restore's `normalize`
+//! and `consistency_errors`, and chainsmith-tracer's `Ruleset::from_dump`,
+//! `trace`, `trace_upstream_test` and `drift`.
 //!
 //! Input: the text of a dump. Checks: no panic; what `RuleSet` writes back
 //! applies again to the same state; a ruleset has no drift from itself.
@@ -10,9 +10,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use chainsmith_iptables::RuleSet;
 use chainsmith_model::{IpFamily, Protocol};
 use chainsmith_restore::normalize::{consistency_errors, normalize};
-use chainsmith_restore::{RuleSet, parse_dump};
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, drift, trace, trace_upstream_test};
 use libfuzzer_sys::fuzz_target;
 
@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(dump) = parse_dump(text) {
-        let _ = dump.table("nat");
+    if let Ok((rules, footprint)) = RuleSet::<String>::read_with_footprint(text) {
+        let _ = (rules.chains("nat").count(), footprint.table("nat"));
     }
     let _ = normalize(text, false);
     let _ = normalize(text, true);

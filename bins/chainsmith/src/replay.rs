@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use chainsmith_restore::RuleSet;
+use chainsmith_iptables::RuleSet;
 use chainsmith_sync::{PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
 

@@ -28,8 +28,9 @@ fn workspace_root() -> PathBuf {
 /// vocabulary, the renderer spells them. A new layout is a module of
 /// `chainsmith-layout`; a new backend (nftables) is a crate beside
 /// `chainsmith-layout` and `chainsmith-restore` that reads the same plans.
-/// The tracer, applier and test kit share the vocabulary and the fixed chain
-/// layout without the planner.
+/// The tracer, applier and test kit share the vocabulary, the fixed chain
+/// layout and the reading of iptables text (`chainsmith-iptables`) without the
+/// planner; the tracer needs nothing of the renderer.
 const LAYERS: &[(&str, &[&str])] = &[
     ("chainsmith-model", &[]),
     ("chainsmith-naming", &[]),
@@ -66,10 +67,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-restore",
         ],
     ),
-    (
-        "chainsmith-tracer",
-        &["chainsmith-iptables", "chainsmith-model", "chainsmith-restore"],
-    ),
+    ("chainsmith-tracer", &["chainsmith-iptables", "chainsmith-model"]),
     (
         "chainsmith-applier",
         &[

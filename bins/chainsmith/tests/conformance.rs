@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use chainsmith_restore::RuleSet;
+use chainsmith_iptables::RuleSet;
 use chainsmith_restore::normalize::{consistency_errors, normalize};
 use serde_json::Value;
 
@@ -240,7 +240,7 @@ fn check_step(
         });
     }
     if step.dir.join("expected-chains.yaml").exists() {
-        let dump = chainsmith_restore::parse_dump(payload).expect("parses");
+        let written: RuleSet = RuleSet::read(payload).expect("parses");
         for chain in load_yaml(&step.dir.join("expected-chains.yaml"))
             .as_array()
             .into_iter()
@@ -256,7 +256,7 @@ fn check_step(
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
-            let got: Vec<&str> = dump
+            let got: Vec<&str> = written
                 .chain(table, name)
                 .map(|c| c.rules.iter().map(String::as_str).collect())
                 .unwrap_or_default();
@@ -278,9 +278,11 @@ fn check_step(
                     assertion["table"].as_str().unwrap_or_default(),
                     assertion["chain"].as_str().unwrap_or_default(),
                 );
-                kernel.chain(table, chain).unwrap_or_default().iter().any(|rule| {
-                    let words = chainsmith_restore::parse::split_words(rule);
-                    words.windows(2).any(|w| w[0] == "-d" && w[1] == destination)
+                kernel.chain(table, chain).is_some_and(|chain| {
+                    chain.rules.iter().any(|rule| {
+                        let words: Vec<_> = chainsmith_iptables::words(rule).map(|w| w.text).collect();
+                        words.windows(2).any(|w| w[0] == "-d" && w[1] == destination)
+                    })
                 })
             } else if let Some(line) = assertion["containsLine"].as_str() {
                 lines.contains(&line)

@@ -14,8 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use chainsmith_iptables::{BUILTIN_JUMPS, V1_10_JUMPS};
-use chainsmith_restore::parse_dump;
+use chainsmith_iptables::{BUILTIN_JUMPS, RuleSet, V1_10_JUMPS};
 use chainsmith_testkit::{Netns, kernel_tests_enabled};
 use common::fixtures;
 use serde_json::Value;
@@ -31,15 +30,11 @@ const LAYOUTS: [&str; 2] = ["v1.33", "v1.10"];
 /// Rules per (table, chain) of a restore payload or an `iptables-save` dump,
 /// counting only chains whose name starts with `KUBE-`.
 fn rule_counts(text: &str) -> BTreeMap<(String, String), usize> {
-    let dump = parse_dump(text).expect("parses");
+    let rules: RuleSet = RuleSet::read(text).expect("parses");
     let mut counts = BTreeMap::new();
-    for table in &dump.tables {
-        for chain in table
-            .chains
-            .iter()
-            .filter(|c| c.name.starts_with("KUBE-") && !c.deleted)
-        {
-            counts.insert((table.name.clone(), chain.name.clone()), chain.rules.len());
+    for table in rules.table_names() {
+        for chain in rules.chains(table).filter(|c| c.name.starts_with("KUBE-")) {
+            counts.insert((table.to_string(), chain.name.clone()), chain.rules.len());
         }
     }
     counts

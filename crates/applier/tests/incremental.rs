@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use chainsmith_applier::{Applier, Backend, NetnsRunner, Tools};
-use chainsmith_iptables::BUILTIN_JUMPS;
+use chainsmith_iptables::{BUILTIN_JUMPS, RuleSet};
 use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpFamily, LoadBalancerIngress,
     LocalTrafficDetector, NodeConfig, ObjectKey, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
-use chainsmith_restore::parse_dump;
 use chainsmith_sync::{PartialSyncMode, SyncEngine};
 use chainsmith_testkit::{Netns, kernel_tests_enabled};
 
@@ -105,8 +104,8 @@ fn slice(i: u32, endpoints: &[(u8, bool, bool)]) -> EndpointSlice {
 fn kube_tables(applier: &Applier) -> BTreeMap<(String, String), Vec<String>> {
     let mut tables = BTreeMap::new();
     for table in ["filter", "nat"] {
-        let dump = parse_dump(&applier.save_table(table).expect("save")).expect("parse");
-        for chain in &dump.tables[0].chains {
+        let saved: RuleSet = RuleSet::read(&applier.save_table(table).expect("save")).expect("parse");
+        for chain in saved.chains(table) {
             if chain.name.starts_with("KUBE-") || chain.rules.iter().any(|r| r.contains("-j KUBE-")) {
                 tables.insert((table.to_string(), chain.name.clone()), chain.rules.clone());
             }

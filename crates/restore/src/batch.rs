@@ -11,28 +11,33 @@
 //! backend copies the whole table on every commit, so it must get the payload
 //! in one piece instead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::parse::{ParseError, parse_dump};
+use chainsmith_iptables::{Chain, Footprint, ReadError, RuleSet, jump_of};
 
 /// Splits a full payload into batches of at most about `max_lines` lines (a
 /// single chain longer than that is one batch of its own).
-pub fn split_full_payload(payload: &str, max_lines: usize) -> Result<Vec<String>, ParseError> {
-    let dump = parse_dump(payload)?;
+pub fn split_full_payload(payload: &str, max_lines: usize) -> Result<Vec<String>, ReadError> {
+    let (rules, footprint): (RuleSet, Footprint) = RuleSet::read_with_footprint(payload)?;
     let mut batches = Vec::new();
-    for table in &dump.tables {
-        let index: HashMap<&str, usize> = table
-            .chains
+    for written in &footprint.tables {
+        // The chains the payload leaves, in the order it declared them.
+        let chains: Vec<&Chain> = written
+            .declared
+            .iter()
+            .filter_map(|name| rules.chain(&written.table, name))
+            .collect();
+        let index: HashMap<&str, usize> = chains
             .iter()
             .enumerate()
             .map(|(i, c)| (c.name.as_str(), i))
             .collect();
         // Depth of a chain = 1 + the depth of the deepest chain it jumps to
         // within this table; leaves have depth 0. kube-proxy's chains form a DAG.
-        let mut depth: Vec<Option<usize>> = vec![None; table.chains.len()];
+        let mut depth: Vec<Option<usize>> = vec![None; chains.len()];
         fn depth_of(
             i: usize,
-            table: &crate::TableDump,
+            chains: &[&Chain],
             index: &HashMap<&str, usize>,
             depth: &mut Vec<Option<usize>>,
             guard: usize,
@@ -41,48 +46,47 @@ pub fn split_full_payload(payload: &str, max_lines: usize) -> Result<Vec<String>
                 return d;
             }
             // A cycle (never written by kube-proxy) is cut rather than followed forever.
-            if guard > table.chains.len() {
+            if guard > chains.len() {
                 return 0;
             }
             let mut d = 0;
-            for rule in &table.chains[i].rules {
-                let target = rule.split(" -j ").nth(1).and_then(|t| t.split(' ').next());
-                if let Some(&j) = target.and_then(|t| index.get(t)).filter(|&&j| j != i) {
-                    d = d.max(1 + depth_of(j, table, index, depth, guard + 1));
+            for rule in &chains[i].rules {
+                let target = jump_of(rule);
+                if let Some(&j) = target.and_then(|t| index.get(&*t)).filter(|&&j| j != i) {
+                    d = d.max(1 + depth_of(j, chains, index, depth, guard + 1));
                 }
             }
             depth[i] = Some(d);
             d
         }
         let mut by_depth: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for i in 0..table.chains.len() {
-            if !table.chains[i].deleted {
-                by_depth
-                    .entry(depth_of(i, table, &index, &mut depth, 0))
-                    .or_default()
-                    .push(i);
-            }
+        for i in 0..chains.len() {
+            by_depth
+                .entry(depth_of(i, &chains, &index, &mut depth, 0))
+                .or_default()
+                .push(i);
         }
-        let mut batch = Batch::new(&table.name);
+        let mut batch = Batch::new(&written.table);
         for i in by_depth.into_values().flatten() {
-            let chain = &table.chains[i];
+            let chain = chains[i];
             if batch.lines > 0 && batch.lines + 1 + chain.rules.len() > max_lines {
                 batches.push(batch.finish());
-                batch = Batch::new(&table.name);
+                batch = Batch::new(&written.table);
             }
             batch.add(&chain.name, &chain.rules);
         }
         if batch.lines > 0 {
             batches.push(batch.finish());
         }
-        let deleted: Vec<&str> = table
-            .chains
+        // Stale chains go last, in the order the payload declared them.
+        let gone: HashSet<&str> = written.deleted.iter().map(|c| c.name.as_str()).collect();
+        let deleted: Vec<&String> = written
+            .declared
             .iter()
-            .filter(|c| c.deleted)
-            .map(|c| c.name.as_str())
+            .filter(|name| gone.contains(name.as_str()))
             .collect();
         if !deleted.is_empty() {
-            let mut text = format!("*{}\n", table.name);
+            let mut text = format!("*{}\n", written.table);
             for name in &deleted {
                 text.push_str(&format!(":{name} - [0:0]\n"));
             }
@@ -130,7 +134,6 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RuleSet;
 
     const PAYLOAD: &str = "*filter\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j REJECT\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-1 - [0:0]\n:KUBE-SEP-2 - [0:0]\n:KUBE-SEP-OLD - [0:0]\n-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n-A KUBE-SERVICES -d 198.51.100.1 -j KUBE-SVC-A\n-A KUBE-SVC-A -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-1\n-A KUBE-SVC-A -j KUBE-SEP-2\n-A KUBE-SEP-1 -s 192.0.2.1 -j KUBE-MARK-MASQ\n-A KUBE-SEP-1 -j DNAT --to-destination 192.0.2.1:80\n-A KUBE-SEP-2 -s 192.0.2.2 -j KUBE-MARK-MASQ\n-A KUBE-SEP-2 -j DNAT --to-destination 192.0.2.2:80\n-X KUBE-SEP-OLD\nCOMMIT\n";
 

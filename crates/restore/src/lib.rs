@@ -1,22 +1,22 @@
-//! The `iptables-restore` text format, both ways.
+//! The `iptables-restore` text chainsmith writes: plans rendered to text,
+//! upstream's normal form, full payloads cut into batches, plans compared.
 //!
 //! - [`render`]: a [`chainsmith_planner::Plan`] (or parts of one) to restore
 //!   input, byte for byte as upstream kube-proxy writes it: `*filter` then `*nat`,
 //!   chain lines, rules in generation order, `-X` lines for stale chains, the
 //!   NodePort jump last. [`render::PayloadWriter`] writes the partial payloads the
 //!   sync engine asks for.
-//! - [`parse`]: restore input or `iptables-save` output back into tables,
-//!   chains and rule lines.
 //! - [`normalize`]: upstream's test normal form (what kube-proxy's own unit tests
 //!   compare) and its rule-jump consistency check.
 //! - [`batch`]: a full payload cut into small restores of whole chains,
 //!   leaves first, for the nf_tables backend (one big transaction there costs
 //!   far more than many small ones).
-//! - [`RuleSet`]: what a sequence of `iptables-restore --noflush` payloads leaves
-//!   in a table, for replaying syncs without a kernel.
 //! - [`changes`]: two plans' rules compared Service by Service ([`diff_plans`]
 //!   -> [`PlanDiff`]), each rule attributed to the port whose plan emits it, to
 //!   review what a manifest change does before it reaches a node.
+//!
+//! Reading text back (words, tables, chains and rules) is
+//! `chainsmith_iptables`'s; [`normalize`] and [`batch`] read through it.
 //!
 //! Architecture invariant: this crate knows the text format and nothing about
 //! Kubernetes objects (a Service is only the `namespace/name` key its ports
@@ -27,11 +27,7 @@
 pub mod batch;
 pub mod changes;
 pub mod normalize;
-pub mod parse;
 pub mod render;
-mod ruleset;
 
 pub use changes::{ChainDiff, Change, DiffTotal, PlanDiff, PortDiff, ServiceDiff, diff_plans};
-pub use parse::{ChainDump, Dump, ParseError, TableDump, parse_dump};
 pub use render::{PayloadWriter, render_plan, write_rule};
-pub use ruleset::{ApplyError, RuleSet};

@@ -10,17 +10,23 @@
 //! [`normalize`] reproduces that, so comparing with an upstream-asserted file is
 //! a byte comparison.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-use crate::parse::{ChainDump, ParseError, comment_of, parse_dump};
+use chainsmith_iptables::{Chain, Footprint, ReadError, RuleSet, comment_of};
 
 /// The service name a rule is sorted by: its comment cut at the first space or
 /// colon (`"ns1/svc1:p80 cluster IP"` -> `ns1/svc1`), empty without a comment.
-pub fn service_name_of(rule: &str) -> &str {
+pub fn service_name_of(rule: &str) -> Cow<'_, str> {
+    let service = |comment: &str| comment.split([' ', ':']).next().unwrap_or_default().len();
     match comment_of(rule) {
-        Some(comment) => comment.split([' ', ':']).next().unwrap_or_default(),
-        None => "",
+        Some(Cow::Borrowed(comment)) => Cow::Borrowed(&comment[..service(comment)]),
+        Some(Cow::Owned(mut comment)) => {
+            comment.truncate(service(&comment));
+            Cow::Owned(comment)
+        }
+        None => Cow::Borrowed(""),
     }
 }
 
@@ -41,33 +47,43 @@ fn chain_rank(name: &str) -> (u8, &str) {
 /// order depends on Go map iteration (several ports of one Service, several
 /// NodePort addresses, several Services in the filter drop chains) are fully
 /// sorted as well; upstream itself never does this.
-pub fn normalize(text: &str, loose: bool) -> Result<String, ParseError> {
-    let mut dump = parse_dump(text.trim_start_matches([' ', '\t', '\n']))?;
-    dump.tables.sort_by(|a, b| a.name.cmp(&b.name));
+pub fn normalize(text: &str, loose: bool) -> Result<String, ReadError> {
+    let (rules, footprint): (RuleSet, Footprint) =
+        RuleSet::read_with_footprint(text.trim_start_matches([' ', '\t', '\n']))?;
     let mut out = String::with_capacity(text.len());
-    for table in &mut dump.tables {
-        table
-            .chains
-            .sort_by(|a, b| chain_rank(&a.name).cmp(&chain_rank(&b.name)));
-        for chain in &mut table.chains {
-            sort_chain(&table.name, chain, loose);
-        }
+    for table in rules.table_names() {
+        let deleted = footprint
+            .table(table)
+            .map(|t| t.deleted.as_slice())
+            .unwrap_or_default();
+        // The chains the text deleted keep their chain line and get their `-X`.
+        let mut chains: Vec<(&Chain, bool)> = rules
+            .chains(table)
+            .map(|c| (c, false))
+            .chain(deleted.iter().map(|c| (c, true)))
+            .collect();
+        chains.sort_by(|(a, _), (b, _)| chain_rank(&a.name).cmp(&chain_rank(&b.name)));
         out.push('*');
-        out.push_str(&table.name);
+        out.push_str(table);
         out.push('\n');
-        for chain in &table.chains {
+        for (chain, _) in &chains {
             out.push_str(&format!(
                 ":{} {} [{}:{}]\n",
-                chain.name, chain.policy, chain.counters.0, chain.counters.1
+                chain.name,
+                chain.policy.as_deref().unwrap_or("-"),
+                chain.counters.0,
+                chain.counters.1
             ));
         }
-        for chain in &table.chains {
-            for rule in &chain.rules {
+        for (chain, _) in &chains {
+            let mut rules: Vec<&str> = chain.rules.iter().map(String::as_str).collect();
+            sort_chain(table, &chain.name, &mut rules, loose);
+            for rule in rules {
                 out.push_str(rule);
                 out.push('\n');
             }
         }
-        for chain in table.chains.iter().filter(|c| c.deleted) {
+        for (chain, _) in chains.iter().filter(|(_, deleted)| *deleted) {
             out.push_str("-X ");
             out.push_str(&chain.name);
             out.push('\n');
@@ -77,31 +93,23 @@ pub fn normalize(text: &str, loose: bool) -> Result<String, ParseError> {
     Ok(out)
 }
 
-fn sort_chain(table: &str, chain: &mut ChainDump, loose: bool) {
+fn sort_chain(table: &str, chain: &str, rules: &mut [&str], loose: bool) {
     let by_service = matches!(
-        (table, chain.name.as_str()),
+        (table, chain),
         ("filter" | "nat", "KUBE-NODEPORTS") | ("filter", "KUBE-SERVICES")
     ) || (loose
         && table == "filter"
-        && matches!(
-            chain.name.as_str(),
-            "KUBE-EXTERNAL-SERVICES" | "KUBE-PROXY-FIREWALL"
-        ));
-    let nat_services = table == "nat" && chain.name == "KUBE-SERVICES";
-    let rules = &mut chain.rules;
+        && matches!(chain, "KUBE-EXTERNAL-SERVICES" | "KUBE-PROXY-FIREWALL"));
+    let nat_services = table == "nat" && chain == "KUBE-SERVICES";
     if loose && (by_service || nat_services) {
         rules.sort_by(|a, b| {
-            (is_last_rule(a), service_name_of(a), a.as_str()).cmp(&(
-                is_last_rule(b),
-                service_name_of(b),
-                b.as_str(),
-            ))
+            (is_last_rule(a), service_name_of(a), a).cmp(&(is_last_rule(b), service_name_of(b), b))
         });
     } else if by_service {
-        rules.sort_by(|a, b| service_name_of(a).cmp(service_name_of(b)));
+        rules.sort_by(|a, b| service_name_of(a).cmp(&service_name_of(b)));
     } else if nat_services {
         rules.sort_by(|a, b| match (is_last_rule(a), is_last_rule(b)) {
-            (false, false) => service_name_of(a).cmp(service_name_of(b)),
+            (false, false) => service_name_of(a).cmp(&service_name_of(b)),
             (last_a, last_b) => last_a.cmp(&last_b),
         });
     }

@@ -6,12 +6,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use chainsmith_iptables::RuleSet;
 use chainsmith_layout::Layout;
 use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpNet, LoadBalancerIngress,
     LocalTrafficDetector, NodeConfig, ObjectKey, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
-use chainsmith_restore::RuleSet;
 use chainsmith_sync::{FULL_SYNC_PERIOD_MS, PartialSyncMode, SyncEngine, SyncKind};
 
 fn node() -> NodeConfig {
@@ -169,16 +169,16 @@ fn deleting_a_service_deletes_every_one_of_its_chains() {
         // Service 0 is a LoadBalancer with source ranges and eTP Local: SVC, SVL,
         // EXT, FW and two SEP chains.
         let before = kernel
-            .chain_names("nat")
-            .filter(|c| c.starts_with("KUBE-") && c.len() > 20)
+            .chains("nat")
+            .filter(|c| c.name.starts_with("KUBE-") && c.name.len() > 20)
             .count();
         engine.replace_state(&services[1..], &slices[1..]);
         let (_, payload) = sync(&mut engine, &mut kernel, 1000);
         let deleted = payload.lines().filter(|l| l.starts_with("-X ")).count();
         assert_eq!(deleted, 6, "{mode:?}:\n{payload}");
         let after = kernel
-            .chain_names("nat")
-            .filter(|c| c.starts_with("KUBE-") && c.len() > 20)
+            .chains("nat")
+            .filter(|c| c.name.starts_with("KUBE-") && c.name.len() > 20)
             .count();
         assert_eq!(before - after, 6);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The tracer's errors: text it cannot load. Odd rules never fail a trace;
 //! they become warnings beside the result.
 
+use chainsmith_iptables::ReadError;
 use thiserror::Error;
 
 /// Why a ruleset or a rule could not be read.
@@ -17,4 +18,13 @@ pub enum TraceError {
     /// A line that is not a rule at all (it must start with `-A CHAIN`).
     #[error("not a rule (expected \"-A CHAIN ...\"): {0:?}")]
     NotARule(String),
+}
+
+impl From<ReadError> for TraceError {
+    fn from(error: ReadError) -> TraceError {
+        TraceError::Load {
+            line: error.line,
+            message: error.message,
+        }
+    }
 }

@@ -1,7 +1,11 @@
 //! The packet tracer: what the kernel does with one packet, given a ruleset.
 //!
-//! This crate owns the *reading* of rules as the kernel evaluates them. Input: a
-//! ruleset — any `iptables-save` dump (canonical argument order, `/32`,
+//! This crate owns the *meaning* of rules as the kernel evaluates them; the
+//! text itself (words, tables, chains, `--noflush` semantics) is read by
+//! `chainsmith_iptables::RuleSet`, and each rule is parsed here into what it
+//! matches and does ([`ParsedRule`]).
+//!
+//! Input: a ruleset — any `iptables-save` dump (canonical argument order, `/32`,
 //! `--set-xmark`, ...) or kube-proxy restore payloads applied one after another
 //! ([`Ruleset::from_dump`], [`Ruleset::apply`]), optionally completed with the
 //! jumps kube-proxy inserts into the built-in chains
@@ -34,5 +38,5 @@ pub use error::TraceError;
 pub use kernel::{Action, MAX_BRANCHES, Outcome, Step, Trace, Verdict, trace};
 pub use packet::{CtState, Node, Origin, Packet};
 pub use rule::{Match, ParsedRule, PortField, PortRange, RecentAction, Target};
-pub use ruleset::{Chain, Ruleset, builtin_chains};
+pub use ruleset::{Chain, Ruleset};
 pub use upstream::{UpstreamTrace, trace_upstream_test, trace_upstream_test_detailed};

@@ -15,6 +15,7 @@
 
 use std::net::IpAddr;
 
+use chainsmith_iptables::{Word, is_builtin_target, words};
 use chainsmith_model::{parse_cidr_sloppy, parse_ip_sloppy};
 use ipnet::IpNet;
 
@@ -257,82 +258,6 @@ pub enum Target {
     Unknown(String),
 }
 
-/// Targets provided by iptables extensions: never chain names.
-const EXTENSION_TARGETS: &[&str] = &[
-    "AUDIT",
-    "CHECKSUM",
-    "CLASSIFY",
-    "CLUSTERIP",
-    "CONNMARK",
-    "CONNSECMARK",
-    "CT",
-    "DSCP",
-    "ECN",
-    "HL",
-    "HMARK",
-    "IDLETIMER",
-    "LED",
-    "LOG",
-    "NETMAP",
-    "NFLOG",
-    "NFQUEUE",
-    "NOTRACK",
-    "QUEUE",
-    "RATEEST",
-    "REDIRECT",
-    "SECMARK",
-    "SET",
-    "SYNPROXY",
-    "TCPMSS",
-    "TCPOPTSTRIP",
-    "TEE",
-    "TOS",
-    "TPROXY",
-    "TRACE",
-    "TTL",
-    "ULOG",
-];
-
-/// One word of a rule line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Word {
-    pub(crate) text: String,
-    /// It was written in double quotes.
-    pub(crate) quoted: bool,
-}
-
-/// Splits a line into words: whitespace separates, a double-quoted string is
-/// one word (quotes removed, `\"` and `\\` unescaped as iptables-save writes them).
-pub(crate) fn tokenize(line: &str) -> Vec<Word> {
-    let mut words = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let Some(&first) = chars.peek() else {
-            return words;
-        };
-        let mut text = String::new();
-        if first == '"' {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => break,
-                    '\\' if matches!(chars.peek(), Some('"' | '\\')) => {
-                        text.extend(chars.next());
-                    }
-                    c => text.push(c),
-                }
-            }
-            words.push(Word { text, quoted: true });
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                text.push(c);
-            }
-            words.push(Word { text, quoted: false });
-        }
-    }
-}
-
 /// The kernel's 31-bit quantisation of a `statistic` probability.
 fn quantize_probability(p: f64) -> f64 {
     const SCALE: f64 = 2_147_483_648.0; // 0x80000000
@@ -454,11 +379,11 @@ impl ParsedRule {
     /// [`Match::Unknown`] / [`Target::Unknown`].
     pub fn parse(line: &str) -> Result<ParsedRule, TraceError> {
         let text = line.trim();
-        let words = tokenize(text);
+        let words: Vec<Word> = words(text).collect();
         let (Some(command), Some(chain)) = (words.first(), words.get(1)) else {
             return Err(TraceError::NotARule(line.to_string()));
         };
-        if !matches!(command.text.as_str(), "-A" | "--append") || chain.text.starts_with('-') {
+        if !matches!(&*command.text, "-A" | "--append") || chain.text.starts_with('-') {
             return Err(TraceError::NotARule(line.to_string()));
         }
         let mut parser = Parser {
@@ -472,7 +397,7 @@ impl ParsedRule {
         };
         parser.run(&words[2..]);
         Ok(ParsedRule {
-            chain: chain.text.clone(),
+            chain: chain.text.to_string(),
             text: text.to_string(),
             comment: parser.comment,
             matches: parser.matches,
@@ -517,7 +442,7 @@ impl Parser {
         let mut i = 0;
         while let Some(word) = words.get(i) {
             i += 1;
-            let option = word.text.as_str();
+            let option = &*word.text;
             if option == "!" && !word.quoted {
                 negated = true;
                 continue;
@@ -783,7 +708,7 @@ impl Parser {
                 self.target_name = Some(name.to_string());
                 Target::Unknown(name.to_string())
             }
-            _ if EXTENSION_TARGETS.contains(&name) || name.is_empty() || name.starts_with('-') => {
+            _ if is_builtin_target(name) || name.is_empty() || name.starts_with('-') => {
                 self.target_name = Some(name.to_string());
                 Target::Unknown(name.to_string())
             }
@@ -874,7 +799,7 @@ fn take_value(words: &[Word], i: &mut usize, negated: &mut bool) -> Option<Strin
         *negated = !*negated;
         *i += 1;
     }
-    let value = words.get(*i).map(|w| w.text.clone());
+    let value = words.get(*i).map(|w| w.text.to_string());
     if value.is_some() {
         *i += 1;
     }

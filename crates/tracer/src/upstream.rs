@@ -7,11 +7,12 @@
 //! `--ctstate`). Upstream asserts its packet flows in this form, so this is how
 //! they are checked.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use chainsmith_iptables::words;
 use chainsmith_model::Protocol;
-use chainsmith_restore::parse::split_words;
 
 use crate::ruleset::Ruleset;
 
@@ -74,7 +75,8 @@ type UpstreamRule = BTreeMap<String, (bool, String)>;
 /// Upstream's non-strict rule parser: `-m MODULE` skipped, `!` negates the
 /// next parameter, unknown words ignored; `None` where upstream fails.
 fn parse_upstream_rule(rule: &str) -> Option<UpstreamRule> {
-    let words = split_words(rule);
+    let texts: Vec<Cow<str>> = words(rule).map(|w| w.text).collect();
+    let words: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
     if words.len() < 3 || words.first() != Some(&"-A") {
         return None;
     }

@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
+use chainsmith_iptables::{RuleSet, words};
 use chainsmith_layout::Layout;
 use chainsmith_model::{EndpointSlice, IpFamily, IpNet, NodeConfig, Service};
 use chainsmith_naming::ChainName;
 use chainsmith_planner::{Plan, PortKey};
 use chainsmith_restore::normalize::{consistency_errors, first_difference};
-use chainsmith_restore::parse::split_words;
-use chainsmith_restore::{RuleSet, parse_dump, render_plan};
+use chainsmith_restore::render_plan;
 use chainsmith_sync::{PartialSyncMode, SyncEngine, SyncKind};
 use proptest::prelude::*;
 
@@ -95,20 +95,16 @@ fn check_chain_names(plan: &Plan, text: &str) -> Result<(), TestCaseError> {
 /// The jumps to KUBE-NODEPORTS are the last rules of nat KUBE-SERVICES, and
 /// nothing else jumps there.
 fn check_nodeports_jump_last(text: &str) -> Result<(), TestCaseError> {
-    let dump = parse_dump(text).map_err(|e| TestCaseError::fail(format!("unparseable payload: {e:?}")))?;
+    let rules: RuleSet =
+        RuleSet::read(text).map_err(|e| TestCaseError::fail(format!("unparseable payload: {e:?}")))?;
     let jumps_to_nodeports = |rule: &str| rule.ends_with(" -j KUBE-NODEPORTS");
-    for table in &dump.tables {
-        for chain in &table.chains {
-            let in_services = table.name == "nat" && chain.name == "KUBE-SERVICES";
+    for table in rules.table_names() {
+        for chain in rules.chains(table) {
+            let in_services = table == "nat" && chain.name == "KUBE-SERVICES";
             let mut seen_jump = false;
             for rule in &chain.rules {
                 if jumps_to_nodeports(rule) {
-                    prop_assert!(
-                        in_services,
-                        "{} {} jumps to KUBE-NODEPORTS",
-                        table.name,
-                        chain.name
-                    );
+                    prop_assert!(in_services, "{} {} jumps to KUBE-NODEPORTS", table, chain.name);
                     seen_jump = true;
                 } else {
                     prop_assert!(
@@ -195,9 +191,9 @@ fn addresses_in(text: &str) -> Result<Vec<(String, IpFamily, String)>, TestCaseE
     const ADDRESS_OPTIONS: [&str; 3] = ["-s", "-d", "--to-destination"];
     let mut found = Vec::new();
     for line in text.lines() {
-        let words = split_words(line);
+        let words: Vec<String> = words(line).map(|w| w.text.into_owned()).collect();
         for (i, word) in words.iter().enumerate() {
-            let option_value = i > 0 && ADDRESS_OPTIONS.contains(&words[i - 1]);
+            let option_value = i > 0 && ADDRESS_OPTIONS.contains(&words[i - 1].as_str());
             // A comment is one word; look at its parts too.
             for part in word.split_whitespace() {
                 match family_of_word(part) {

@@ -12,11 +12,12 @@
 
 use std::net::IpAddr;
 
+use chainsmith_iptables::RuleSet;
 use chainsmith_layout::Layout;
 use chainsmith_model::{EndpointSlice, IpFamily, LoadBalancerIpMode, NodeConfig, Protocol, Service};
 use chainsmith_planner::Plan;
 use chainsmith_restore::normalize::first_difference;
-use chainsmith_restore::{RuleSet, render_plan};
+use chainsmith_restore::render_plan;
 use chainsmith_sync::{PartialSyncMode, SyncEngine, SyncKind};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
