@@ -40,13 +40,7 @@ const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
 /// Every jump of the v1.33 layout, in upstream's insertion order
 /// (`iptablesJumpChains` followed by the kubelet firewall jumps).
 pub const BUILTIN_JUMPS: [BuiltinJump; 14] = [
-    jump(
-        Table::Filter,
-        "INPUT",
-        "KUBE-EXTERNAL-SERVICES",
-        NEW,
-        "kubernetes externally-visible service portals",
-    ),
+    INPUT_TO_EXTERNAL_SERVICES,
     jump(
         Table::Filter,
         "FORWARD",
@@ -68,20 +62,8 @@ pub const BUILTIN_JUMPS: [BuiltinJump; 14] = [
         NEW,
         "kubernetes service portals",
     ),
-    jump(
-        Table::Filter,
-        "OUTPUT",
-        "KUBE-SERVICES",
-        NEW,
-        "kubernetes service portals",
-    ),
-    jump(
-        Table::Filter,
-        "FORWARD",
-        "KUBE-FORWARD",
-        &[],
-        "kubernetes forwarding rules",
-    ),
+    OUTPUT_TO_SERVICES,
+    FORWARD_TO_FORWARD,
     jump(
         Table::Filter,
         "INPUT",
@@ -114,33 +96,42 @@ pub const BUILTIN_JUMPS: [BuiltinJump; 14] = [
 /// followed by the kubelet's firewall jumps: no `KUBE-PROXY-FIREWALL`, no
 /// `KUBE-NODEPORTS` in filter, `KUBE-SERVICES` in filter only from OUTPUT.
 pub const V1_10_JUMPS: [BuiltinJump; 8] = [
-    jump(
-        Table::Filter,
-        "INPUT",
-        "KUBE-EXTERNAL-SERVICES",
-        NEW,
-        "kubernetes externally-visible service portals",
-    ),
-    jump(
-        Table::Filter,
-        "OUTPUT",
-        "KUBE-SERVICES",
-        NEW,
-        "kubernetes service portals",
-    ),
+    INPUT_TO_EXTERNAL_SERVICES,
+    OUTPUT_TO_SERVICES,
     NAT_JUMPS[0],
     NAT_JUMPS[1],
     NAT_JUMPS[2],
-    jump(
-        Table::Filter,
-        "FORWARD",
-        "KUBE-FORWARD",
-        &[],
-        "kubernetes forwarding rules",
-    ),
+    FORWARD_TO_FORWARD,
     KUBELET_FIREWALL_JUMPS[0],
     KUBELET_FIREWALL_JUMPS[1],
 ];
+
+/// filter INPUT -> KUBE-EXTERNAL-SERVICES for new connections, in both layouts.
+const INPUT_TO_EXTERNAL_SERVICES: BuiltinJump = jump(
+    Table::Filter,
+    "INPUT",
+    "KUBE-EXTERNAL-SERVICES",
+    NEW,
+    "kubernetes externally-visible service portals",
+);
+
+/// filter OUTPUT -> KUBE-SERVICES for new connections, in both layouts.
+const OUTPUT_TO_SERVICES: BuiltinJump = jump(
+    Table::Filter,
+    "OUTPUT",
+    "KUBE-SERVICES",
+    NEW,
+    "kubernetes service portals",
+);
+
+/// filter FORWARD -> KUBE-FORWARD, in both layouts.
+const FORWARD_TO_FORWARD: BuiltinJump = jump(
+    Table::Filter,
+    "FORWARD",
+    "KUBE-FORWARD",
+    &[],
+    "kubernetes forwarding rules",
+);
 
 /// The nat jumps, the same in both layouts.
 const NAT_JUMPS: [BuiltinJump; 3] = [
@@ -223,5 +214,28 @@ mod tests {
             ]
         );
         assert_eq!(BUILTIN_JUMPS[13].args(), ["-j", "KUBE-FIREWALL"]);
+    }
+
+    /// `shared/spec/kube-proxy-v1.10.md` section 3, in its order, then the
+    /// kubelet's two.
+    #[test]
+    fn v1_10_jumps_are_the_specs() {
+        let rules: Vec<String> = V1_10_JUMPS
+            .iter()
+            .map(|j| format!("{} {} {}", j.table.as_str(), j.from, j.args().join(" ")))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "filter INPUT -m conntrack --ctstate NEW -m comment --comment kubernetes externally-visible service portals -j KUBE-EXTERNAL-SERVICES",
+                "filter OUTPUT -m conntrack --ctstate NEW -m comment --comment kubernetes service portals -j KUBE-SERVICES",
+                "nat OUTPUT -m comment --comment kubernetes service portals -j KUBE-SERVICES",
+                "nat PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES",
+                "nat POSTROUTING -m comment --comment kubernetes postrouting rules -j KUBE-POSTROUTING",
+                "filter FORWARD -m comment --comment kubernetes forwarding rules -j KUBE-FORWARD",
+                "filter INPUT -j KUBE-FIREWALL",
+                "filter OUTPUT -j KUBE-FIREWALL",
+            ]
+        );
     }
 }
