@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (README "Run the tests"): formatting, lints, every
-# test including the real-kernel ones, and the conformance suite's independent
-# Python checker as a second opinion. Exits non-zero on any failure.
+# The project's test command (README "Run the tests"): formatting, lints, the
+# dependency policy, every test including the real-kernel ones, and the
+# conformance suite's independent Python checker as a second opinion. Exits
+# non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== dependency policy (scripts/deny.sh: licences, bans, sources)"
+scripts/deny.sh
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== conformance, second opinion (check.py)"

@@ -24,9 +24,19 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `0.1.0 (commit 1a2b3c4d5e6f, built 2026-12-03T12:00:00Z)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CHAINSMITH_GIT_COMMIT"),
+    ", built ",
+    env!("CHAINSMITH_BUILD_DATE"),
+    ")"
+);
+
 /// kube-proxy's iptables mode as a declarative rule compiler.
 #[derive(Debug, Parser)]
-#[command(name = "chainsmith", version, about, long_about = None)]
+#[command(name = "chainsmith", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

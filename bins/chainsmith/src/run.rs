@@ -192,7 +192,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         tracing::info!(?families, "node prepared");
         return Ok(());
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?settings.proxy, "starting");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = env!("CHAINSMITH_GIT_COMMIT"),
+        built = env!("CHAINSMITH_BUILD_DATE"),
+        config = ?settings.proxy,
+        "starting"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,0 +1,1 @@
+//! A stand-in for a GPL-3.0 library (see ../Cargo.toml).
