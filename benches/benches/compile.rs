@@ -89,7 +89,7 @@ fn phases(c: &mut Criterion) {
             let mut sink = CountingSink::default();
             let layout = Layout::V1_33;
             for port in &plan.ports {
-                layout.emit_filter(port, &plan.ctx, &mut sink);
+                layout.emit_filter(port, &mut sink);
                 layout.emit_nat(port, &plan.ctx, false, true, &mut sink);
             }
             black_box(sink.rules)

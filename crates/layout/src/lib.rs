@@ -124,10 +124,10 @@ impl Layout {
 
     /// One port's filter rules, in the layout's order.
     #[inline]
-    pub fn emit_filter(self, port: &ServicePortPlan, ctx: &NodeContext, sink: &mut impl RuleSink) {
+    pub fn emit_filter(self, port: &ServicePortPlan, sink: &mut impl RuleSink) {
         match self {
             Layout::V1_33 => v1_33::emit_filter(port, sink),
-            Layout::V1_10 => v1_10::emit_filter(port, ctx, sink),
+            Layout::V1_10 => v1_10::emit_filter(port, sink),
         }
     }
 
@@ -201,7 +201,7 @@ impl Layout {
     /// How many rules one port contributes, for the rule metrics.
     pub fn rule_counts(self, port: &ServicePortPlan, ctx: &NodeContext) -> PortRuleCounts {
         let mut filter = CountingSink::default();
-        self.emit_filter(port, ctx, &mut filter);
+        self.emit_filter(port, &mut filter);
         let mut counts = PortRuleCounts {
             filter: filter.rules,
             ..PortRuleCounts::default()

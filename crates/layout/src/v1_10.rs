@@ -174,7 +174,7 @@ struct PortText<'p> {
     cluster_ip: String,
     external_ips: Vec<String>,
     load_balancer_ips: Vec<String>,
-    host_suffix: &'static str,
+    family: IpFamily,
     /// Lower-case protocol, a chain-hash input.
     protocol: &'static str,
     /// An unnamed port, whose v1.10 name (with its colon) hashes differently
@@ -194,7 +194,8 @@ impl<'p> PortText<'p> {
         };
         let hash = ServicePortChains::new(&name, protocol);
         let addresses = &info.addresses;
-        let host_suffix = match IpFamily::of(&addresses.cluster_ip.value) {
+        let family = IpFamily::of(&addresses.cluster_ip.value);
+        let host_suffix = match family {
             IpFamily::V4 => "/32",
             IpFamily::V6 => "/128",
         };
@@ -218,7 +219,7 @@ impl<'p> PortText<'p> {
                 .iter()
                 .map(|ip| host(&ip.text))
                 .collect(),
-            host_suffix,
+            family,
             protocol,
             renamed,
             name,
@@ -345,7 +346,7 @@ pub(crate) fn own_chains(port: &ServicePortPlan) -> Vec<ChainName> {
     chains
 }
 
-pub(crate) fn emit_filter(port: &ServicePortPlan, _ctx: &NodeContext, sink: &mut impl RuleSink) {
+pub(crate) fn emit_filter(port: &ServicePortPlan, sink: &mut impl RuleSink) {
     let text = PortText::new(port);
     if text.has_endpoints() {
         return;
@@ -441,13 +442,6 @@ pub(crate) fn emit_nat(port: &ServicePortPlan, ctx: &NodeContext, sink: &mut imp
         svc
     };
     let fw = text.fw.as_str();
-    let node_ip = config.node_ip;
-    let admits_node = node_ip.is_some_and(|ip| {
-        info.addresses
-            .source_ranges
-            .iter()
-            .any(|range| range.value.contains(&ip))
-    });
     for vip in &text.load_balancer_ips {
         let comment = Arg::Comment([name, " loadbalancer IP", ""]);
         emit(
@@ -465,7 +459,7 @@ pub(crate) fn emit_nat(port: &ServicePortPlan, ctx: &NodeContext, sink: &mut imp
             for range in &info.addresses.source_ranges {
                 emit(sink, fw, &[comment, source(&range.text)], policy);
             }
-            if admits_node {
+            if port.firewall_admits_node() {
                 emit(sink, fw, &[comment, source(vip)], policy);
             }
         }
@@ -479,9 +473,9 @@ pub(crate) fn emit_nat(port: &ServicePortPlan, ctx: &NodeContext, sink: &mut imp
             Arg::DestinationPort(info.node_port),
         ];
         if text.local {
-            let loopback = match text.host_suffix {
-                "/32" => "127.0.0.0/8",
-                _ => "::1/128",
+            let loopback = match text.family {
+                IpFamily::V4 => "127.0.0.0/8",
+                IpFamily::V6 => "::1/128",
             };
             let [comment, proto, port] = args;
             emit(

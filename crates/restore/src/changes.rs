@@ -291,7 +291,7 @@ impl OwnedRules {
 
 fn port_rules(layout: Layout, port: &ServicePortPlan, ctx: &NodeContext, large_cluster: bool) -> OwnedRules {
     let mut owned = OwnedRules::default();
-    layout.emit_filter(port, ctx, &mut owned.sink(Table::Filter));
+    layout.emit_filter(port, &mut owned.sink(Table::Filter));
     layout.emit_nat(port, ctx, large_cluster, false, &mut owned.sink(Table::Nat));
     for chain in layout.own_chains(port) {
         owned.declare(Table::Nat, chain.as_str());

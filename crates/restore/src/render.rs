@@ -219,7 +219,7 @@ impl PayloadWriter {
         };
         layout.emit_filter_head(ctx, &mut filter);
         for (port, _) in ports() {
-            layout.emit_filter(port, ctx, &mut filter);
+            layout.emit_filter(port, &mut filter);
         }
         layout.emit_filter_tail(ctx, &mut filter);
         let filter_rules = filter.rules;
@@ -297,7 +297,7 @@ impl PayloadWriter {
             };
             layout.emit_filter_head(ctx, &mut sink);
             for port in request.all_ports.clone() {
-                layout.emit_filter(port, ctx, &mut sink);
+                layout.emit_filter(port, &mut sink);
             }
             layout.emit_filter_tail(ctx, &mut sink);
             counts.filter_rules = sink.rules;

@@ -720,7 +720,7 @@ fn shared_texts<'p>(
         key: fixed_key(layout, ctx, Table::Nat),
     };
     for plan in plans {
-        layout.emit_filter(plan, ctx, &mut filter);
+        layout.emit_filter(plan, &mut filter);
         layout.emit_nat(plan, ctx, false, false, &mut nat);
     }
     filter.texts.extend(nat.texts);
