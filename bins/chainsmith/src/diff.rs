@@ -14,7 +14,7 @@ use chainsmith_tracer::{Drift, DriftKind, Ruleset, drift};
 use clap::{Args, ValueEnum};
 
 use crate::input::{self, LayoutArg};
-use crate::trace::{Output, compiled_ruleset};
+use crate::trace::{Output, compiled_ruleset, plan_for_node};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {
@@ -77,7 +77,7 @@ pub fn run(args: &DiffArgs) -> Result<bool> {
     }
     let manifests = input::load_manifests(&args.clusters)?;
     input::report_diagnostics(&manifests.diagnostics);
-    let desired = compiled_ruleset(&node, &manifests, args.layout.layout)?;
+    let desired = compiled_ruleset(&plan_for_node(&node, &manifests), args.layout.layout)?;
     let dump = match (&args.rules, args.live) {
         (Some(path), _) => input::read_text(path)?,
         (None, true) => {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use chainsmith_layout::Layout;
 use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey};
-use chainsmith_planner::{Plan, ServicePortPlan};
+use chainsmith_planner::ServicePortPlan;
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
 use clap::Args;
 
@@ -71,7 +71,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let key = ObjectKey::new(namespace, name);
     let (node, manifests) = input::load_input(args.example, args.node.as_deref(), clusters)?;
     input::report_diagnostics(&manifests.diagnostics);
-    let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
+    let plan = tracing::plan_for_node(&node, &manifests);
     let ports: Vec<&ServicePortPlan> = plan
         .ports
         .iter()
@@ -88,7 +88,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         }
         bail!("no Service {key} in the manifests");
     }
-    let ruleset = tracing::compiled_ruleset(&node, &manifests, args.layout.layout)?;
+    let ruleset = tracing::compiled_ruleset(&plan, args.layout.layout)?;
     let local = Node::new(tracing::local_ips(&node));
     let mut out = String::new();
     for port in ports {

@@ -88,17 +88,22 @@ pub struct TraceArgs {
     output: Output,
 }
 
-/// The compiled rules of a cluster for a node, as the tracer reads them, with
-/// the jumps kube-proxy inserts into the built-in chains.
-pub fn compiled_ruleset(node: &NodeConfig, manifests: &Manifests, layout: Layout) -> Result<Ruleset> {
+/// A cluster planned for a node, with what the planner found printed.
+pub fn plan_for_node(node: &NodeConfig, manifests: &Manifests) -> Plan {
     let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, node);
     input::report_diagnostics(&plan.diagnostics);
-    let payload = String::from_utf8(render_plan(&plan, layout)).context("payload is not UTF-8")?;
+    plan
+}
+
+/// The rules of a plan in a layout, as the tracer reads them, with the
+/// layout's jumps from the built-in chains.
+pub fn compiled_ruleset(plan: &Plan, layout: Layout) -> Result<Ruleset> {
+    let payload = String::from_utf8(render_plan(plan, layout)).context("payload is not UTF-8")?;
     let mut ruleset = Ruleset::new();
     ruleset
         .apply(&payload)
         .context("the compiled payload does not load")?;
-    Ok(ruleset.with_builtin_jumps(node.ip_family, layout.builtin_jumps()))
+    Ok(ruleset.with_builtin_jumps(plan.ctx.family(), layout.builtin_jumps()))
 }
 
 /// The node's own addresses as the node config lists them.
@@ -131,7 +136,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
             }
             let (node, manifests) = input::load_input(args.example, args.node.as_deref(), &args.clusters)?;
             input::report_diagnostics(&manifests.diagnostics);
-            let ruleset = compiled_ruleset(&node, &manifests, layout)?;
+            let ruleset = compiled_ruleset(&plan_for_node(&node, &manifests), layout)?;
             (node, ruleset)
         }
     };
