@@ -548,37 +548,26 @@ impl World {
         self.servers.iter().find(|s| s.pod() == name).expect("server")
     }
 
+    /// The address of this world's family.
+    fn of_family(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> IpAddr {
+        if self.ipv6() { v6.into() } else { v4.into() }
+    }
+
     pub fn node_ip(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::NODE_IPV6.into()
-        } else {
-            Topology::NODE_IPV4.into()
-        }
+        self.of_family(Topology::NODE_IPV4, Topology::NODE_IPV6)
     }
 
     /// Where masqueraded traffic to a pod comes from.
     pub fn node_pod_side(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::NODE_POD_SIDE_IPV6.into()
-        } else {
-            Topology::NODE_POD_SIDE_IPV4.into()
-        }
+        self.of_family(Topology::NODE_POD_SIDE_IPV4, Topology::NODE_POD_SIDE_IPV6)
     }
 
     pub fn client_ip(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::CLIENT_IPV6.into()
-        } else {
-            Topology::CLIENT_IPV4.into()
-        }
+        self.of_family(Topology::CLIENT_IPV4, Topology::CLIENT_IPV6)
     }
 
     pub fn client2_ip(&self) -> IpAddr {
-        if self.ipv6() {
-            Topology::CLIENT2_IPV6.into()
-        } else {
-            Topology::CLIENT2_IPV4.into()
-        }
+        self.of_family(Topology::CLIENT2_IPV4, Topology::CLIENT2_IPV6)
     }
 
     pub fn svc_ip(&self, n: u8) -> IpAddr {
