@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
+use chainsmith_sync::NftSyncEngine;
 use clap::Args;
 
-use crate::input::{self, Example, LayoutArg};
+use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
 
 #[derive(Debug, Args)]
 pub struct CompileArgs {
@@ -26,6 +27,8 @@ pub struct CompileArgs {
     #[arg(long, value_enum, value_name = "NAME")]
     example: Option<Example>,
     #[command(flatten)]
+    mode: ModeArg,
+    #[command(flatten)]
     layout: LayoutArg,
 }
 
@@ -34,12 +37,27 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         None if args.clusters.is_empty() && args.node.is_none() => Some(Example::Default),
         chosen => chosen,
     };
+    args.mode.check_layout(&args.layout)?;
     let (node, manifests) = input::load_input(example, args.node.as_deref(), &args.clusters)?;
-    let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
     input::report_diagnostics(&manifests.diagnostics);
-    input::report_diagnostics(&plan.diagnostics);
+    let output = match args.mode.mode {
+        ProxyMode::Iptables => {
+            let plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
+            input::report_diagnostics(&plan.diagnostics);
+            render_plan(&plan, args.layout.layout)
+        }
+        ProxyMode::Nftables => {
+            // A fresh proxier's first sync: what kube-proxy sends to an empty node.
+            let mut engine = NftSyncEngine::new(node);
+            input::report_diagnostics(engine.context().diagnostics());
+            input::report_diagnostics(engine.nft_context().diagnostics());
+            engine.replace_state(&manifests.services, &manifests.endpoint_slices);
+            input::report_diagnostics(&engine.take_diagnostics());
+            engine.sync(0, false).main.to_text().into_bytes()
+        }
+    };
     std::io::stdout()
         .lock()
-        .write_all(&render_plan(&plan, args.layout.layout))
+        .write_all(&output)
         .context("cannot write to stdout")
 }

@@ -53,6 +53,37 @@ pub struct LayoutArg {
     pub layout: Layout,
 }
 
+/// kube-proxy's proxy modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// iptables-restore input for the filter and nat tables.
+    Iptables,
+    /// `nft -f` input for table `kube-proxy` (families `ip`, `ip6`).
+    Nftables,
+}
+
+/// `--mode`: which proxy mode's rules to write.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ModeArg {
+    /// kube-proxy's proxy mode: `iptables` (in the `--layout` chosen) or
+    /// `nftables` (kube-proxy's nftables mode, which has one layout).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "iptables")]
+    pub mode: ProxyMode,
+}
+
+impl ModeArg {
+    /// Refuses an iptables layout other than the default with nftables mode.
+    pub fn check_layout(&self, layout: &LayoutArg) -> Result<()> {
+        if self.mode == ProxyMode::Nftables && layout.layout != Layout::V1_33 {
+            bail!(
+                "--layout {} is an iptables layout; nftables mode writes kube-proxy's one nftables layout",
+                layout.layout
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The cluster and node to work on: a bundled `--example`, or files.
 pub fn load_input(
     example: Option<Example>,

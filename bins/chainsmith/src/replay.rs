@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use chainsmith_iptables::RuleSet;
-use chainsmith_sync::{PartialSyncMode, SyncEngine, SyncKind};
+use chainsmith_model::IpFamily;
+use chainsmith_nftables::{Family, Table, read_transaction};
+use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
 
-use crate::input::{self, LayoutArg};
-use crate::metrics::RuleMetrics;
+use crate::input::{self, LayoutArg, ModeArg, ProxyMode};
+use crate::metrics::{NftMetrics, RuleMetrics};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum PartialSync {
@@ -24,18 +26,28 @@ pub struct ReplayArgs {
     /// Node and proxier settings (the conformance suite's node.yaml keys).
     #[arg(long, value_name = "NODE.yaml")]
     node: PathBuf,
-    /// Directory for NN.iptables (payload of sync NN) and NN.metrics.
+    /// Directory for the payload of each sync NN (NN.iptables; in nftables
+    /// mode NN.nft, and NN.cleanup.nft when stale chains were deleted first)
+    /// and its metrics (NN.metrics).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// What partial syncs write (the v1.10 layout has none: every sync is full).
-    #[arg(long, value_enum, default_value = "compat")]
-    partial_sync: PartialSync,
+    /// What iptables partial syncs write (default compat; the v1.10 layout has
+    /// none: every sync is full).
+    #[arg(long, value_enum)]
+    partial_sync: Option<PartialSync>,
+    /// nftables mode: the kernel's ruleset before the first sync, in dump form
+    /// (`add table ...` lines), as a restarted proxier finds it.
+    #[arg(long, value_name = "FILE")]
+    existing_ruleset: Option<PathBuf>,
     /// Syncs (1-based) to force full, as after a failed restore or a flush.
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     full_sync_at: Vec<usize>,
-    /// The simulated second at which each sync runs (default: all at 0).
+    /// The simulated second at which each sync runs (default: all at 0). In
+    /// nftables mode it decides when stale chains are old enough to delete.
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',')]
     clock: Vec<f64>,
+    #[command(flatten)]
+    mode: ModeArg,
     #[command(flatten)]
     layout: LayoutArg,
     /// Complete cluster states, one per sync (objects not listed are deleted).
@@ -61,14 +73,32 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             args.states.len()
         );
     }
+    args.mode.check_layout(&args.layout)?;
     let clock_ms = clock_millis(&args.clock)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    match args.mode.mode {
+        ProxyMode::Iptables => {
+            if args.existing_ruleset.is_some() {
+                bail!("--existing-ruleset is an nftables ruleset; give it with --mode nftables");
+            }
+            replay_iptables(args, &clock_ms)
+        }
+        ProxyMode::Nftables => {
+            if args.partial_sync.is_some() {
+                bail!("--partial-sync chooses iptables partial syncs; nftables mode has upstream's only");
+            }
+            replay_nftables(args, &clock_ms)
+        }
+    }
+}
+
+fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
     let node = input::load_node(Some(&args.node))?;
     let family = node.ip_family;
-    let mode = match args.partial_sync {
+    let mode = match args.partial_sync.unwrap_or(PartialSync::Compat) {
         PartialSync::Compat => PartialSyncMode::Compat,
         PartialSync::Minimal => PartialSyncMode::Minimal,
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut engine = SyncEngine::with_layout(node, mode, args.layout.layout);
     input::report_diagnostics(engine.context().diagnostics());
     // Every payload is applied to a model of the kernel's tables, which refuses
@@ -109,6 +139,75 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             counts.filter_last,
             counts.nat_last,
             counts.nat_deleted_chains,
+            state.display()
+        );
+    }
+    Ok(())
+}
+
+/// nftables mode: every transaction goes through a model of the kernel's
+/// table, which refuses what the kernel would refuse.
+fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
+    let node = input::load_node(Some(&args.node))?;
+    let ip_family = node.ip_family;
+    let family = match ip_family {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    };
+    let mut engine = NftSyncEngine::new(node);
+    input::report_diagnostics(engine.context().diagnostics());
+    input::report_diagnostics(engine.nft_context().diagnostics());
+    let mut kernel = Table::new(family);
+    if let Some(path) = &args.existing_ruleset {
+        let text = input::read_text(path)?;
+        let existing = read_transaction(&text, family).with_context(|| format!("{}", path.display()))?;
+        kernel
+            .apply(&existing)
+            .with_context(|| format!("{} is not a ruleset the kernel could hold", path.display()))?;
+        engine.set_existing(&kernel);
+    }
+    let mut stderr = std::io::stderr().lock();
+    for (index, state) in args.states.iter().enumerate() {
+        let step = index + 1;
+        let manifests = input::load_manifests(&[state])?;
+        input::report_diagnostics(&manifests.diagnostics);
+        engine.replace_state(&manifests.services, &manifests.endpoint_slices);
+        input::report_diagnostics(&engine.take_diagnostics());
+        let now_ms = clock_ms.get(index).copied().unwrap_or(0);
+        let outcome = engine.sync(now_ms, args.full_sync_at.contains(&step));
+        let refused = |what: &str| {
+            format!(
+                "sync {step} ({}) produced a {what} transaction the kernel would refuse",
+                state.display()
+            )
+        };
+        if let Some(cleanup) = &outcome.cleanup {
+            kernel.apply(cleanup).with_context(|| refused("cleanup"))?;
+            write(
+                &args.out.join(format!("{step:02}.cleanup.nft")),
+                &cleanup.to_text(),
+            )?;
+        }
+        let main = outcome.main.to_text();
+        kernel.apply(&outcome.main).with_context(|| refused("main"))?;
+        engine.commit(true, true);
+        write(&args.out.join(format!("{step:02}.nft")), &main)?;
+        let metrics = NftMetrics::new()?;
+        metrics.record(ip_family, &outcome.counts, &engine.counters(), main.len());
+        write(&args.out.join(format!("{step:02}.metrics")), &metrics.encode()?)?;
+        let kind = match outcome.kind {
+            SyncKind::Full => "full",
+            SyncKind::Partial => "partial",
+        };
+        let _ = writeln!(
+            stderr,
+            "{step:02} {kind:<7} {} operations, {} bytes, {} chains written, {} element changes, {} chains flushed as stale, {} deleted ({})",
+            outcome.main.len(),
+            main.len(),
+            outcome.counts.chains_written,
+            outcome.counts.element_changes,
+            outcome.counts.stale_flushed,
+            outcome.counts.stale_deleted,
             state.display()
         );
     }

@@ -1,8 +1,9 @@
 //! The layering of the workspace, checked rather than hoped for.
 //!
 //! Data flows one way: Kubernetes objects -> model -> plan (decisions) ->
-//! layout (rules) -> restore text -> kernel. The crates that compute (model,
-//! naming, iptables, planner, layout, restore, sync, tracer) are
+//! layout (rules) -> restore or nft text -> kernel. The crates that compute
+//! (model, naming, iptables, nftables, planner, layout, nft-layout, restore,
+//! sync, tracer) are
 //! pure: no async runtime, no Kubernetes client, no HTTP, no metrics registry,
 //! no randomness, no processes, files or clocks. Only the translation crate
 //! and the node crate know `k8s-openapi`; only the applier, the node crate and
@@ -26,8 +27,9 @@ fn workspace_root() -> PathBuf {
 /// The seam between decisions and rules: the planner decides (and knows no
 /// rule vocabulary), a layout turns decisions into rules of the iptables
 /// vocabulary, the renderer spells them. A new layout is a module of
-/// `chainsmith-layout`; a new backend (nftables) is a crate beside
-/// `chainsmith-layout` and `chainsmith-restore` that reads the same plans.
+/// `chainsmith-layout`; nftables mode is `chainsmith-nft-layout`, beside it,
+/// reading the same plans and writing the nftables vocabulary
+/// (`chainsmith-nftables`), which knows nothing of iptables or the planner.
 /// The tracer, applier and test kit share the vocabulary, the fixed chain
 /// layout and the reading of iptables text (`chainsmith-iptables`) without the
 /// planner; the tracer needs nothing of the renderer.
@@ -35,6 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("chainsmith-model", &[]),
     ("chainsmith-naming", &[]),
     ("chainsmith-iptables", &["chainsmith-model"]),
+    ("chainsmith-nftables", &[]),
     ("chainsmith-k8s", &["chainsmith-model"]),
     ("chainsmith-planner", &["chainsmith-model", "chainsmith-naming"]),
     (
@@ -43,6 +46,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-iptables",
             "chainsmith-model",
             "chainsmith-naming",
+            "chainsmith-planner",
+        ],
+    ),
+    (
+        "chainsmith-nft-layout",
+        &[
+            "chainsmith-model",
+            "chainsmith-naming",
+            "chainsmith-nftables",
             "chainsmith-planner",
         ],
     ),
@@ -63,6 +75,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-layout",
             "chainsmith-model",
             "chainsmith-naming",
+            "chainsmith-nft-layout",
+            "chainsmith-nftables",
             "chainsmith-planner",
             "chainsmith-restore",
         ],
@@ -101,8 +115,10 @@ const PURE: &[&str] = &[
     "chainsmith-model",
     "chainsmith-naming",
     "chainsmith-iptables",
+    "chainsmith-nftables",
     "chainsmith-planner",
     "chainsmith-layout",
+    "chainsmith-nft-layout",
     "chainsmith-restore",
     "chainsmith-sync",
     "chainsmith-tracer",

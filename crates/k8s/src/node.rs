@@ -30,6 +30,8 @@ struct NodeFile {
     masquerade_all: Option<bool>,
     localhost_node_ports: Option<bool>,
     node_port_addresses: Option<Vec<String>>,
+    #[serde(rename = "serviceCIDRs")]
+    service_cidrs: Option<Vec<String>>,
     iptables_has_random_fully: Option<bool>,
     #[serde(rename = "conntrackTCPBeLiberal")]
     conntrack_tcp_be_liberal: Option<bool>,
@@ -133,6 +135,10 @@ impl NodeFile {
         set(&mut cfg.localhost_node_ports, self.localhost_node_ports);
         if let Some(list) = self.node_port_addresses {
             cfg.node_port_addresses = node_port_addresses(&list, cfg.node_ip)?;
+        }
+        for (i, text) in self.service_cidrs.into_iter().flatten().enumerate() {
+            cfg.service_cidrs
+                .push(cidr_of(&format!("serviceCIDRs[{i}]"), &text)?);
         }
         set(&mut cfg.iptables_has_random_fully, self.iptables_has_random_fully);
         set(&mut cfg.conntrack_tcp_be_liberal, self.conntrack_tcp_be_liberal);

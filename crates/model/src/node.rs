@@ -90,6 +90,9 @@ pub struct NodeConfig {
     pub localhost_node_ports: bool,
     /// `--nodeport-addresses`; empty means every local address.
     pub node_port_addresses: Vec<IpNet>,
+    /// The cluster's Service CIDRs (nftables mode drops traffic to addresses
+    /// in them that no Service holds); only those of `ip_family` are used.
+    pub service_cidrs: Vec<IpNet>,
     /// The local iptables supports `--random-fully`.
     pub iptables_has_random_fully: bool,
     /// sysctl `nf_conntrack_tcp_be_liberal` is non-zero.
@@ -117,6 +120,7 @@ impl Default for NodeConfig {
             masquerade_all: false,
             localhost_node_ports: true,
             node_port_addresses: Vec::new(),
+            service_cidrs: Vec::new(),
             iptables_has_random_fully: true,
             conntrack_tcp_be_liberal: false,
             nfacct: NfacctCounters {

@@ -97,7 +97,8 @@ impl Protocol {
         }
     }
 
-    /// The lower-case spelling iptables uses (`-p tcp`), also part of chain-name hashes.
+    /// The lower-case spelling iptables and nftables use (`-p tcp`, `meta l4proto
+    /// tcp`), also part of chain-name hashes.
     pub fn as_iptables(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",

@@ -1,4 +1,5 @@
-//! Chain names, byte-identical to upstream kube-proxy's iptables mode.
+//! Chain names, byte-identical to upstream kube-proxy's: iptables mode here,
+//! nftables mode's readable names in [`nft`].
 //!
 //! Per-service-port chains are `KUBE-SVC-`, `KUBE-SVL-`, `KUBE-EXT-` or `KUBE-FW-`
 //! followed by the first 16 characters of `base32(sha256(NAME + protocol))`, where
@@ -13,6 +14,8 @@
 //! kube-proxy names are at most 25 bytes and iptables allows 28.
 
 use std::fmt;
+
+pub mod nft;
 
 use arrayvec::ArrayString;
 use sha2::{Digest, Sha256};

@@ -151,6 +151,9 @@ pub fn node_config(
         masquerade_all: proxy.masquerade_all,
         localhost_node_ports: proxy.localhost_node_ports,
         node_port_addresses,
+        // Read from ServiceCIDR objects once the node runs nftables mode; iptables
+        // mode has no rule that uses them.
+        service_cidrs: Vec::new(),
         iptables_has_random_fully: facts.random_fully,
         conntrack_tcp_be_liberal: facts.tcp_be_liberal,
         nfacct: facts.nfacct,

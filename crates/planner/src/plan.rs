@@ -259,6 +259,14 @@ impl ServicePortPlan {
         self.uses_fw
     }
 
+    /// The Service restricts who may reach its load-balancer IPs: it has some,
+    /// and `loadBalancerSourceRanges`. nftables mode filters on this alone,
+    /// endpoints or not; iptables mode only where [`Self::filters_sources`].
+    pub fn restricts_load_balancer_sources(&self) -> bool {
+        let addresses = &self.info.addresses;
+        !addresses.load_balancer_vips.is_empty() && !addresses.source_ranges.is_empty()
+    }
+
     /// Load-balancer traffic from the node itself is admitted by the source
     /// filter (a source range contains the node IP).
     pub fn firewall_admits_node(&self) -> bool {

@@ -1,18 +1,17 @@
 //! The sync engine proper.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chainsmith_iptables::{Rule, RuleSink, Table};
 use chainsmith_layout::Layout;
-use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Protocol, Service};
+use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Service};
 use chainsmith_naming::ChainName;
-use chainsmith_planner::{
-    LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, PortEndpoints, PortKey, ServicePortInfo, ServicePortPlan,
-    distinct_service_ports, endpoints_by_port, plan_service,
-};
+use chainsmith_planner::{LARGE_CLUSTER_ENDPOINTS_THRESHOLD, NodeContext, PortKey, ServicePortPlan};
 use chainsmith_restore::PayloadWriter;
 use chainsmith_restore::render::{ChainRequest, PayloadCounts, write_rule};
+
+use crate::state::{DesiredState, Replanned};
 
 /// Upstream's `FullSyncPeriod`: a full resync at least this often (the
 /// default of [`SyncEngine::set_full_sync_period`]).
@@ -158,12 +157,6 @@ impl Totals {
     }
 }
 
-#[derive(Debug)]
-struct PortEntry {
-    plan: Arc<ServicePortPlan>,
-    counts: PortCounts,
-}
-
 /// What a sync produced, remembered until [`SyncEngine::commit`].
 #[derive(Debug)]
 struct Pending {
@@ -177,19 +170,15 @@ struct Pending {
 /// The sync engine of one IP family. See the crate documentation.
 #[derive(Debug)]
 pub struct SyncEngine {
-    ctx: Arc<NodeContext>,
+    state: DesiredState,
     layout: Layout,
     mode: PartialSyncMode,
     fixed_filter_rules: usize,
     fixed_nat_rules: usize,
-    services: HashMap<ObjectKey, Vec<Arc<ServicePortInfo>>>,
-    slices: HashMap<ObjectKey, BTreeMap<String, EndpointSlice>>,
-    slice_owner: HashMap<ObjectKey, ObjectKey>,
-    endpoints: HashMap<ObjectKey, BTreeMap<(String, Protocol), PortEndpoints>>,
-    ports: BTreeMap<PortKey, PortEntry>,
-    ports_of_service: HashMap<ObjectKey, Vec<PortKey>>,
+    /// The rule counts of every planned port, so that a sync's totals are
+    /// updated from the changed Services alone.
+    counts: HashMap<PortKey, PortCounts>,
     totals: Totals,
-    dirty: BTreeSet<ObjectKey>,
     /// Per-service chains that may exist in the kernel but are no longer wanted.
     stale: BTreeSet<ChainName>,
     needs_full: bool,
@@ -200,7 +189,6 @@ pub struct SyncEngine {
     writer: PayloadWriter,
     full_sync_period_ms: u64,
     counters: SyncCounters,
-    diagnostics: Vec<Diagnostic>,
 }
 
 impl SyncEngine {
@@ -216,19 +204,13 @@ impl SyncEngine {
         let ctx = Arc::new(NodeContext::new(config));
         let (fixed_filter_rules, fixed_nat_rules) = layout.fixed_rule_counts(&ctx);
         SyncEngine {
-            ctx,
+            state: DesiredState::new(ctx),
             layout,
             mode,
             fixed_filter_rules,
             fixed_nat_rules,
-            services: HashMap::new(),
-            slices: HashMap::new(),
-            slice_owner: HashMap::new(),
-            endpoints: HashMap::new(),
-            ports: BTreeMap::new(),
-            ports_of_service: HashMap::new(),
+            counts: HashMap::new(),
             totals: Totals::default(),
-            dirty: BTreeSet::new(),
             stale: BTreeSet::new(),
             needs_full: true,
             last_full_ms: None,
@@ -238,35 +220,29 @@ impl SyncEngine {
             writer: PayloadWriter::new(),
             full_sync_period_ms: FULL_SYNC_PERIOD_MS,
             counters: SyncCounters::default(),
-            diagnostics: Vec::new(),
         }
     }
 
     /// Replaces the node configuration (a changed zone label, pod CIDR, ...):
     /// every Service is planned again and the next sync is a full one.
     pub fn set_config(&mut self, config: NodeConfig) {
-        if *self.ctx.config() == config {
+        if *self.state.context().config() == config {
             return;
         }
         let ctx = NodeContext::new(config);
         (self.fixed_filter_rules, self.fixed_nat_rules) = self.layout.fixed_rule_counts(&ctx);
-        self.ctx = Arc::new(ctx);
-        // What changes at run time (zone labels, the pod CIDR) shapes the plans,
-        // not the derived ports, so re-planning every Service from its stored
-        // ports and slices is enough.
-        let keys: Vec<ObjectKey> = self.services.keys().chain(self.slices.keys()).cloned().collect();
-        self.dirty.extend(keys);
+        self.state.set_context(Arc::new(ctx));
         self.needs_full = true;
     }
 
     /// The Services the engine holds (those with ports of its family).
     pub fn service_keys(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.services.keys()
+        self.state.service_keys()
     }
 
     /// The EndpointSlices the engine holds (those of its family).
     pub fn endpoint_slice_keys(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.slice_owner.keys()
+        self.state.endpoint_slice_keys()
     }
 
     /// How often a full resync runs at the latest (default one hour).
@@ -287,116 +263,40 @@ impl SyncEngine {
     /// Problems found in the objects recorded since the last call (a port
     /// listed twice), each naming the object and field.
     pub fn take_diagnostics(&mut self) -> Vec<Diagnostic> {
-        std::mem::take(&mut self.diagnostics)
+        self.state.take_diagnostics()
     }
 
     /// The node context the engine plans with.
     pub fn context(&self) -> &Arc<NodeContext> {
-        &self.ctx
+        self.state.context()
     }
 
     /// The current plans of every service port, in key order.
     pub fn plans(&self) -> impl Iterator<Item = &Arc<ServicePortPlan>> {
-        self.ports.values().map(|entry| &entry.plan)
+        self.state.plans()
     }
 
     /// Services changed since the last successful sync.
     pub fn pending_services(&self) -> usize {
-        self.dirty.len()
+        self.state.changed().len()
     }
 
     /// Records the Service `key` as it is now (`None`: deleted). Returns whether
     /// this changes what the proxier derives from it.
     pub fn set_service(&mut self, key: &ObjectKey, service: Option<&Service>) -> bool {
-        let infos: Vec<Arc<ServicePortInfo>> = match service {
-            Some(service) => distinct_service_ports(service, &self.ctx, &mut self.diagnostics),
-            None => Vec::new(),
-        };
-        let old = self.services.get(key).map(Vec::as_slice).unwrap_or_default();
-        if old == infos.as_slice() {
-            return false;
-        }
-        if infos.is_empty() {
-            self.services.remove(key);
-        } else {
-            self.services.insert(key.clone(), infos);
-        }
-        self.dirty.insert(key.clone());
-        true
+        self.state.set_service(key, service)
     }
 
     /// Records the EndpointSlice `key` as it is now (`None`: deleted). Slices of
     /// the other family are ignored. Returns whether this changes anything.
     pub fn set_endpoint_slice(&mut self, key: &ObjectKey, slice: Option<&EndpointSlice>) -> bool {
-        let family = self.ctx.family();
-        let slice = slice.filter(|s| s.address_type.family() == Some(family));
-        let old_owner = self.slice_owner.get(key).cloned();
-        if let (Some(slice), Some(owner)) = (slice, &old_owner) {
-            let unchanged = *owner == slice.service
-                && self
-                    .slices
-                    .get(owner)
-                    .and_then(|s| s.get(&key.name))
-                    .is_some_and(|old| *old == canonical(slice));
-            if unchanged {
-                return false;
-            }
-        }
-        if old_owner.is_none() && slice.is_none() {
-            return false;
-        }
-        if let Some(owner) = old_owner {
-            if let Some(slices) = self.slices.get_mut(&owner) {
-                slices.remove(&key.name);
-                if slices.is_empty() {
-                    self.slices.remove(&owner);
-                }
-            }
-            self.slice_owner.remove(key);
-            self.dirty.insert(owner);
-        }
-        if let Some(slice) = slice {
-            self.slices
-                .entry(slice.service.clone())
-                .or_default()
-                .insert(key.name.clone(), canonical(slice));
-            self.slice_owner.insert(key.clone(), slice.service.clone());
-            self.dirty.insert(slice.service.clone());
-        }
-        true
+        self.state.set_endpoint_slice(key, slice)
     }
 
     /// Makes the desired state equal to these objects: everything not listed is
     /// deleted. Returns the number of Services whose state changed.
     pub fn replace_state(&mut self, services: &[Service], slices: &[EndpointSlice]) -> usize {
-        let before = self.dirty.len();
-        let wanted: HashMap<&ObjectKey, &Service> = services.iter().map(|s| (&s.key, s)).collect();
-        let gone: Vec<ObjectKey> = self
-            .services
-            .keys()
-            .filter(|k| !wanted.contains_key(k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.set_service(&key, None);
-        }
-        for service in services {
-            self.set_service(&service.key, Some(service));
-        }
-        let wanted: HashMap<&ObjectKey, &EndpointSlice> = slices.iter().map(|s| (&s.key, s)).collect();
-        let gone: Vec<ObjectKey> = self
-            .slice_owner
-            .keys()
-            .filter(|k| !wanted.contains_key(k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.set_endpoint_slice(&key, None);
-        }
-        for slice in slices {
-            self.set_endpoint_slice(&slice.key, Some(slice));
-        }
-        self.dirty.len().saturating_sub(before)
+        self.state.replace_state(services, slices)
     }
 
     /// Tells the engine which nat chains exist in the kernel (e.g. read with
@@ -405,9 +305,9 @@ impl SyncEngine {
     pub fn set_existing_nat_chains(&mut self, chains: impl IntoIterator<Item = ChainName>) {
         let layout = self.layout;
         let wanted: HashSet<ChainName> = self
-            .ports
-            .values()
-            .flat_map(|e| layout.own_chains(&e.plan))
+            .state
+            .plans()
+            .flat_map(|plan| layout.own_chains(plan))
             .collect();
         self.stale = chains
             .into_iter()
@@ -431,7 +331,7 @@ impl SyncEngine {
     /// time on any monotonic millisecond scale. Call [`SyncEngine::commit`]
     /// with the result of applying it before syncing again.
     pub fn sync(&mut self, now_ms: u64, force_full: bool) -> SyncOutcome<'_> {
-        let old_plans = self.replan_dirty();
+        let replanned = self.replan();
         let large_cluster = self.totals.endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
         let periodic = self
             .last_full_ms
@@ -446,11 +346,11 @@ impl SyncEngine {
             } else {
                 SyncKind::Partial
             };
-        let changed_services = self.dirty.len();
+        let changed_services = self.state.changed().len();
 
         let (payload_counts, deleted, scanned) = match (kind, self.mode) {
             (SyncKind::Partial, PartialSyncMode::Minimal) => {
-                let (counts, deleted) = self.write_minimal(&old_plans, large_cluster);
+                let (counts, deleted) = self.write_minimal(&replanned, large_cluster);
                 (counts, deleted, false)
             }
             _ => self.write_upstream(kind, now_ms, large_cluster),
@@ -500,7 +400,7 @@ impl SyncEngine {
         }
         self.counters.applied += 1;
         self.needs_full = false;
-        self.dirty.clear();
+        self.state.clear_changed();
         if pending.kind == SyncKind::Full {
             self.last_full_ms = Some(pending.now_ms);
         }
@@ -513,49 +413,31 @@ impl SyncEngine {
         }
     }
 
-    /// Plans the changed services again; returns their previous plans.
-    fn replan_dirty(&mut self) -> Vec<(ObjectKey, Vec<Arc<ServicePortPlan>>)> {
-        let mut old_plans = Vec::with_capacity(self.dirty.len());
-        for service in &self.dirty {
-            let mut old = Vec::new();
-            for key in self.ports_of_service.remove(service).unwrap_or_default() {
-                if let Some(entry) = self.ports.remove(&key) {
-                    self.totals.add(&entry.counts, false);
-                    old.push(entry.plan);
+    /// Plans the changed Services again and keeps the rule totals and the
+    /// stale chains in step, so neither needs a pass over the whole cluster.
+    fn replan(&mut self) -> Vec<Replanned> {
+        // The old counts go first, while the state still lists the old ports.
+        for service in self.state.changed() {
+            for key in self.state.ports_of(service) {
+                if let Some(counts) = self.counts.remove(key) {
+                    self.totals.add(&counts, false);
                 }
             }
-            let endpoints = match self.slices.get(service) {
-                Some(slices) => {
-                    endpoints_by_port(service, slices.values(), &self.ctx, self.endpoints.get(service))
-                }
-                None => BTreeMap::new(),
-            };
-            let infos = self.services.get(service).map(Vec::as_slice).unwrap_or_default();
-            let mut keys = Vec::with_capacity(infos.len());
-            for plan in plan_service(infos, &endpoints, &self.ctx) {
-                let counts = PortCounts::of(self.layout, &plan, &self.ctx);
+        }
+        let replanned = self.state.replan_changed();
+        let layout = self.layout;
+        let ctx = self.state.context();
+        for Replanned { service, old } in &replanned {
+            let mut wanted = HashSet::new();
+            for key in self.state.ports_of(service) {
+                let Some(plan) = self.state.plan(key) else {
+                    continue;
+                };
+                let counts = PortCounts::of(layout, plan, ctx);
                 self.totals.add(&counts, true);
-                let key = plan.key();
-                keys.push(key.clone());
-                self.ports.insert(
-                    key,
-                    PortEntry {
-                        plan: Arc::new(plan),
-                        counts,
-                    },
-                );
+                self.counts.insert(key.clone(), counts);
+                wanted.extend(layout.own_chains(plan));
             }
-            if endpoints.is_empty() {
-                self.endpoints.remove(service);
-            } else {
-                self.endpoints.insert(service.clone(), endpoints);
-            }
-            let layout = self.layout;
-            let wanted: HashSet<ChainName> = keys
-                .iter()
-                .filter_map(|key| self.ports.get(key))
-                .flat_map(|e| layout.own_chains(&e.plan))
-                .collect();
             for chain in old.iter().flat_map(|plan| layout.own_chains(plan)) {
                 if !wanted.contains(&chain) {
                     self.stale.insert(chain);
@@ -564,12 +446,8 @@ impl SyncEngine {
             for chain in &wanted {
                 self.stale.remove(chain);
             }
-            if !keys.is_empty() {
-                self.ports_of_service.insert(service.clone(), keys);
-            }
-            old_plans.push((service.clone(), old));
         }
-        old_plans
+        replanned
     }
 
     /// Upstream's payload (full, or compat partial).
@@ -586,24 +464,23 @@ impl SyncEngine {
             PartialSyncMode::Minimal => full,
             PartialSyncMode::Compat => {
                 !large_cluster
-                    || self
-                        .last_stale_scan_ms
-                        .is_none_or(|last| now_ms.saturating_sub(last) > self.ctx.config().sync_period_ms)
+                    || self.last_stale_scan_ms.is_none_or(|last| {
+                        now_ms.saturating_sub(last) > self.state.context().config().sync_period_ms
+                    })
             }
         };
-        let dirty = &self.dirty;
-        let writes_own = |plan: &ServicePortPlan| full || dirty.contains(plan.info().service());
+        let state = &self.state;
+        let writes_own = |plan: &ServicePortPlan| full || state.is_changed(plan.info().service());
         let stale: Vec<ChainName> = if scan_due {
             self.stale.iter().copied().collect()
         } else {
             Vec::new()
         };
-        let ports = &self.ports;
         let counts = self.writer.write_upstream(
             self.layout,
-            &self.ctx,
+            state.context(),
             large_cluster,
-            || ports.values().map(|e| (&*e.plan, writes_own(&e.plan))),
+            || state.plans().map(|plan| (&**plan, writes_own(plan))),
             &stale,
         );
         (counts, stale, scan_due)
@@ -612,22 +489,21 @@ impl SyncEngine {
     /// The minimal payload: only chains whose content changed.
     fn write_minimal(
         &mut self,
-        old_plans: &[(ObjectKey, Vec<Arc<ServicePortPlan>>)],
+        replanned: &[Replanned],
         large_cluster: bool,
     ) -> (PayloadCounts, Vec<ChainName>) {
-        let ctx = &*self.ctx;
+        let state = &self.state;
+        let ctx = &**state.context();
         let layout = self.layout;
         let mut filter_chains = BTreeSet::new();
         let mut nat_fixed_chains = BTreeSet::new();
         let mut own: Vec<(&ServicePortPlan, Vec<ChainName>)> = Vec::new();
-        for (service, old) in old_plans {
-            let new: Vec<&ServicePortPlan> = self
-                .ports_of_service
-                .get(service)
-                .into_iter()
-                .flatten()
-                .filter_map(|key| self.ports.get(key))
-                .map(|e| &*e.plan)
+        for Replanned { service, old } in replanned {
+            let new: Vec<&ServicePortPlan> = state
+                .ports_of(service)
+                .iter()
+                .filter_map(|key| state.plan(key))
+                .map(|plan| &**plan)
                 .collect();
             let old_shared = shared_texts(layout, old.iter().map(|p| &**p), ctx);
             let new_shared = shared_texts(layout, new.iter().copied(), ctx);
@@ -655,7 +531,7 @@ impl SyncEngine {
         // planned again; a minimal sync deletes them at once.
         let deleted: Vec<ChainName> = self.stale.iter().copied().collect();
         let request = ChainRequest {
-            all_ports: self.ports.values().map(|e| &*e.plan),
+            all_ports: state.plans().map(|plan| &**plan),
             filter_chains: ordered(layout.filter_chains(ctx), &filter_chains),
             nat_fixed_chains: ordered(layout.nat_chains(), &nat_fixed_chains),
             nat_own_chains: own,
@@ -745,12 +621,4 @@ fn own_texts<'p>(
         layout.emit_nat(plan, ctx, large_cluster, true, &mut sink);
     }
     sink.texts
-}
-
-/// A slice in the form compared for changes: endpoints in address order, so a
-/// reordering alone is not a change (as upstream's endpoint-slice cache sees it).
-fn canonical(slice: &EndpointSlice) -> EndpointSlice {
-    let mut slice = slice.clone();
-    slice.endpoints.sort_by_key(|endpoint| endpoint.address);
-    slice
 }

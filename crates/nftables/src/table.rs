@@ -1,0 +1,490 @@
+//! A model of one nftables table that applies transactions as the kernel does.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::op::{ChainSpec, Element, Family, Op, SetKind, SetSpec, Transaction};
+
+/// Why the kernel would refuse a transaction: the failing operation (1-based,
+/// as `nft -f` counts lines) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("operation {index} ({text}): {reason}")]
+pub struct ApplyError {
+    /// 1-based index of the operation.
+    pub index: usize,
+    /// The operation's text.
+    pub text: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleEntry {
+    rule: String,
+    comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChainState {
+    spec: ChainSpec,
+    rules: Vec<RuleEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SetState {
+    spec: SetSpec,
+    elements: BTreeMap<String, Element>,
+}
+
+/// One table (`kube-proxy` in one family): chains with their rules, sets and
+/// maps with their elements, and how often each chain and set is referenced,
+/// which decides what may be deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    family: Family,
+    exists: bool,
+    comment: Option<String>,
+    chains: BTreeMap<String, ChainState>,
+    sets: BTreeMap<String, SetState>,
+    chain_refs: HashMap<String, usize>,
+    set_refs: HashMap<String, usize>,
+}
+
+impl Table {
+    /// A table that does not exist yet.
+    pub fn new(family: Family) -> Table {
+        Table {
+            family,
+            exists: false,
+            comment: None,
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            chain_refs: HashMap::new(),
+            set_refs: HashMap::new(),
+        }
+    }
+
+    /// The family.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The table exists.
+    pub fn exists(&self) -> bool {
+        self.exists
+    }
+
+    /// Names of every chain, sorted.
+    pub fn chain_names(&self) -> impl Iterator<Item = &str> {
+        self.chains.keys().map(String::as_str)
+    }
+
+    /// A chain's declaration, if it exists.
+    pub fn chain(&self, name: &str) -> Option<&ChainSpec> {
+        self.chains.get(name).map(|c| &c.spec)
+    }
+
+    /// The rules of a chain as `(rule, comment)`, in order; empty if it does not exist.
+    pub fn rules(&self, chain: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.chains
+            .get(chain)
+            .into_iter()
+            .flat_map(|c| c.rules.iter())
+            .map(|r| (r.rule.as_str(), r.comment.as_deref()))
+    }
+
+    /// Every set and map declaration, sorted by name.
+    pub fn sets(&self) -> impl Iterator<Item = &SetSpec> {
+        self.sets.values().map(|s| &s.spec)
+    }
+
+    /// A set's or map's declaration, if it exists.
+    pub fn set(&self, name: &str) -> Option<&SetSpec> {
+        self.sets.get(name).map(|s| &s.spec)
+    }
+
+    /// The elements of a set or map, by key.
+    pub fn elements(&self, set: &str) -> impl Iterator<Item = &Element> {
+        self.sets.get(set).into_iter().flat_map(|s| s.elements.values())
+    }
+
+    /// The element with this key text.
+    pub fn element(&self, set: &str, key: &str) -> Option<&Element> {
+        self.sets.get(set).and_then(|s| s.elements.get(key))
+    }
+
+    /// Applies a transaction all or nothing: on error the table is unchanged.
+    pub fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
+        if tx.family != self.family {
+            return Err(ApplyError {
+                index: 1,
+                text: String::new(),
+                reason: format!(
+                    "a transaction for family {} sent to table of {}",
+                    tx.family, self.family
+                ),
+            });
+        }
+        let mut next = self.clone();
+        for (i, op) in tx.ops.iter().enumerate() {
+            next.apply_op(op).map_err(|reason| {
+                let mut text = String::new();
+                op.write(self.family, &mut text);
+                ApplyError {
+                    index: i + 1,
+                    text,
+                    reason,
+                }
+            })?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Result<(), String> {
+        if let Op::AddTable { comment } = op {
+            if !self.exists {
+                self.exists = true;
+                self.comment = comment.clone();
+            }
+            return Ok(());
+        }
+        if !self.exists {
+            return Err("no such table".into());
+        }
+        match op {
+            Op::AddTable { .. } => {}
+            Op::DeleteTable => *self = Table::new(self.family),
+            Op::AddChain(spec) => match self.chains.get(&spec.name) {
+                // Without a hook, adding an existing chain changes nothing;
+                // with one, the hook and priority cannot change in place.
+                Some(existing) if spec.base.is_some() && existing.spec.base != spec.base => {
+                    return Err("the chain exists with another type, hook or priority".into());
+                }
+                Some(_) => {}
+                None => {
+                    self.chains.insert(
+                        spec.name.clone(),
+                        ChainState {
+                            spec: spec.clone(),
+                            rules: Vec::new(),
+                        },
+                    );
+                }
+            },
+            Op::FlushChain(name) => {
+                let chain = self.chains.get_mut(name).ok_or("no such chain")?;
+                let rules = std::mem::take(&mut chain.rules);
+                for rule in &rules {
+                    self.count_refs(&rule.rule, false);
+                }
+            }
+            Op::DeleteChain(name) => {
+                if !self.chains.contains_key(name) {
+                    return Err("no such chain".into());
+                }
+                if self.chain_refs.get(name).copied().unwrap_or(0) > 0 {
+                    return Err("the chain is still jumped to (device or resource busy)".into());
+                }
+                if let Some(chain) = self.chains.remove(name) {
+                    for rule in &chain.rules {
+                        self.count_refs(&rule.rule, false);
+                    }
+                }
+            }
+            Op::AddRule { chain, rule, comment } => {
+                if !self.chains.contains_key(chain) {
+                    return Err("no such chain".into());
+                }
+                self.check_refs(rule)?;
+                self.count_refs(rule, true);
+                if let Some(state) = self.chains.get_mut(chain) {
+                    state.rules.push(RuleEntry {
+                        rule: rule.clone(),
+                        comment: comment.clone(),
+                    });
+                }
+            }
+            Op::AddSet(spec) => match self.sets.get(&spec.name) {
+                Some(existing)
+                    if existing.spec.kind != spec.kind || existing.spec.type_text != spec.type_text =>
+                {
+                    return Err(format!(
+                        "{} exists with another type ({})",
+                        spec.name, existing.spec.type_text
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.sets.insert(
+                        spec.name.clone(),
+                        SetState {
+                            spec: spec.clone(),
+                            elements: BTreeMap::new(),
+                        },
+                    );
+                }
+            },
+            Op::FlushSet(kind, name) => {
+                let set = self.set_of_kind(*kind, name)?;
+                let elements = std::mem::take(&mut set.elements);
+                for element in elements.values() {
+                    self.count_value_refs(element, false);
+                }
+            }
+            Op::DeleteSet(kind, name) => {
+                self.set_of_kind(*kind, name)?;
+                if self.set_refs.get(name).copied().unwrap_or(0) > 0 {
+                    return Err("the set is still used by a rule (device or resource busy)".into());
+                }
+                if let Some(set) = self.sets.remove(name) {
+                    for element in set.elements.values() {
+                        self.count_value_refs(element, false);
+                    }
+                }
+            }
+            Op::AddElement { set, element } => {
+                let kind = self.sets.get(set).ok_or("no such set or map")?.spec.kind;
+                match (kind, &element.value) {
+                    (SetKind::Set, Some(_)) => return Err("a set element has no value".into()),
+                    (SetKind::Map, None) => return Err("a map element needs a value".into()),
+                    _ => {}
+                }
+                if let Some(value) = &element.value {
+                    self.check_refs(value)?;
+                }
+                let existing = self.sets.get(set).and_then(|s| s.elements.get(&element.key));
+                match existing {
+                    Some(existing) if existing.value != element.value => {
+                        return Err("the element exists with another value (file exists)".into());
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.count_value_refs(element, true);
+                        if let Some(state) = self.sets.get_mut(set) {
+                            state.elements.insert(element.key.clone(), element.clone());
+                        }
+                    }
+                }
+            }
+            Op::DeleteElement { set, key } => {
+                let state = self.sets.get_mut(set).ok_or("no such set or map")?;
+                let removed = state.elements.remove(key).ok_or("no such element")?;
+                self.count_value_refs(&removed, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_of_kind(&mut self, kind: SetKind, name: &str) -> Result<&mut SetState, String> {
+        match self.sets.get_mut(name) {
+            Some(set) if set.spec.kind == kind => Ok(set),
+            _ => Err(format!("no such {}", kind.as_str())),
+        }
+    }
+
+    fn check_refs(&self, text: &str) -> Result<(), String> {
+        for reference in references(text) {
+            match reference {
+                Reference::Chain(name) if !self.chains.contains_key(name) => {
+                    return Err(format!("no chain {name}"));
+                }
+                Reference::Set(name) if !self.sets.contains_key(name) => {
+                    return Err(format!("no set or map {name}"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn count_refs(&mut self, text: &str, add: bool) {
+        for reference in references(text) {
+            let (counts, name) = match reference {
+                Reference::Chain(name) => (&mut self.chain_refs, name),
+                Reference::Set(name) => (&mut self.set_refs, name),
+            };
+            let count = counts.entry(name.to_string()).or_default();
+            *count = if add { *count + 1 } else { count.saturating_sub(1) };
+        }
+    }
+
+    fn count_value_refs(&mut self, element: &Element, add: bool) {
+        if let Some(value) = &element.value {
+            self.count_refs(value, add);
+        }
+    }
+
+    /// The table as operations that rebuild it: table, chains, sets and maps
+    /// (sorted by name), rules (chains sorted, rules in order), elements.
+    pub fn to_ops(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        if !self.exists {
+            return ops;
+        }
+        ops.push(Op::AddTable {
+            comment: self.comment.clone(),
+        });
+        ops.extend(self.chains.values().map(|c| Op::AddChain(c.spec.clone())));
+        for kind in [SetKind::Set, SetKind::Map] {
+            ops.extend(
+                self.sets
+                    .values()
+                    .filter(|s| s.spec.kind == kind)
+                    .map(|s| Op::AddSet(s.spec.clone())),
+            );
+        }
+        for (name, chain) in &self.chains {
+            ops.extend(chain.rules.iter().map(|r| Op::AddRule {
+                chain: name.clone(),
+                rule: r.rule.clone(),
+                comment: r.comment.clone(),
+            }));
+        }
+        for kind in [SetKind::Set, SetKind::Map] {
+            for (name, set) in self.sets.iter().filter(|(_, s)| s.spec.kind == kind) {
+                ops.extend(set.elements.values().map(|e| Op::AddElement {
+                    set: name.clone(),
+                    element: e.clone(),
+                }));
+            }
+        }
+        ops
+    }
+
+    /// knftables' dump form: [`Table::to_ops`] as text, one line each.
+    pub fn dump(&self) -> String {
+        Transaction {
+            family: self.family,
+            ops: self.to_ops(),
+        }
+        .to_text()
+    }
+}
+
+enum Reference<'t> {
+    Chain(&'t str),
+    Set(&'t str),
+}
+
+/// The chains (`jump X`, `goto X`) and sets (`@S`) a rule or map value names.
+fn references(text: &str) -> impl Iterator<Item = Reference<'_>> {
+    let mut words = text.split(' ').peekable();
+    std::iter::from_fn(move || {
+        while let Some(word) = words.next() {
+            if word == "jump" || word == "goto" {
+                if let Some(target) = words.next() {
+                    return Some(Reference::Chain(target));
+                }
+            } else if let Some(set) = word.strip_prefix('@') {
+                return Some(Reference::Set(set));
+            }
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read_transaction;
+
+    fn tx(text: &str) -> Transaction {
+        read_transaction(text, Family::Ip).expect("reads")
+    }
+
+    const BASE: &str = r#"add table ip kube-proxy { comment "rules for kube-proxy" ; }
+add chain ip kube-proxy services
+add chain ip kube-proxy service-A
+add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }
+add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
+add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : goto service-A }
+"#;
+
+    fn base() -> Table {
+        let mut table = Table::new(Family::Ip);
+        table.apply(&tx(BASE)).expect("base applies");
+        table
+    }
+
+    #[test]
+    fn refused_transactions_leave_the_table_unchanged() {
+        let mut table = base();
+        let before = table.clone();
+        let error = table
+            .apply(&tx(
+                "add chain ip kube-proxy x\nadd rule ip kube-proxy x goto missing\n",
+            ))
+            .expect_err("missing chain");
+        assert_eq!(error.index, 2);
+        assert!(error.reason.contains("no chain missing"), "{error}");
+        assert_eq!(table, before);
+    }
+
+    #[test]
+    fn a_chain_is_deleted_only_once_nothing_points_at_it() {
+        let mut table = base();
+        let delete = tx("delete chain ip kube-proxy service-A\n");
+        assert!(table.apply(&delete).expect_err("busy").reason.contains("busy"));
+        table
+            .apply(&tx(
+                "delete element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 }\n",
+            ))
+            .expect("element goes");
+        table.apply(&delete).expect("then the chain goes");
+        assert!(table.chain("service-A").is_none());
+    }
+
+    #[test]
+    fn elements_are_identified_by_key_and_not_silently_replaced() {
+        let mut table = base();
+        table
+            .apply(&tx(
+                "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : goto service-A }\n",
+            ))
+            .expect("same element again is a no-op");
+        let error = table
+            .apply(&tx(
+                "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : drop }\n",
+            ))
+            .expect_err("another value");
+        assert!(error.reason.contains("another value"), "{error}");
+        assert!(
+            table
+                .apply(&tx(
+                    "delete element ip kube-proxy service-ips { 10.0.0.1 . tcp . 80 }\n"
+                ))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn base_chains_cannot_change_hook_in_place() {
+        let mut table = base();
+        table
+            .apply(&tx(
+                "add chain ip kube-proxy in { type filter hook input priority 0 ; }\n",
+            ))
+            .expect("new base chain");
+        assert!(
+            table
+                .apply(&tx(
+                    "add chain ip kube-proxy in { type filter hook input priority -110 ; }\n"
+                ))
+                .is_err()
+        );
+        table
+            .apply(&tx(concat!(
+                "delete chain ip kube-proxy in\n",
+                "add chain ip kube-proxy in { type filter hook input priority -110 ; }\n"
+            )))
+            .expect("delete and re-add");
+    }
+
+    #[test]
+    fn the_dump_rebuilds_the_same_table() {
+        let table = base();
+        let mut again = Table::new(Family::Ip);
+        again.apply(&tx(&table.dump())).expect("dump applies");
+        assert_eq!(again, table);
+    }
+}

@@ -1,0 +1,461 @@
+//! The sync engine of nftables mode: upstream's full and partial syncs, with
+//! set and map elements diffed against what was written and stale chains
+//! flushed now and deleted later.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Service};
+use chainsmith_naming::nft::{NftObjectKind, is_service_chain};
+use chainsmith_nft_layout::{ElementMap, NftContext, PortObjects, setup};
+use chainsmith_nftables::{ChainSpec, Element, Op, SetKind, Table, Transaction};
+use chainsmith_planner::NodeContext;
+use std::sync::Arc;
+
+use crate::engine::{FULL_SYNC_PERIOD_MS, SyncKind};
+use crate::state::DesiredState;
+
+/// Upstream's delay between flushing a stale chain and deleting it: before
+/// kernel 6.2 a chain that a just-deleted map element pointed at cannot be
+/// deleted in the same transaction.
+pub const STALE_CHAIN_DELAY_MS: u64 = 1000;
+
+/// Failure counters over the engine's life, for the nftables metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NftCounters {
+    /// Main transactions applied.
+    pub applied: u64,
+    /// Main transactions refused (`sync_proxy_rules_nftables_sync_failures_total`).
+    pub sync_failures: u64,
+    /// Stale-chain deletions refused (`sync_proxy_rules_nftables_cleanup_failures_total`).
+    pub cleanup_failures: u64,
+}
+
+/// What one sync decided, for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NftCounts {
+    /// Service ports with endpoints but none local under `internalTrafficPolicy: Local`.
+    pub no_local_internal: usize,
+    /// Service ports with endpoints but none local under `externalTrafficPolicy: Local`.
+    pub no_local_external: usize,
+    /// Service ports programmed.
+    pub service_ports: usize,
+    /// Services whose chains this sync rewrote.
+    pub changed_services: usize,
+    /// Per-service chains written.
+    pub chains_written: usize,
+    /// Elements added or deleted.
+    pub element_changes: usize,
+    /// Chains flushed as stale.
+    pub stale_flushed: usize,
+    /// Stale chains deleted by the cleanup transaction.
+    pub stale_deleted: usize,
+}
+
+/// The transactions of one sync: a cleanup to run first (if any chains are
+/// due for deletion), then the main one.
+#[derive(Debug)]
+pub struct NftSyncOutcome {
+    /// Full or partial.
+    pub kind: SyncKind,
+    /// `delete chain` of stale chains, run before `main`.
+    pub cleanup: Option<Transaction>,
+    /// The main transaction (upstream's `LastTransaction`); may be empty.
+    pub main: Transaction,
+    /// What was decided.
+    pub counts: NftCounts,
+}
+
+/// The kernel's table as far as the engine knows it.
+#[derive(Debug, Clone, Default)]
+struct KnownTable {
+    /// Per-service chains and affinity sets that exist; `None` before the
+    /// table was seen (a fresh host: upstream's listing fails, and neither
+    /// stale chains nor kept endpoint chains are looked for).
+    chains: Option<BTreeSet<String>>,
+    affinity_sets: BTreeSet<String>,
+    /// Elements of the diffed maps: key -> value.
+    elements: BTreeMap<ElementMap, BTreeMap<String, Option<String>>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: SyncKind,
+    now_ms: u64,
+    deleted: Vec<String>,
+    known: KnownTable,
+    newly_stale: Vec<String>,
+    reactivated: Vec<String>,
+}
+
+/// The nftables-mode sync engine of one IP family. Like [`crate::SyncEngine`]
+/// it is pure: time comes in, transactions go out, and the caller reports
+/// whether the kernel took them ([`NftSyncEngine::commit`]).
+#[derive(Debug)]
+pub struct NftSyncEngine {
+    state: DesiredState,
+    nft: NftContext,
+    known: KnownTable,
+    /// Flushed stale chains and when they became stale.
+    stale: BTreeMap<String, u64>,
+    needs_full: bool,
+    synced_once: bool,
+    base_chains_recreated: bool,
+    last_full_ms: Option<u64>,
+    full_sync_period_ms: u64,
+    counters: NftCounters,
+    pending: Option<Pending>,
+}
+
+impl NftSyncEngine {
+    /// An engine for one node and family that has written nothing yet.
+    pub fn new(config: NodeConfig) -> NftSyncEngine {
+        let ctx = Arc::new(NodeContext::new(config));
+        NftSyncEngine {
+            nft: NftContext::new(&ctx),
+            state: DesiredState::new(ctx),
+            known: KnownTable::default(),
+            stale: BTreeMap::new(),
+            needs_full: true,
+            synced_once: false,
+            base_chains_recreated: false,
+            last_full_ms: None,
+            full_sync_period_ms: FULL_SYNC_PERIOD_MS,
+            counters: NftCounters::default(),
+            pending: None,
+        }
+    }
+
+    /// The node context the engine plans with.
+    pub fn context(&self) -> &Arc<NodeContext> {
+        self.state.context()
+    }
+
+    /// The node's settings in nftables terms (with their diagnostics).
+    pub fn nft_context(&self) -> &NftContext {
+        &self.nft
+    }
+
+    /// The desired state: Services, slices and their plans.
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    /// Records a Service (`None`: deleted); see [`DesiredState::set_service`].
+    pub fn set_service(&mut self, key: &ObjectKey, service: Option<&Service>) -> bool {
+        self.state.set_service(key, service)
+    }
+
+    /// Records an EndpointSlice; see [`DesiredState::set_endpoint_slice`].
+    pub fn set_endpoint_slice(&mut self, key: &ObjectKey, slice: Option<&EndpointSlice>) -> bool {
+        self.state.set_endpoint_slice(key, slice)
+    }
+
+    /// Makes the desired state equal to these objects.
+    pub fn replace_state(&mut self, services: &[Service], slices: &[EndpointSlice]) -> usize {
+        self.state.replace_state(services, slices)
+    }
+
+    /// Problems found in the objects recorded since the last call.
+    pub fn take_diagnostics(&mut self) -> Vec<Diagnostic> {
+        self.state.take_diagnostics()
+    }
+
+    /// Applied and failed transactions so far.
+    pub fn counters(&self) -> NftCounters {
+        self.counters
+    }
+
+    /// How often a full resync runs at the latest (default one hour).
+    pub fn set_full_sync_period(&mut self, period_ms: u64) {
+        self.full_sync_period_ms = period_ms;
+    }
+
+    /// Requests a full sync next time.
+    pub fn force_full_sync(&mut self) {
+        self.needs_full = true;
+    }
+
+    /// Chains recorded as stale, with the time they became stale.
+    pub fn stale_chains(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.stale.iter().map(|(name, at)| (name.as_str(), *at))
+    }
+
+    /// Tells the engine what the kernel's table holds (read before the first
+    /// sync after a restart): its per-service chains, affinity sets and the
+    /// elements of the diffed maps, which a full sync then keeps instead of
+    /// sending again.
+    pub fn set_existing(&mut self, table: &Table) {
+        if !table.exists() {
+            self.known = KnownTable::default();
+            return;
+        }
+        let chains = table
+            .chain_names()
+            .filter(|name| is_service_chain(name))
+            .map(str::to_string)
+            .collect();
+        let affinity_sets = table
+            .sets()
+            .filter(|set| set.name.starts_with(NftObjectKind::Affinity.prefix()))
+            .map(|set| set.name.clone())
+            .collect();
+        let elements = ElementMap::ALL
+            .into_iter()
+            .map(|map| {
+                let elements = table
+                    .elements(map.name())
+                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .collect();
+                (map, elements)
+            })
+            .collect();
+        self.known = KnownTable {
+            chains: Some(chains),
+            affinity_sets,
+            elements,
+        };
+    }
+
+    /// Plans what changed and writes the next transactions. Call
+    /// [`NftSyncEngine::commit`] with what the kernel said before syncing again.
+    pub fn sync(&mut self, now_ms: u64, force_full: bool) -> NftSyncOutcome {
+        let family = self.nft.family();
+        // Stale chains old enough go first, in their own transaction.
+        let due: Vec<String> = self
+            .stale
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) > STALE_CHAIN_DELAY_MS)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &due {
+            self.stale.remove(name);
+        }
+        let cleanup = (!due.is_empty()).then(|| Transaction {
+            family,
+            ops: due.iter().map(|name| Op::DeleteChain(name.clone())).collect(),
+        });
+
+        self.state.replan_changed();
+        let periodic = self
+            .last_full_ms
+            .is_none_or(|last| now_ms.saturating_sub(last) > self.full_sync_period_ms);
+        let kind = if force_full || self.needs_full || periodic {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
+        let full = kind == SyncKind::Full;
+        let mut main = Transaction::new(family);
+        if full {
+            setup(&self.nft, !self.base_chains_recreated, &mut main);
+        }
+
+        let mut known = self.known.clone();
+        if let Some(chains) = &mut known.chains {
+            for name in &due {
+                chains.remove(name);
+            }
+        }
+        let mut counts = NftCounts::default();
+        let mut desired: BTreeMap<ElementMap, BTreeMap<String, Option<String>>> = BTreeMap::new();
+        let mut active_chains = BTreeSet::new();
+        let mut active_sets = BTreeSet::new();
+        let mut rules = Vec::new();
+        let mut changed_services = BTreeSet::new();
+        for plan in self.state.plans() {
+            counts.service_ports += 1;
+            counts.no_local_internal += usize::from(plan.lacks_local_internal());
+            counts.no_local_external += usize::from(plan.lacks_local_external());
+            let objects = PortObjects::of(plan, &self.nft);
+            let changed = full || self.state.is_changed(plan.info().service());
+            if changed {
+                changed_services.insert(plan.info().service());
+            }
+            for chain in &objects.chains {
+                active_chains.insert(chain.name.clone());
+                if !changed {
+                    continue;
+                }
+                // An endpoint chain's content follows from its name and whether
+                // affinity is on, so one found at start-up is kept as it is.
+                let kept = !self.synced_once
+                    && chain.kind == NftObjectKind::Endpoint
+                    && known.chains.as_ref().is_some_and(|c| c.contains(&chain.name))
+                    && known.affinity_sets.contains(&affinity_set_of(&chain.name)) == chain.uses_affinity;
+                if kept {
+                    continue;
+                }
+                counts.chains_written += 1;
+                main.push(Op::AddChain(ChainSpec::regular(chain.name.clone())));
+                main.push(Op::FlushChain(chain.name.clone()));
+                rules.extend(chain.rules.iter().map(|(rule, comment)| Op::AddRule {
+                    chain: chain.name.clone(),
+                    rule: rule.clone(),
+                    comment: comment.clone(),
+                }));
+            }
+            for set in &objects.affinity_sets {
+                active_sets.insert(set.name.clone());
+                if changed {
+                    main.push(Op::AddSet(set.clone()));
+                }
+            }
+            for (map, element) in objects.elements {
+                counts.element_changes += ensure(&mut main, &known, &mut desired, map, element);
+            }
+            main.ops.append(&mut rules);
+        }
+        counts.changed_services = changed_services.len();
+
+        let mut newly_stale = Vec::new();
+        if let Some(chains) = &known.chains {
+            for name in chains {
+                if !active_chains.contains(name) && !self.stale.contains_key(name) {
+                    main.push(Op::FlushChain(name.clone()));
+                    newly_stale.push(name.clone());
+                }
+            }
+        }
+        counts.stale_flushed = newly_stale.len();
+        for name in &known.affinity_sets {
+            if !active_sets.contains(name) {
+                main.push(Op::DeleteSet(SetKind::Set, name.clone()));
+            }
+        }
+        for map in ElementMap::ALL {
+            let wanted = desired.get(&map);
+            for key in known.elements.get(&map).into_iter().flat_map(BTreeMap::keys) {
+                if !wanted.is_some_and(|w| w.contains_key(key)) {
+                    counts.element_changes += 1;
+                    main.push(Op::DeleteElement {
+                        set: map.name().to_string(),
+                        key: key.clone(),
+                    });
+                }
+            }
+        }
+
+        // What the kernel holds once both transactions are applied: stale
+        // chains stay (flushed) until their cleanup.
+        let reactivated: Vec<String> = self
+            .stale
+            .keys()
+            .filter(|name| active_chains.contains(*name))
+            .cloned()
+            .collect();
+        let mut chains = known.chains.unwrap_or_default();
+        chains.extend(active_chains);
+        let mut elements = desired;
+        for map in ElementMap::ALL {
+            elements.entry(map).or_default();
+        }
+        let after = KnownTable {
+            chains: Some(chains),
+            affinity_sets: active_sets,
+            elements,
+        };
+        counts.stale_deleted = due.len();
+        self.pending = Some(Pending {
+            kind,
+            now_ms,
+            deleted: due,
+            known: after,
+            newly_stale,
+            reactivated,
+        });
+        NftSyncOutcome {
+            kind,
+            cleanup,
+            main,
+            counts,
+        }
+    }
+
+    /// Records what the kernel said: whether the cleanup transaction (if
+    /// there was one) and the main transaction were applied. A refused main
+    /// transaction leaves the kernel as it was and makes the next sync full;
+    /// a refused cleanup leaves its chains to be found stale again.
+    pub fn commit(&mut self, cleanup_applied: bool, main_applied: bool) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        if !cleanup_applied {
+            self.counters.cleanup_failures += 1;
+        }
+        if !main_applied {
+            self.counters.sync_failures += 1;
+            self.needs_full = true;
+            if cleanup_applied && let Some(chains) = &mut self.known.chains {
+                for name in &pending.deleted {
+                    chains.remove(name);
+                }
+            }
+            // Recomputed from the kernel's chains at the next sync.
+            self.stale.clear();
+            return;
+        }
+        self.counters.applied += 1;
+        self.known = pending.known;
+        if !cleanup_applied && let Some(chains) = &mut self.known.chains {
+            chains.extend(pending.deleted);
+        }
+        for name in &pending.reactivated {
+            self.stale.remove(name);
+        }
+        for name in pending.newly_stale {
+            self.stale.insert(name, pending.now_ms);
+        }
+        if pending.kind == SyncKind::Full {
+            self.last_full_ms = Some(pending.now_ms);
+            self.base_chains_recreated = true;
+        }
+        // A refused cleanup makes the next sync full, as upstream does.
+        self.needs_full = !cleanup_applied;
+        self.synced_once = true;
+        self.state.clear_changed();
+    }
+}
+
+/// The affinity set that belongs to an endpoint chain (both share the base).
+fn affinity_set_of(endpoint_chain: &str) -> String {
+    let base = endpoint_chain
+        .strip_prefix(NftObjectKind::Endpoint.prefix())
+        .unwrap_or(endpoint_chain);
+    NftObjectKind::Affinity.name(base)
+}
+
+/// Upstream's `ensureElem`: sends an element unless the kernel (or this
+/// transaction) already has it with the same value; a different value is
+/// deleted first. Returns the number of operations queued.
+fn ensure(
+    tx: &mut Transaction,
+    known: &KnownTable,
+    desired: &mut BTreeMap<ElementMap, BTreeMap<String, Option<String>>>,
+    map: ElementMap,
+    element: Element,
+) -> usize {
+    let wanted = desired.entry(map).or_default();
+    let current = match wanted.get(&element.key) {
+        Some(value) => Some(value),
+        None => known.elements.get(&map).and_then(|m| m.get(&element.key)),
+    };
+    let ops = match current {
+        Some(value) if *value == element.value => 0,
+        Some(_) => {
+            tx.push(Op::DeleteElement {
+                set: map.name().to_string(),
+                key: element.key.clone(),
+            });
+            2
+        }
+        None => 1,
+    };
+    wanted.insert(element.key.clone(), element.value.clone());
+    if ops > 0 {
+        tx.push(Op::AddElement {
+            set: map.name().to_string(),
+            element,
+        });
+    }
+    ops
+}
