@@ -56,6 +56,18 @@ fn fixture_clusters() {
         }, {
             insta::assert_snapshot!(name.clone(), compile(&["--node", node, cluster]));
         });
+        // The same cluster in kube-proxy's nftables mode.
+        insta::with_settings!({
+            snapshot_path => "../../../snapshots",
+            prepend_module_to_snapshot => false,
+            description => format!("chainsmith compile --mode nftables --node {node} {cluster}: {note}"),
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(
+                format!("{name}@nftables"),
+                compile(&["--mode", "nftables", "--node", node, cluster])
+            );
+        });
         // The same cluster in kube-proxy's 2018 layout.
         insta::with_settings!({
             snapshot_path => "../../../snapshots",
@@ -128,6 +140,62 @@ fn replay_scenario() {
             insta::assert_snapshot!(name, text);
         });
     }
+}
+
+/// The same states in nftables mode, the clock one second apart: partial
+/// syncs rewrite only the changed Services' chains and diff the elements;
+/// chains that went away are flushed, then deleted by the next sync that
+/// starts more than a second later, in a transaction of its own.
+#[test]
+fn replay_scenario_nftables() {
+    let states = [
+        "replay/01-initial.yaml",
+        "replay/02-scale-up.yaml",
+        "replay/03-delete-api.yaml",
+        "replay/04-web-becomes-loadbalancer.yaml",
+        "replay/04-web-becomes-loadbalancer.yaml",
+    ];
+    let clock = "0,1,2,3,5";
+    let out = tempfile::tempdir().expect("tempdir");
+    let out_dir = out.path().to_str().expect("utf8 path");
+    let mut args = vec![
+        "replay",
+        "--mode",
+        "nftables",
+        "--node",
+        "nodes/ipv4.yaml",
+        "--clock",
+        clock,
+        "--out",
+        out_dir,
+    ];
+    args.extend_from_slice(&states);
+    let output = common::chainsmith_in_fixtures(&args);
+    let summaries = String::from_utf8_lossy(&output.stderr).into_owned();
+    let mut text = String::new();
+    for (step, summary) in summaries.lines().enumerate() {
+        let path = |ext: &str| out.path().join(format!("{:02}.{ext}", step + 1));
+        text.push_str(&format!("### sync {summary}\n"));
+        if let Ok(cleanup) = std::fs::read_to_string(path("cleanup.nft")) {
+            text.push_str(&format!("## cleanup transaction\n{cleanup}## main transaction\n"));
+        }
+        text.push_str(&std::fs::read_to_string(path("nft")).expect("output"));
+        let metrics: String = std::fs::read_to_string(path("metrics"))
+            .expect("metrics")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("# {l}\n"))
+            .collect();
+        text.push_str(&metrics);
+    }
+    insta::with_settings!({
+        snapshot_path => "../../../snapshots",
+        prepend_module_to_snapshot => false,
+        description => format!("chainsmith replay --mode nftables --node nodes/ipv4.yaml --clock {clock} {}", states.join(" ")),
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!("replay@nftables", text);
+    });
 }
 
 #[test]
