@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real-kernel tests need root, iproute2, iptables (both backends), nfacct and
-# conntrack; the node tests also run a real Prometheus (and promtool), the
+# Real-kernel tests need root, iproute2, iptables (both backends), nftables,
+# nfacct and conntrack; the node tests also run a real Prometheus (and promtool), the
 # deploy tests kubectl.
 need=()
-for tool in ip iptables-restore iptables-legacy-restore ip6tables-restore nfacct conntrack prometheus promtool; do
+for tool in ip iptables-restore iptables-legacy-restore ip6tables-restore nft nfacct conntrack prometheus promtool; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "installing what the real-kernel tests need (missing: ${need[*]})"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      iproute2 iptables nfacct conntrack prometheus >/dev/null
+      iproute2 iptables nftables nfacct conntrack prometheus >/dev/null
   else
     echo "missing ${need[*]}: run as root on a Debian-like machine, or install them" >&2
     exit 1

@@ -106,3 +106,23 @@ pub(crate) fn read_document<T: DeserializeOwned>(text: &str) -> Result<Option<T>
         (field, message)
     })
 }
+
+/// An interface name a local-traffic detector matches on, required by
+/// `required_by` (the setting that chose the mode, e.g. `mode BridgeInterface`).
+/// It is copied into rules (iptables `-i NAME`, nftables `iifname "NAME"`), so
+/// it must be a name Linux could give an interface: at most 15 bytes of
+/// printable ASCII without quotes, backslashes, slashes or colons.
+pub(crate) fn interface_name(field: &str, value: Option<&str>, required_by: &str) -> Result<String, Invalid> {
+    let name = value
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| invalid(field, format!("required by {required_by}")))?;
+    let fits = name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | '/' | ':'));
+    if fits {
+        Ok(name.to_owned())
+    } else {
+        Err(invalid(field, format!("invalid interface name {name:?}")))
+    }
+}

@@ -13,7 +13,9 @@ use chainsmith_model::{
 };
 use serde::Deserialize;
 
-use crate::config_file::{ConfigFileError, Invalid, check_size_and_syntax, in_file, invalid, read_document};
+use crate::config_file::{
+    ConfigFileError, Invalid, check_size_and_syntax, in_file, interface_name, invalid, read_document,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -201,14 +203,18 @@ impl DetectorFile {
                 ("cidr", detector)
             }
             "BridgeInterface" => {
-                let name = interface_name("localTrafficDetector.interface", self.interface.as_deref(), mode)?;
+                let name = interface_name(
+                    "localTrafficDetector.interface",
+                    self.interface.as_deref(),
+                    &format!("mode {mode}"),
+                )?;
                 ("interface", LocalTrafficDetector::BridgeInterface(name))
             }
             "InterfaceNamePrefix" => {
                 let name = interface_name(
                     "localTrafficDetector.interfacePrefix",
                     self.interface_prefix.as_deref(),
-                    mode,
+                    &format!("mode {mode}"),
                 )?;
                 ("interfacePrefix", LocalTrafficDetector::InterfaceNamePrefix(name))
             }
@@ -237,21 +243,6 @@ impl DetectorFile {
             }
         }
         Ok(detector)
-    }
-}
-
-fn interface_name(field: &str, value: Option<&str>, mode: &str) -> Result<String, Invalid> {
-    match value {
-        None => Err(invalid(field, format!("required by mode {mode}"))),
-        Some(name)
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_graphic() && c != '"' && c != '\'') =>
-        {
-            Err(invalid(field, format!("invalid interface name {name:?}")))
-        }
-        Some(name) => Ok(name.to_owned()),
     }
 }
 
@@ -577,6 +568,14 @@ localhostNodePorts: false
             (
                 "localTrafficDetector: {mode: InterfaceNamePrefix, interfacePrefix: 'a b'}\n",
                 "node.yaml: localTrafficDetector.interfacePrefix: invalid interface name \"a b\"",
+            ),
+            (
+                "localTrafficDetector: {mode: BridgeInterface, interface: 'br\\0'}\n",
+                "node.yaml: localTrafficDetector.interface: invalid interface name \"br\\\\0\"",
+            ),
+            (
+                "localTrafficDetector: {mode: BridgeInterface, interface: a-bridge-named-too-long}\n",
+                "node.yaml: localTrafficDetector.interface: invalid interface name \"a-bridge-named-too-long\"",
             ),
             (
                 "localTrafficDetector: {mode: None, cidr: 10.0.0.0/8}\n",

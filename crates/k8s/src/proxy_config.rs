@@ -13,7 +13,9 @@ use chainsmith_model::{IpFamily, IpNet, parse_cidr_sloppy, parse_ip_sloppy};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config_file::{ConfigFileError, Invalid, check_size_and_syntax, in_file, invalid, read_document};
+use crate::config_file::{
+    ConfigFileError, Invalid, check_size_and_syntax, in_file, interface_name, invalid, read_document,
+};
 use crate::node::parse_go_duration_ms;
 
 /// The only `apiVersion` read.
@@ -600,13 +602,15 @@ fn detect_local_mode(
     Ok(match mode {
         "" | "ClusterCIDR" => DetectLocalMode::ClusterCidr,
         "NodeCIDR" => DetectLocalMode::NodeCidr,
-        "BridgeInterface" => {
-            DetectLocalMode::BridgeInterface(interface_name("detectLocal.bridgeInterface", bridge, mode)?)
-        }
+        "BridgeInterface" => DetectLocalMode::BridgeInterface(interface_name(
+            "detectLocal.bridgeInterface",
+            bridge.as_deref(),
+            &format!("detectLocalMode {mode}"),
+        )?),
         "InterfaceNamePrefix" => DetectLocalMode::InterfaceNamePrefix(interface_name(
             "detectLocal.interfaceNamePrefix",
-            prefix,
-            mode,
+            prefix.as_deref(),
+            &format!("detectLocalMode {mode}"),
         )?),
         _ => {
             let message = format!(
@@ -615,22 +619,6 @@ fn detect_local_mode(
             return Err(invalid("detectLocalMode", message));
         }
     })
-}
-
-/// Required by its mode; the name is copied into rules, so it must not break them.
-fn interface_name(field: &str, value: Option<String>, mode: &str) -> Result<String, Invalid> {
-    match value {
-        None => Err(invalid(field, format!("required by detectLocalMode {mode}"))),
-        Some(name) if name.is_empty() => Err(invalid(field, format!("required by detectLocalMode {mode}"))),
-        Some(name)
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\'') =>
-        {
-            Err(invalid(field, format!("invalid interface name {name:?}")))
-        }
-        Some(name) => Ok(name),
-    }
 }
 
 /// CIDRs, or the single special value `primary`.

@@ -30,17 +30,21 @@ impl<'a> Report<'a> {
             .push(Diagnostic::info(self.kind, self.key.clone(), field, message));
     }
 
-    /// Refuses text that would break out of a quoted `--comment "..."` or a rule
-    /// line in the iptables-restore payload. Returns false after warning.
+    /// Refuses a name that would break the rules it is written into: an
+    /// iptables comment (`--comment "ns/svc:port"`), or an nftables chain name
+    /// (`service-HASH-ns/svc/tcp/port`), which `nft` reads as a bare word of
+    /// letters, digits, `_`, `-`, `.` and `/`. Kubernetes names never hold
+    /// anything else (DNS labels and subdomains, IANA service names), so only
+    /// hand-written input is refused. Returns false after warning.
     pub fn check_name(&mut self, field: &str, value: &str) -> bool {
         let Some(bad) = value
             .chars()
-            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'))
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
         else {
             return true;
         };
         let message = format!(
-            "{value:?} contains {bad:?}, which would corrupt the iptables-restore input ({} skipped)",
+            "{value:?} contains {bad:?}, which is not allowed in a Kubernetes name and would corrupt the rules ({} skipped)",
             self.kind
         );
         self.warn(field, message);

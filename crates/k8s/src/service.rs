@@ -404,6 +404,44 @@ mod tests {
         }
     }
 
+    /// What would end a bare word in an `nft -f` line (a chain name is
+    /// `service-HASH-ns/svc/tcp/port`) is refused in every name that reaches one.
+    #[test]
+    fn names_that_would_break_an_nft_line_are_refused() {
+        for bad in [
+            "a{b", "a}b", "a;b", "a#b", "a:b", "a@b", "a$b", "a\"b", "a\nb", "a b",
+        ] {
+            for (object, field) in [
+                (json!({"metadata": {"name": bad}}), "metadata.name"),
+                (json!({"metadata": {"namespace": bad}}), "metadata.namespace"),
+                (
+                    json!({"metadata": {"name": bad}, "spec": {"clusterIP": "172.30.0.41"}}),
+                    "metadata.name",
+                ),
+                (
+                    spec(json!({"ports": [{"name": bad, "port": 80}]})),
+                    "spec.ports[0].name",
+                ),
+            ] {
+                let (svc, diags) = translate(object);
+                assert_eq!(svc, None, "{bad:?} in {field}");
+                let last = diags.last().unwrap();
+                assert_eq!(
+                    (last.severity, last.field.as_str()),
+                    (Severity::Warning, field),
+                    "{bad:?}"
+                );
+            }
+        }
+        let mut fine = spec(json!({"ports": [{"name": "http_2-x", "port": 80}]}));
+        merge(&mut fine, json!({"metadata": {"name": "web-1.v2_x"}}));
+        let (svc, diags) = translate(fine);
+        assert!(
+            svc.is_some(),
+            "letters, digits, '-', '.' and '_' are fine: {diags:?}"
+        );
+    }
+
     #[test]
     fn unsafe_names_are_quoted_in_the_warning() {
         let (_, diags) = translate(json!({"metadata": {"name": "a\nb"}}));
@@ -412,7 +450,7 @@ mod tests {
             [(
                 Severity::Warning,
                 "metadata.name",
-                "\"a\\nb\" contains '\\n', which would corrupt the iptables-restore input (Service skipped)"
+                "\"a\\nb\" contains '\\n', which is not allowed in a Kubernetes name and would corrupt the rules (Service skipped)"
             )]
         );
     }

@@ -44,12 +44,13 @@ impl NftContext {
                 Some(format!("{f} saddr {cidr}")),
                 Some(format!("{f} saddr != {cidr}")),
             ),
-            // nftables matches interface names with `iifname`, a prefix with `*`
-            // (`iif` would need the interface to exist when the rule loads).
+            // nftables matches interface names with `iifname`, a prefix with
+            // `*` (`iif` would need the interface to exist when the rule
+            // loads); the name is quoted, as the kernel prints it.
             Some(LocalDetector::Interface(name)) => {
                 let name = match name.strip_suffix('+') {
                     Some(prefix) => format!("\"{prefix}*\""),
-                    None => name.clone(),
+                    None => format!("\"{name}\""),
                 };
                 (
                     Some(format!("iifname {name}")),
