@@ -7,13 +7,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_applier::{Applier, Backend, NetnsRunner, Runner, SystemRunner, Tools, backend_in_use};
+use chainsmith_changes::{ChainDiff, Change, PlanDiff, PortDiff, ServiceDiff};
 use chainsmith_model::NodeConfig;
+use chainsmith_nft_layout::NftRules;
 use chainsmith_planner::Plan;
-use chainsmith_restore::{ChainDiff, Change, PlanDiff, PortDiff, ServiceDiff, diff_plans};
+use chainsmith_restore::diff_plans;
 use chainsmith_tracer::{Drift, DriftKind, Ruleset, drift};
 use clap::{Args, ValueEnum};
 
-use crate::input::{self, LayoutArg};
+use crate::input::{self, LayoutArg, ModeArg, ProxyMode};
 use crate::trace::{Output, compiled_ruleset, plan_for_node};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -61,15 +63,23 @@ pub struct DiffArgs {
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
     #[command(flatten)]
+    mode: ModeArg,
+    #[command(flatten)]
     layout: LayoutArg,
 }
 
 /// Runs the command; `Ok(true)` when the kernel drifted from the desired rules,
 /// or when the change from --from to --to changes rules.
 pub fn run(args: &DiffArgs) -> Result<bool> {
+    args.mode.check_layout(&args.layout)?;
     let node = input::load_node(args.node.as_deref())?;
     if !args.from.is_empty() {
         return manifest_change(args, &node);
+    }
+    if args.mode.mode == ProxyMode::Nftables {
+        bail!(
+            "diff --mode nftables compares manifests (--from OLD --to NEW); comparing with the kernel's table is not built yet"
+        );
     }
     // clap's `requires` counts the flag's default (false) as present.
     if !args.live && (args.netns.is_some() || args.backend.is_some()) {
@@ -166,7 +176,10 @@ fn manifest_change(args: &DiffArgs, node: &NodeConfig) -> Result<bool> {
         .collect();
     input::report_diagnostics(&old_only);
     input::report_diagnostics(&new_diagnostics);
-    let changes = diff_plans(&old, &new, args.layout.layout);
+    let changes = match args.mode.mode {
+        ProxyMode::Iptables => diff_plans(&old, &new, args.layout.layout),
+        ProxyMode::Nftables => chainsmith_changes::diff_plans(&old, &new, &NftRules),
+    };
     let text = match args.output {
         Output::Text => describe_changes(&changes),
         Output::Json => serde_json::to_string_pretty(&changes)? + "\n",
@@ -272,12 +285,17 @@ fn port_heading(port: &PortDiff) -> String {
 fn describe_chains(out: &mut String, chains: &[ChainDiff], indent: &str) {
     use std::fmt::Write;
     for chain in chains {
-        let state = match chain.change {
-            Change::Added => " (new chain)",
-            Change::Removed => " (deleted chain)",
-            Change::Changed => "",
+        // nftables places are chains, sets or maps; iptables ones are chains.
+        let kind = match chain.table {
+            "set" | "map" => chain.table,
+            _ => "chain",
         };
-        let _ = writeln!(out, "{indent}{} {}{state}", chain.table.as_str(), chain.chain);
+        let state = match chain.change {
+            Change::Added => format!(" (new {kind})"),
+            Change::Removed => format!(" (deleted {kind})"),
+            Change::Changed => String::new(),
+        };
+        let _ = writeln!(out, "{indent}{} {}{state}", chain.table, chain.chain);
         for rule in &chain.removed {
             let _ = writeln!(out, "{indent}  - {rule}");
         }

@@ -38,6 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("chainsmith-naming", &[]),
     ("chainsmith-iptables", &["chainsmith-model"]),
     ("chainsmith-nftables", &[]),
+    ("chainsmith-changes", &["chainsmith-model", "chainsmith-planner"]),
     ("chainsmith-k8s", &["chainsmith-model"]),
     ("chainsmith-planner", &["chainsmith-model", "chainsmith-naming"]),
     (
@@ -52,6 +53,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "chainsmith-nft-layout",
         &[
+            "chainsmith-changes",
             "chainsmith-model",
             "chainsmith-naming",
             "chainsmith-nftables",
@@ -61,6 +63,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "chainsmith-restore",
         &[
+            "chainsmith-changes",
             "chainsmith-iptables",
             "chainsmith-layout",
             "chainsmith-model",
@@ -71,6 +74,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "chainsmith-sync",
         &[
+            "chainsmith-changes",
             "chainsmith-iptables",
             "chainsmith-layout",
             "chainsmith-model",
@@ -114,6 +118,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 const PURE: &[&str] = &[
     "chainsmith-model",
     "chainsmith-naming",
+    "chainsmith-changes",
     "chainsmith-iptables",
     "chainsmith-nftables",
     "chainsmith-planner",

@@ -105,6 +105,31 @@ fn manifest_changes_in_the_2018_layout() {
     }
 }
 
+/// The same review in nftables mode: per Service its own chains and sets,
+/// and its elements in the shared maps (`service-ips`, `no-endpoint-services`,
+/// `firewall-ips`, ...), which is where most of a change shows in this mode.
+#[test]
+fn manifest_changes_in_nftables_mode() {
+    for case in CASES {
+        let output = diff_case(case, &["--mode", "nftables"]);
+        let expected = if *case == "no-change" { 0 } else { 1 };
+        assert_eq!(output.status.code(), Some(expected), "{case}");
+        let mut args = diff_args(case);
+        args.extend(["--mode".into(), "nftables".into()]);
+        insta::with_settings!({
+            snapshot_path => "../../../snapshots",
+            prepend_module_to_snapshot => false,
+            description => format!("chainsmith {}", args.join(" ")),
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(
+                format!("diff@{case}@nftables"),
+                String::from_utf8(output.stdout).expect("utf8")
+            );
+        });
+    }
+}
+
 #[test]
 fn exit_status_is_zero_without_rule_changes_one_with_two_on_trouble() {
     // `chainsmith_in_fixtures` insists on success, i.e. exit status 0.

@@ -11,9 +11,9 @@
 //! - [`batch`]: a full payload cut into small restores of whole chains,
 //!   leaves first, for the nf_tables backend (one big transaction there costs
 //!   far more than many small ones).
-//! - [`changes`]: two plans' rules compared Service by Service ([`diff_plans`]
-//!   -> [`PlanDiff`]), each rule attributed to the port whose plan emits it, to
-//!   review what a manifest change does before it reaches a node.
+//! - [`changes`]: what a port's plan and the node write, per table and chain,
+//!   for `chainsmith_changes`' Service-by-Service comparison of two plans
+//!   ([`diff_plans`]).
 //!
 //! Reading text back (words, tables, chains and rules) is
 //! `chainsmith_iptables`'s; [`normalize`] and [`batch`] read through it.
@@ -29,5 +29,5 @@ pub mod changes;
 pub mod normalize;
 pub mod render;
 
-pub use changes::{ChainDiff, Change, DiffTotal, PlanDiff, PortDiff, ServiceDiff, diff_plans};
+pub use changes::diff_plans;
 pub use render::{PayloadWriter, render_plan, write_rule};
