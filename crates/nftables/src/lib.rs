@@ -11,17 +11,25 @@
 //!   re-adding an element with another value; [`Table::dump`] prints it in
 //!   knftables' dump form;
 //! - [`read_line`]/[`read_transaction`]: the one reader of that line form, for
-//!   transactions and dumps alike.
+//!   transactions and dumps alike;
+//! - [`read_listing`]: the reader of the kernel's own listing (`nft list
+//!   ruleset`), which spells the same rules differently; [`canonical_rule`]
+//!   and [`Table::canonical`] bring both spellings to one, so a model and
+//!   what the kernel holds compare as values.
 //!
 //! Architecture invariant: this crate knows nftables text and semantics only.
 //! It does not know Services, kube-proxy's chain layout or the planner, and it
 //! never runs `nft`: a kube-proxy ruleset is built from these parts elsewhere
 //! (`chainsmith-nft-layout`).
 
+mod canonical;
+mod listing;
 mod op;
 mod read;
 mod table;
 
+pub use canonical::{canonical_key, canonical_rule};
+pub use listing::{Listing, read_listing};
 pub use op::{
     BaseChain, ChainSpec, Element, Family, Hook, Op, SetKind, SetSpec, TABLE_NAME, Transaction, quote,
 };

@@ -173,7 +173,7 @@ fn comment_of(statement: &str) -> Result<String, String> {
 }
 
 /// Reverses [`crate::quote`].
-fn unquote(text: &str) -> Result<String, String> {
+pub(crate) fn unquote(text: &str) -> Result<String, String> {
     let inner = text
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
@@ -195,7 +195,7 @@ fn unquote(text: &str) -> Result<String, String> {
 }
 
 /// A rule's trailing ` comment "..."`, split off.
-fn split_comment(body: &str) -> Result<(&str, Option<String>), String> {
+pub(crate) fn split_comment(body: &str) -> Result<(&str, Option<String>), String> {
     if body.ends_with('"')
         && let Some(at) = body.rfind(" comment \"")
     {
@@ -273,7 +273,7 @@ fn set_spec(kind: SetKind, name: String, body: &str) -> Result<SetSpec, String> 
 }
 
 /// `KEY[ comment "C"][ : VALUE]`.
-fn element(inner: &str) -> Result<Element, String> {
+pub(crate) fn element(inner: &str) -> Result<Element, String> {
     let (before_value, value) = match inner.rfind(" : ") {
         Some(at) if !inner[at..].contains('"') => (&inner[..at], Some(inner[at + 3..].to_string())),
         _ => (inner, None),

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::canonical::{canonical_key, canonical_rule};
 use crate::op::{ChainSpec, Element, Family, Op, SetKind, SetSpec, Transaction};
 
 /// Why the kernel would refuse a transaction: the failing operation (1-based,
@@ -351,6 +352,87 @@ impl Table {
         ops
     }
 
+    /// The table with everything both knftables and the kernel may spell
+    /// their own way in one spelling, for comparing a model with what `nft
+    /// list` printed ([`crate::read_listing`]): `model.canonical() ==
+    /// listed.canonical()` exactly when the kernel holds what the model says.
+    ///
+    /// Rules go through [`crate::canonical_rule`], element keys through
+    /// [`crate::canonical_key`]; set flags are sorted and type texts spaced
+    /// once. The elements of `dynamic` sets are left out: the packet path
+    /// adds them (`update @set`), so the kernel holds entries no writer
+    /// wrote. Priorities and timeouts are numbers on both sides already.
+    pub fn canonical(&self) -> Table {
+        let mut table = Table::new(self.family);
+        table.exists = self.exists;
+        table.comment.clone_from(&self.comment);
+        for (name, chain) in &self.chains {
+            let rules = chain
+                .rules
+                .iter()
+                .map(|r| RuleEntry {
+                    rule: canonical_rule(&r.rule),
+                    comment: r.comment.clone(),
+                })
+                .collect();
+            table.chains.insert(
+                name.clone(),
+                ChainState {
+                    spec: chain.spec.clone(),
+                    rules,
+                },
+            );
+        }
+        for (name, set) in &self.sets {
+            let mut spec = set.spec.clone();
+            spec.type_text = spec.type_text.split_whitespace().collect::<Vec<_>>().join(" ");
+            spec.flags.sort();
+            spec.flags.dedup();
+            let dynamic = spec.flags.iter().any(|f| f == "dynamic");
+            let elements = set
+                .elements
+                .values()
+                .filter(|_| !dynamic)
+                .map(|e| {
+                    let key = canonical_key(&e.key);
+                    let element = Element {
+                        key: key.clone(),
+                        value: e.value.clone(),
+                        comment: e.comment.clone(),
+                    };
+                    (key, element)
+                })
+                .collect();
+            table.sets.insert(name.clone(), SetState { spec, elements });
+        }
+        table.recount();
+        table
+    }
+
+    /// Recomputes the reference counts from the rules and elements: a model
+    /// keeps zero counts of names it once referenced, a table read afresh
+    /// does not, and that history must not make equal contents unequal.
+    fn recount(&mut self) {
+        self.chain_refs.clear();
+        self.set_refs.clear();
+        let rules: Vec<String> = self
+            .chains
+            .values()
+            .flat_map(|c| c.rules.iter().map(|r| r.rule.clone()))
+            .collect();
+        let elements: Vec<Element> = self
+            .sets
+            .values()
+            .flat_map(|s| s.elements.values().cloned())
+            .collect();
+        for rule in &rules {
+            self.count_refs(rule, true);
+        }
+        for element in &elements {
+            self.count_value_refs(element, true);
+        }
+    }
+
     /// knftables' dump form: [`Table::to_ops`] as text, one line each.
     pub fn dump(&self) -> String {
         Transaction {
@@ -367,16 +449,19 @@ enum Reference<'t> {
 }
 
 /// The chains (`jump X`, `goto X`) and sets (`@S`) a rule or map value names.
+/// The kernel lists anonymous map elements as `0 : goto A, 1 : goto B`
+/// (knftables writes ` , `); names cannot hold a comma, so a trailing one
+/// is the separator.
 fn references(text: &str) -> impl Iterator<Item = Reference<'_>> {
     let mut words = text.split(' ').peekable();
     std::iter::from_fn(move || {
         while let Some(word) = words.next() {
             if word == "jump" || word == "goto" {
                 if let Some(target) = words.next() {
-                    return Some(Reference::Chain(target));
+                    return Some(Reference::Chain(target.strip_suffix(',').unwrap_or(target)));
                 }
             } else if let Some(set) = word.strip_prefix('@') {
-                return Some(Reference::Set(set));
+                return Some(Reference::Set(set.strip_suffix(',').unwrap_or(set)));
             }
         }
         None
@@ -478,6 +563,39 @@ add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : goto service-A }
                 "add chain ip kube-proxy in { type filter hook input priority -110 ; }\n"
             )))
             .expect("delete and re-add");
+    }
+
+    #[test]
+    fn canonical_forgets_history_and_learned_entries() {
+        let mut with_history = base();
+        with_history
+            .apply(&tx(concat!(
+                "add chain ip kube-proxy gone\n",
+                "add rule ip kube-proxy services jump gone\n",
+                "flush chain ip kube-proxy services\n",
+                "delete chain ip kube-proxy gone\n",
+                "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n",
+            )))
+            .expect("applies");
+        // Equal contents; only the zero reference count of `gone` remains.
+        assert_ne!(with_history, base());
+        assert_eq!(with_history.canonical(), base().canonical());
+
+        let affinity = "add set ip kube-proxy affinity-A { type ipv4_addr ; flags timeout,dynamic ; timeout 10800s ; }\n";
+        let mut model = base();
+        model.apply(&tx(affinity)).expect("applies");
+        let mut kernel = base();
+        kernel
+            .apply(&tx(&format!(
+                "{affinity}add element ip kube-proxy affinity-A {{ 10.0.0.1 }}\n"
+            )))
+            .expect("applies");
+        assert_eq!(model.canonical(), kernel.canonical());
+        let canonical = kernel.canonical();
+        assert_eq!(
+            canonical.set("affinity-A").expect("set").flags,
+            ["dynamic", "timeout"]
+        );
     }
 
     #[test]
