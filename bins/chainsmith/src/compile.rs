@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
-use chainsmith_sync::NftSyncEngine;
 use clap::Args;
 
 use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
+use crate::nft;
 
 #[derive(Debug, Args)]
 pub struct CompileArgs {
@@ -46,15 +46,8 @@ pub fn run(args: &CompileArgs) -> Result<()> {
             input::report_diagnostics(&plan.diagnostics);
             render_plan(&plan, args.layout.layout)
         }
-        ProxyMode::Nftables => {
-            // A fresh proxier's first sync: what kube-proxy sends to an empty node.
-            let mut engine = NftSyncEngine::new(node);
-            input::report_diagnostics(engine.context().diagnostics());
-            input::report_diagnostics(engine.nft_context().diagnostics());
-            engine.replace_state(&manifests.services, &manifests.endpoint_slices);
-            input::report_diagnostics(&engine.take_diagnostics());
-            engine.sync(0, false).main.to_text().into_bytes()
-        }
+        // A fresh proxier's first sync: what kube-proxy sends to an empty node.
+        ProxyMode::Nftables => nft::first_sync(&node, &manifests)?.0.to_text().into_bytes(),
     };
     std::io::stdout()
         .lock()

@@ -10,12 +10,16 @@ use chainsmith_applier::{Applier, Backend, NetnsRunner, Runner, SystemRunner, To
 use chainsmith_changes::{ChainDiff, Change, PlanDiff, PortDiff, ServiceDiff};
 use chainsmith_model::NodeConfig;
 use chainsmith_nft_layout::NftRules;
+use chainsmith_nftables::{
+    DriftKind as NftDriftKind, Family, TABLE_NAME, Table, TableDrift, drift as nft_drift, read_listing,
+};
 use chainsmith_planner::Plan;
 use chainsmith_restore::diff_plans;
 use chainsmith_tracer::{Drift, DriftKind, Ruleset, drift};
 use clap::{Args, ValueEnum};
 
 use crate::input::{self, LayoutArg, ModeArg, ProxyMode};
+use crate::nft;
 use crate::trace::{Output, compiled_ruleset, plan_for_node};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -34,7 +38,8 @@ pub struct DiffArgs {
     /// Cluster manifests: the state whose rules should be in the kernel.
     #[arg(value_name = "CLUSTER.yaml", required_unless_present = "from")]
     clusters: Vec<PathBuf>,
-    /// Compare with this `iptables-save` output.
+    /// Compare with this `iptables-save` output (in nftables mode: `nft list
+    /// ruleset` or `nft list table` output).
     #[arg(long, value_name = "DUMP.txt", conflicts_with = "live")]
     rules: Option<PathBuf>,
     /// Cluster manifests before a change (repeat for several files): show,
@@ -49,7 +54,8 @@ pub struct DiffArgs {
     /// Cluster manifests after the change (repeat for several files).
     #[arg(long = "to", value_name = "NEW.yaml", requires = "from")]
     to: Vec<PathBuf>,
-    /// Compare with the kernel's tables now (runs `iptables-save`; read only).
+    /// Compare with the kernel's tables now (runs `iptables-save`, or in
+    /// nftables mode `nft list table`; read only).
     #[arg(long)]
     live: bool,
     /// With --live: read the tables of this network namespace.
@@ -76,14 +82,12 @@ pub fn run(args: &DiffArgs) -> Result<bool> {
     if !args.from.is_empty() {
         return manifest_change(args, &node);
     }
-    if args.mode.mode == ProxyMode::Nftables {
-        bail!(
-            "diff --mode nftables compares manifests (--from OLD --to NEW); comparing with the kernel's table is not built yet"
-        );
-    }
     // clap's `requires` counts the flag's default (false) as present.
     if !args.live && (args.netns.is_some() || args.backend.is_some()) {
         bail!("--netns and --backend choose which kernel tables to read: use them with --live");
+    }
+    if args.mode.mode == ProxyMode::Nftables {
+        return kernel_drift_nftables(args, &node);
     }
     let manifests = input::load_manifests(&args.clusters)?;
     input::report_diagnostics(&manifests.diagnostics);
@@ -120,6 +124,119 @@ pub fn run(args: &DiffArgs) -> Result<bool> {
         .write_all(text.as_bytes())
         .context("cannot write to stdout")?;
     Ok(!found.is_empty())
+}
+
+/// nftables mode: the `kube-proxy` table of the node's family, from a
+/// listing or live, against a fresh proxier's first sync of the cluster.
+fn kernel_drift_nftables(args: &DiffArgs, node: &NodeConfig) -> Result<bool> {
+    if args.backend.is_some() {
+        bail!("--backend chooses an iptables backend; nftables mode reads table kube-proxy with nft");
+    }
+    let manifests = input::load_manifests(&args.clusters)?;
+    input::report_diagnostics(&manifests.diagnostics);
+    let (_, desired) = nft::first_sync(node, &manifests)?;
+    let family = desired.family();
+    let (listing, source) = match (&args.rules, args.live) {
+        (Some(path), _) => (input::read_text(path)?, path.display().to_string()),
+        (None, true) => {
+            let runner: Box<dyn Runner> = match &args.netns {
+                Some(name) => Box::new(NetnsRunner::new(name)),
+                None => Box::new(SystemRunner::default()),
+            };
+            let output = runner
+                .run("nft", &["list", "table", family.as_str(), TABLE_NAME], None)
+                .context("cannot run nft")?;
+            // No table at all is an answer (everything is missing), not trouble.
+            if !output.success() && !output.stderr.contains("No such file or directory") {
+                bail!(
+                    "nft list table {family} {TABLE_NAME} failed: {}",
+                    output.stderr.trim()
+                );
+            }
+            (output.stdout, format!("nft list table {family} {TABLE_NAME}"))
+        }
+        (None, false) => bail!("compare with --rules LISTING.txt or --live"),
+    };
+    let listed =
+        read_listing(&listing).with_context(|| format!("{source} does not read as nft's listing"))?;
+    let absent = Table::new(family);
+    let actual = listed.table(family).unwrap_or(&absent);
+    let found = nft_drift(&desired, actual);
+    let text = match args.output {
+        Output::Text => describe_nft(&found, family),
+        Output::Json => serde_json::to_string_pretty(&nft_drift_json(&found))? + "\n",
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
+    Ok(!found.is_empty())
+}
+
+fn drift_word(kind: NftDriftKind) -> &'static str {
+    match kind {
+        NftDriftKind::Missing => "missing",
+        NftDriftKind::Extra => "extra",
+        NftDriftKind::Changed => "changed",
+    }
+}
+
+fn describe_nft(drift: &TableDrift, family: Family) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    match drift.table {
+        Some(NftDriftKind::Missing) => {
+            let _ = writeln!(
+                out,
+                "table {family} {TABLE_NAME}: missing: the table should exist"
+            );
+        }
+        Some(kind) => {
+            let _ = writeln!(out, "table {family} {TABLE_NAME}: {}", drift_word(kind));
+        }
+        None => {}
+    }
+    for object in &drift.objects {
+        let what = match object.drift {
+            NftDriftKind::Missing => format!("missing: the {} should exist", object.kind),
+            NftDriftKind::Extra => format!("extra: the {} should not exist", object.kind),
+            NftDriftKind::Changed => format!(
+                "changed: {} missing, {} extra",
+                object.missing.len(),
+                object.extra.len()
+            ),
+        };
+        let _ = writeln!(out, "{} {}: {what}", object.kind, object.name);
+        for line in &object.missing {
+            let _ = writeln!(out, "  - {line}");
+        }
+        for line in &object.extra {
+            let _ = writeln!(out, "  + {line}");
+        }
+    }
+    if drift.is_empty() {
+        let _ = writeln!(out, "no drift: the kernel holds exactly the rules it should");
+    } else {
+        let _ = writeln!(
+            out,
+            "{} differ (- should be there, + should not)",
+            plural(drift.objects.len(), "object", "objects")
+        );
+    }
+    out
+}
+
+fn nft_drift_json(drift: &TableDrift) -> serde_json::Value {
+    serde_json::json!({
+        "table": drift.table.map(drift_word),
+        "objects": drift.objects.iter().map(|o| serde_json::json!({
+            "kind": o.kind,
+            "name": o.name,
+            "drift": drift_word(o.drift),
+            "missing": o.missing,
+            "extra": o.extra,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn describe(drift: &Drift) -> String {

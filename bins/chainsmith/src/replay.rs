@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use chainsmith_iptables::RuleSet;
-use chainsmith_model::IpFamily;
-use chainsmith_nftables::{Family, Table, read_transaction};
+use chainsmith_nftables::{Table, read_transaction};
 use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
 
 use crate::input::{self, LayoutArg, ModeArg, ProxyMode};
 use crate::metrics::{NftMetrics, RuleMetrics};
+use crate::nft;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum PartialSync {
@@ -150,10 +150,7 @@ fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
 fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
     let node = input::load_node(Some(&args.node))?;
     let ip_family = node.ip_family;
-    let family = match ip_family {
-        IpFamily::V4 => Family::Ip,
-        IpFamily::V6 => Family::Ip6,
-    };
+    let family = nft::family(ip_family);
     let mut engine = NftSyncEngine::new(node);
     input::report_diagnostics(engine.context().diagnostics());
     input::report_diagnostics(engine.nft_context().diagnostics());

@@ -241,3 +241,104 @@ fn json_lists_services_ports_and_chains() {
     assert_eq!(json["services"], Value::Array(Vec::new()));
     assert_eq!(json["node"], Value::Array(Vec::new()));
 }
+
+/// nftables mode against the kernel's own listing: the listing `nft list
+/// ruleset` printed after loading the compiled transaction of upstream's
+/// TestOverallNFTablesRules shows no drift; with a rule and an element taken
+/// out, both are named and the exit status is 1. With real kernel tests on,
+/// the same live in a namespace: a flushed chain and a deleted table.
+#[test]
+fn drift_against_the_kernels_nftables_listing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let case = root.join("testdata/conformance-nft/01-overall-nftables-rules");
+    let listing =
+        std::fs::read_to_string(root.join("crates/nftables/tests/data/overall.listing")).expect("listing");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, cluster) = (case.join("node.yaml"), case.join("cluster.yaml"));
+    let run = |listing: &str| {
+        let path = dir.path().join("listing.txt");
+        std::fs::write(&path, listing).expect("write");
+        let args = [
+            "diff",
+            "--mode",
+            "nftables",
+            "--node",
+            node.to_str().expect("utf8"),
+            "--rules",
+            path.to_str().expect("utf8"),
+            cluster.to_str().expect("utf8"),
+        ];
+        chainsmith(&args)
+    };
+    let same = run(&listing);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    assert!(String::from_utf8_lossy(&same.stdout).contains("no drift"));
+
+    let edited: String = listing
+        .lines()
+        .filter(|l| !l.contains("masquerade fully-random"))
+        .map(|l| l.replace("172.30.0.41, ", "") + "\n")
+        .collect();
+    let drifted = run(&edited);
+    assert_eq!(drifted.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&drifted.stdout);
+    assert!(
+        text.contains("chain masquerading: changed: 1 missing, 0 extra\n  - masquerade fully-random"),
+        "{text}"
+    );
+    assert!(
+        text.contains("set cluster-ips: changed: 1 missing, 0 extra\n  - 172.30.0.41"),
+        "{text}"
+    );
+
+    if !chainsmith_testkit::kernel_tests_enabled("drift_against_the_kernels_nftables_listing") {
+        return;
+    }
+    let netns = chainsmith_testkit::Netns::new("nftdiff").expect("netns");
+    let compiled = chainsmith(&[
+        "compile",
+        "--mode",
+        "nftables",
+        "--node",
+        "nodes/ipv4.yaml",
+        "loadbalancer.yaml",
+    ]);
+    netns
+        .run_with_input("nft", &["-f", "-"], &compiled.stdout)
+        .expect("the kernel takes the compiled transaction");
+    let live = |extra: &[&str]| {
+        let mut args = vec![
+            "diff",
+            "--mode",
+            "nftables",
+            "--live",
+            "--netns",
+            netns.name(),
+            "--node",
+            "nodes/ipv4.yaml",
+            "loadbalancer.yaml",
+        ];
+        args.extend_from_slice(extra);
+        chainsmith(&args)
+    };
+    assert_eq!(live(&[]).status.code(), Some(0));
+    netns
+        .run("nft", &["flush", "chain", "ip", "kube-proxy", "masquerading"])
+        .expect("flush");
+    let flushed = live(&["--output", "json"]);
+    assert_eq!(flushed.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&flushed.stdout).expect("json");
+    assert_eq!(json["objects"][0]["name"], "masquerading");
+    assert_eq!(json["objects"][0]["missing"].as_array().map(Vec::len), Some(3));
+    netns
+        .run("nft", &["delete", "table", "ip", "kube-proxy"])
+        .expect("delete");
+    let gone = live(&[]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stdout).starts_with("table ip kube-proxy: missing"));
+}

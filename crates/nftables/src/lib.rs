@@ -15,7 +15,7 @@
 //! - [`read_listing`]: the reader of the kernel's own listing (`nft list
 //!   ruleset`), which spells the same rules differently; [`canonical_rule`]
 //!   and [`Table::canonical`] bring both spellings to one, so a model and
-//!   what the kernel holds compare as values.
+//!   what the kernel holds compare as values; [`drift`] says how they differ.
 //!
 //! Architecture invariant: this crate knows nftables text and semantics only.
 //! It does not know Services, kube-proxy's chain layout or the planner, and it
@@ -23,12 +23,14 @@
 //! (`chainsmith-nft-layout`).
 
 mod canonical;
+mod drift;
 mod listing;
 mod op;
 mod read;
 mod table;
 
 pub use canonical::{canonical_key, canonical_rule};
+pub use drift::{DriftKind, ObjectDrift, TableDrift, drift};
 pub use listing::{Listing, read_listing};
 pub use op::{
     BaseChain, ChainSpec, Element, Family, Hook, Op, SetKind, SetSpec, TABLE_NAME, Transaction, quote,
