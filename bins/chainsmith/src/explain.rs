@@ -6,13 +6,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_layout::Layout;
-use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey};
+use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey, Protocol};
+use chainsmith_naming::nft::NftObjectKind;
+use chainsmith_nft_layout::{endpoint_chain_base, port_base};
+use chainsmith_nft_tracer::{Node as NftNode, Origin as NftOrigin, Packet as NftPacket, Tracer};
+use chainsmith_nftables::Table;
 use chainsmith_planner::ServicePortPlan;
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
 use clap::Args;
 
-use crate::input::{self, Example, LayoutArg};
-use crate::{narrate, trace as tracing};
+use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
+use crate::{narrate, narrate_nft, nft, trace as tracing};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -27,7 +31,52 @@ pub struct ExplainArgs {
     #[arg(long, value_enum, value_name = "NAME", conflicts_with = "node")]
     example: Option<Example>,
     #[command(flatten)]
+    mode: ModeArg,
+    #[command(flatten)]
     layout: LayoutArg,
+}
+
+/// The rules the sample packets go through, in the mode chosen.
+enum Rules<'t> {
+    Iptables(Layout, Ruleset, Node),
+    Nftables(Tracer<'t>, NftNode),
+}
+
+/// Who sends a sample packet.
+#[derive(Clone, Copy)]
+enum Sender {
+    /// A neighbour of the node (a pod on it, or another host).
+    Outside,
+    /// The node itself.
+    Node,
+}
+
+impl Rules<'_> {
+    /// What happens to one sample packet, in one sentence.
+    fn summary(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, dport: u16, sender: Sender) -> String {
+        match self {
+            Rules::Iptables(_, ruleset, node) => {
+                let origin = match sender {
+                    Sender::Outside => Origin::FromOutside,
+                    Sender::Node => Origin::FromNode,
+                };
+                let result = trace(ruleset, &Packet::new(src, dst, protocol, dport, origin), node);
+                narrate::summary(&result.outcomes)
+            }
+            Rules::Nftables(tracer, node) => {
+                let origin = match sender {
+                    Sender::Outside => NftOrigin::FromOutside {
+                        interface: "eth0".to_string(),
+                    },
+                    Sender::Node => NftOrigin::FromNode,
+                };
+                match tracer.trace(&NftPacket::new(src, dst, protocol, dport, origin), node) {
+                    Ok(result) => narrate_nft::summary(&result.outcomes),
+                    Err(error) => format!("cannot be traced: {error}"),
+                }
+            }
+        }
+    }
 }
 
 /// Who sends the sample packets: documentation addresses, never real hosts.
@@ -59,6 +108,7 @@ fn senders(node: &NodeConfig, plan: &ServicePortPlan) -> Senders {
 }
 
 pub fn run(args: &ExplainArgs) -> Result<()> {
+    args.mode.check_layout(&args.layout)?;
     let Some((service, clusters)) = args.arguments.split_last() else {
         bail!("name the Service as namespace/name");
     };
@@ -88,11 +138,23 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         }
         bail!("no Service {key} in the manifests");
     }
-    let ruleset = tracing::compiled_ruleset(&plan, args.layout.layout)?;
-    let local = Node::new(tracing::local_ips(&node));
+    let local = tracing::local_ips(&node);
+    let table: Table;
+    let rules = match args.mode.mode {
+        ProxyMode::Iptables => Rules::Iptables(
+            args.layout.layout,
+            tracing::compiled_ruleset(&plan, args.layout.layout)?,
+            Node::new(local),
+        ),
+        ProxyMode::Nftables => {
+            table = nft::first_sync(&node, &manifests)?.1;
+            let tracer = Tracer::new(&table).context("the compiled table cannot be traced")?;
+            Rules::Nftables(tracer, NftNode::new(local))
+        }
+    };
     let mut out = String::new();
     for port in ports {
-        explain_port(&mut out, &node, args.layout.layout, port, &ruleset, &local);
+        explain_port(&mut out, &node, port, &rules);
     }
     std::io::stdout()
         .lock()
@@ -109,22 +171,62 @@ fn host_port(ip: &str, port: u16) -> String {
     }
 }
 
-fn explain_port(
-    out: &mut String,
-    node: &NodeConfig,
-    layout: Layout,
-    port: &ServicePortPlan,
-    ruleset: &Ruleset,
-    local: &Node,
-) {
+/// One endpoint as the mode's rules use it.
+struct EndpointRow<'p> {
+    info: &'p chainsmith_planner::EndpointInfo,
+    chain: String,
+    cluster: bool,
+    local: bool,
+}
+
+/// The port's balancing chain and its endpoints' chains, in the mode's names.
+fn port_chains<'p>(rules: &Rules<'_>, port: &'p ServicePortPlan) -> (String, Vec<EndpointRow<'p>>) {
+    match rules {
+        Rules::Iptables(layout, ..) => {
+            let view = layout.describe_port(port);
+            let rows = view
+                .endpoints
+                .iter()
+                .map(|e| EndpointRow {
+                    info: e.info,
+                    chain: e.chain.to_string(),
+                    cluster: e.cluster,
+                    local: e.local,
+                })
+                .collect();
+            (view.service_chain.to_string(), rows)
+        }
+        Rules::Nftables(..) => {
+            fn in_role<'p>(
+                mut list: impl Iterator<Item = &'p chainsmith_planner::EndpointInfo>,
+                ep: &chainsmith_planner::EndpointInfo,
+            ) -> bool {
+                list.any(|e| std::ptr::eq(e, ep))
+            }
+            let rows = port
+                .endpoints()
+                .iter()
+                .map(|ep| EndpointRow {
+                    info: ep,
+                    chain: NftObjectKind::Endpoint.name(&endpoint_chain_base(port, ep)),
+                    cluster: in_role(port.cluster_endpoints(), ep),
+                    local: in_role(port.local_endpoints(), ep),
+                })
+                .collect();
+            (NftObjectKind::Service.name(&port_base(port)), rows)
+        }
+    }
+}
+
+fn explain_port(out: &mut String, node: &NodeConfig, port: &ServicePortPlan, rules: &Rules<'_>) {
     use std::fmt::Write;
     let info = port.info();
     let addresses = &info.addresses;
-    let view = layout.describe_port(port);
+    let (service_chain, endpoints) = port_chains(rules, port);
     let _ = writeln!(
         out,
         "Service port {} ({} {})",
-        view.name, info.port, info.protocol
+        info.name, info.port, info.protocol
     );
     let policies = format!(
         "externalTrafficPolicy {}, internalTrafficPolicy {}",
@@ -139,13 +241,9 @@ fn explain_port(
             "Cluster"
         }
     );
-    let _ = writeln!(
-        out,
-        "  {policies}; chains share the hash of {}",
-        view.service_chain
-    );
-    let _ = writeln!(out, "  endpoints ({}):", view.endpoints.len());
-    for endpoint in &view.endpoints {
+    let _ = writeln!(out, "  {policies}; chains share the hash of {service_chain}");
+    let _ = writeln!(out, "  endpoints ({}):", endpoints.len());
+    for endpoint in &endpoints {
         let ep = endpoint.info;
         let mut roles = Vec::new();
         if endpoint.cluster {
@@ -174,17 +272,12 @@ fn explain_port(
         );
     }
     let who = senders(node, port);
-    let mut entry = |title: String, dst: IpAddr, dport: u16, cases: &[(&str, Option<IpAddr>, Origin)]| {
+    let mut entry = |title: String, dst: IpAddr, dport: u16, cases: &[(&str, Option<IpAddr>, Sender)]| {
         let _ = writeln!(out, "  {title}");
-        for (label, src, origin) in cases {
+        for (label, src, sender) in cases {
             let Some(src) = src else { continue };
-            let packet = Packet::new(*src, dst, info.protocol, dport, *origin);
-            let result = trace(ruleset, &packet, local);
-            let _ = writeln!(
-                out,
-                "    from {label} ({src}): {}",
-                narrate::summary(&result.outcomes)
-            );
+            let summary = rules.summary(*src, dst, info.protocol, dport, *sender);
+            let _ = writeln!(out, "    from {label} ({src}): {summary}");
         }
     };
     let pod_label = "a pod";
@@ -193,9 +286,9 @@ fn explain_port(
         addresses.cluster_ip.value,
         info.port,
         &[
-            (pod_label, who.pod, Origin::FromOutside),
-            ("this node", who.node, Origin::FromNode),
-            ("outside the pod network", Some(who.outside), Origin::FromOutside),
+            (pod_label, who.pod, Sender::Outside),
+            ("this node", who.node, Sender::Node),
+            ("outside the pod network", Some(who.outside), Sender::Outside),
         ],
     );
     if let Some(node_ip) = who.node.filter(|_| info.node_port != 0) {
@@ -207,8 +300,8 @@ fn explain_port(
             node_ip,
             info.node_port,
             &[
-                ("outside the cluster", Some(who.outside), Origin::FromOutside),
-                (pod_label, who.pod, Origin::FromOutside),
+                ("outside the cluster", Some(who.outside), Sender::Outside),
+                (pod_label, who.pod, Sender::Outside),
             ],
         );
     }
@@ -223,9 +316,9 @@ fn explain_port(
             vip.value,
             info.port,
             &[
-                ("outside the cluster", Some(who.outside), Origin::FromOutside),
-                ("an allowed source range", allowed, Origin::FromOutside),
-                (pod_label, who.pod, Origin::FromOutside),
+                ("outside the cluster", Some(who.outside), Sender::Outside),
+                ("an allowed source range", allowed, Sender::Outside),
+                (pod_label, who.pod, Sender::Outside),
             ],
         );
     }
@@ -235,8 +328,8 @@ fn explain_port(
             ip.value,
             info.port,
             &[
-                ("outside the cluster", Some(who.outside), Origin::FromOutside),
-                (pod_label, who.pod, Origin::FromOutside),
+                ("outside the cluster", Some(who.outside), Sender::Outside),
+                (pod_label, who.pod, Sender::Outside),
             ],
         );
     }
@@ -248,7 +341,16 @@ fn explain_port(
              that does come through the load balancer lands on the same rules"
         );
     }
-    if let Some(note) = layout.load_balancer_note(port) {
+    let note = match rules {
+        Rules::Iptables(layout, ..) => layout.load_balancer_note(port),
+        Rules::Nftables(..) => port.restricts_load_balancer_sources().then(|| {
+            "loadBalancerSourceRanges are checked before DNAT (firewall-check looks the load-balancer IP up in \
+             firewall-ips): a source outside them is dropped, pods and the node included unless a range \
+             holds them; the NodePort is not subject to the ranges"
+                .to_string()
+        }),
+    };
+    if let Some(note) = note {
         let _ = writeln!(out, "  {note}");
     }
     let _ = writeln!(out);

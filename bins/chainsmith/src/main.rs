@@ -12,6 +12,7 @@ mod explain;
 mod input;
 mod metrics;
 mod narrate;
+mod narrate_nft;
 mod nft;
 mod replay;
 mod run;

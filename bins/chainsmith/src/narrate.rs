@@ -146,38 +146,57 @@ pub fn narrate(trace: &Trace, layout: Layout) -> String {
         packet.dport,
         packet.conntrack.as_iptables()
     );
-    let Some(first) = trace.outcomes.first() else {
-        let _ = writeln!(out, "No outcome.");
-        return out;
-    };
-    write_steps(&mut out, &first.path, layout);
-    for (n, outcome) in trace.outcomes.iter().enumerate().skip(1) {
-        // Show where this branch leaves the first one.
-        let shared = first
-            .path
-            .iter()
-            .zip(&outcome.path)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let _ = writeln!(out, "\n  ... branch {} of {}:", n + 1, trace.outcomes.len());
-        write_steps(&mut out, &outcome.path[shared..], layout);
-    }
-    let _ = writeln!(out);
-    if trace.outcomes.len() == 1 {
-        let _ = writeln!(out, "Verdict: {}.", verdict(first));
-    } else {
-        let _ = writeln!(out, "Verdict, one of {} random choices:", trace.outcomes.len());
-        for outcome in &trace.outcomes {
-            let _ = writeln!(
-                out,
-                "  {:5.1}%  {}",
-                outcome.probability * 100.0,
-                verdict(outcome)
-            );
-        }
-    }
+    write_outcomes(
+        &mut out,
+        &trace.outcomes,
+        |o| &o.path,
+        |o| o.probability,
+        verdict,
+        |out, steps| write_steps(out, steps, layout),
+    );
     for warning in &trace.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
     out
+}
+
+/// The steps of the first outcome, then where each other outcome leaves it,
+/// then the verdicts with their chances: the shape of every trace's text.
+pub fn write_outcomes<O, S: PartialEq>(
+    out: &mut String,
+    outcomes: &[O],
+    path: impl Fn(&O) -> &[S],
+    probability: impl Fn(&O) -> f64,
+    verdict: impl Fn(&O) -> String,
+    write_steps: impl Fn(&mut String, &[S]),
+) {
+    let Some(first) = outcomes.first() else {
+        let _ = writeln!(out, "No outcome.");
+        return;
+    };
+    write_steps(out, path(first));
+    for (n, outcome) in outcomes.iter().enumerate().skip(1) {
+        // Show where this branch leaves the first one.
+        let shared = path(first)
+            .iter()
+            .zip(path(outcome))
+            .take_while(|(a, b)| a == b)
+            .count();
+        let _ = writeln!(out, "\n  ... branch {} of {}:", n + 1, outcomes.len());
+        write_steps(out, &path(outcome)[shared..]);
+    }
+    let _ = writeln!(out);
+    if outcomes.len() == 1 {
+        let _ = writeln!(out, "Verdict: {}.", verdict(first));
+    } else {
+        let _ = writeln!(out, "Verdict, one of {} random choices:", outcomes.len());
+        for outcome in outcomes {
+            let _ = writeln!(
+                out,
+                "  {:5.1}%  {}",
+                probability(outcome) * 100.0,
+                verdict(outcome)
+            );
+        }
+    }
 }

@@ -105,14 +105,11 @@ fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
     // what iptables-restore would refuse.
     let mut kernel = RuleSet::new();
     let mut stderr = std::io::stderr().lock();
-    for (index, state) in args.states.iter().enumerate() {
-        let step = index + 1;
-        let manifests = input::load_manifests(&[state])?;
-        input::report_diagnostics(&manifests.diagnostics);
+    for (step, state, now_ms, force_full) in syncs(args, clock_ms) {
+        let manifests = read_state(state)?;
         engine.replace_state(&manifests.services, &manifests.endpoint_slices);
         input::report_diagnostics(&engine.take_diagnostics());
-        let now_ms = clock_ms.get(index).copied().unwrap_or(0);
-        let outcome = engine.sync(now_ms, args.full_sync_at.contains(&step));
+        let outcome = engine.sync(now_ms, force_full);
         let payload = std::str::from_utf8(outcome.payload)
             .context("payload is not UTF-8")?
             .to_string();
@@ -164,14 +161,11 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
         engine.set_existing(&kernel);
     }
     let mut stderr = std::io::stderr().lock();
-    for (index, state) in args.states.iter().enumerate() {
-        let step = index + 1;
-        let manifests = input::load_manifests(&[state])?;
-        input::report_diagnostics(&manifests.diagnostics);
+    for (step, state, now_ms, force_full) in syncs(args, clock_ms) {
+        let manifests = read_state(state)?;
         engine.replace_state(&manifests.services, &manifests.endpoint_slices);
         input::report_diagnostics(&engine.take_diagnostics());
-        let now_ms = clock_ms.get(index).copied().unwrap_or(0);
-        let outcome = engine.sync(now_ms, args.full_sync_at.contains(&step));
+        let outcome = engine.sync(now_ms, force_full);
         let refused = |what: &str| {
             format!(
                 "sync {step} ({}) produced a {what} transaction the kernel would refuse",
@@ -209,6 +203,26 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Each sync: its number (from 1), its cluster state, its simulated time and
+/// whether it is forced full.
+fn syncs<'a>(
+    args: &'a ReplayArgs,
+    clock_ms: &'a [u64],
+) -> impl Iterator<Item = (usize, &'a Path, u64, bool)> {
+    args.states.iter().enumerate().map(|(index, state)| {
+        let step = index + 1;
+        let now_ms = clock_ms.get(index).copied().unwrap_or(0);
+        (step, state.as_path(), now_ms, args.full_sync_at.contains(&step))
+    })
+}
+
+/// One cluster state, its problems reported.
+fn read_state(state: &Path) -> Result<chainsmith_k8s::Manifests> {
+    let manifests = input::load_manifests(&[state])?;
+    input::report_diagnostics(&manifests.diagnostics);
+    Ok(manifests)
 }
 
 fn clock_millis(seconds: &[f64]) -> Result<Vec<u64>> {

@@ -8,13 +8,17 @@ use anyhow::{Context, Result, bail};
 use chainsmith_k8s::Manifests;
 use chainsmith_layout::Layout;
 use chainsmith_model::{NodeConfig, Protocol};
+use chainsmith_nft_tracer::{
+    CtState as NftCtState, Node as NftNode, Origin as NftOrigin, Packet as NftPacket, trace as nft_trace,
+};
+use chainsmith_nftables::{TABLE_NAME, Table, read_listing, read_transaction};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
 use chainsmith_tracer::{CtState, Node, Origin, Packet, Ruleset, trace};
 use clap::{Args, ValueEnum};
 
-use crate::input::{self, Example, LayoutArg};
-use crate::narrate;
+use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
+use crate::{narrate, narrate_nft, nft};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum From {
@@ -45,8 +49,9 @@ pub struct TraceArgs {
     /// Node and proxier settings; also gives the node's own addresses.
     #[arg(long, value_name = "NODE.yaml")]
     node: Option<PathBuf>,
-    /// Trace through these rules (`iptables-save` output or restore input)
-    /// instead of compiling a cluster.
+    /// Trace through these rules instead of compiling a cluster:
+    /// `iptables-save` output or restore input; in nftables mode `nft list
+    /// ruleset` output or `nft -f` input.
     #[arg(long, value_name = "DUMP.txt", conflicts_with = "clusters")]
     rules: Option<PathBuf>,
     /// Cluster manifests to compile (with --node).
@@ -56,7 +61,13 @@ pub struct TraceArgs {
     #[arg(long, value_enum, value_name = "NAME", conflicts_with_all = ["rules", "node"])]
     example: Option<Example>,
     #[command(flatten)]
+    mode: ModeArg,
+    #[command(flatten)]
     layout: LayoutArg,
+    /// nftables mode: the interface a packet from outside arrives on (for
+    /// `iifname` matches of an interface-based local-traffic detector).
+    #[arg(long, value_name = "NAME", default_value = "eth0")]
+    in_interface: String,
     /// Source address.
     #[arg(long)]
     src: IpAddr,
@@ -75,8 +86,9 @@ pub struct TraceArgs {
     /// Connection state.
     #[arg(long, value_enum, default_value = "new")]
     state: State,
-    /// Session-affinity lists (`KUBE-SEP-...` chain names) that already hold the
-    /// source address, as after earlier connections.
+    /// Session-affinity lists that already hold the source address, as after
+    /// earlier connections: `KUBE-SEP-...` chain names (iptables) or
+    /// `affinity-...` set names (nftables).
     #[arg(long = "affinity", value_name = "KUBE-SEP-...")]
     affinity: Vec<String>,
     /// Addresses of this node (for `--src-type/--dst-type LOCAL`), added to
@@ -120,6 +132,10 @@ pub fn local_ips(node: &NodeConfig) -> Vec<IpAddr> {
 }
 
 pub fn run(args: &TraceArgs) -> Result<()> {
+    args.mode.check_layout(&args.layout)?;
+    if args.mode.mode == ProxyMode::Nftables {
+        return run_nftables(args);
+    }
     let layout = args.layout.layout;
     let (node, ruleset) = match &args.rules {
         Some(path) => {
@@ -140,7 +156,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
             (node, ruleset)
         }
     };
-    let protocol = Protocol::from_api(&args.proto.to_uppercase()).context("protocol")?;
+    let protocol = protocol(args)?;
     let origin = match args.from {
         From::Outside => Origin::FromOutside,
         From::Node => Origin::FromNode,
@@ -156,6 +172,85 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     let result = trace(&ruleset, &packet, &Node::new(ips));
     let text = match args.output {
         Output::Text => narrate::narrate(&result, layout),
+        Output::Json => serde_json::to_string_pretty(&result)? + "\n",
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")
+}
+
+fn protocol(args: &TraceArgs) -> Result<Protocol> {
+    Protocol::from_api(&args.proto.to_uppercase()).context("protocol")
+}
+
+/// The nftables table to trace through: from a file (the kernel's listing,
+/// or a transaction or dump), or compiled from the cluster.
+pub fn nft_table(args: &TraceArgs) -> Result<(NodeConfig, Table)> {
+    match &args.rules {
+        Some(path) => {
+            let node = input::load_node(args.node.as_deref())?;
+            let family = nft::family(node.ip_family);
+            let text = input::read_text(path)?;
+            let listing = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .is_some_and(|l| l.starts_with("table "));
+            let table = if listing {
+                let listed = read_listing(&text)
+                    .with_context(|| format!("{} does not read as nft's listing", path.display()))?;
+                listed
+                    .table(family)
+                    .cloned()
+                    .with_context(|| format!("{} has no table {family} {TABLE_NAME}", path.display()))?
+            } else {
+                let transaction = read_transaction(&text, family).with_context(|| {
+                    format!("{} is neither nft's listing nor nft -f input", path.display())
+                })?;
+                let mut table = Table::new(family);
+                table
+                    .apply(&transaction)
+                    .with_context(|| format!("{} is not a ruleset the kernel could hold", path.display()))?;
+                table
+            };
+            Ok((node, table))
+        }
+        None => {
+            if args.clusters.is_empty() && args.example.is_none() {
+                bail!(
+                    "give cluster manifests to compile (with --node), --example NAME, or --rules LISTING.txt"
+                );
+            }
+            let (node, manifests) = input::load_input(args.example, args.node.as_deref(), &args.clusters)?;
+            input::report_diagnostics(&manifests.diagnostics);
+            let (_, table) = nft::first_sync(&node, &manifests)?;
+            Ok((node, table))
+        }
+    }
+}
+
+fn run_nftables(args: &TraceArgs) -> Result<()> {
+    let (node, table) = nft_table(args)?;
+    let origin = match args.from {
+        From::Outside => NftOrigin::FromOutside {
+            interface: args.in_interface.clone(),
+        },
+        From::Node => NftOrigin::FromNode,
+    };
+    let mut packet = NftPacket::new(args.src, args.dst, protocol(args)?, args.dport, origin);
+    packet.conntrack = match args.state {
+        State::New => NftCtState::New,
+        State::Established => NftCtState::Established,
+    };
+    for set in &args.affinity {
+        packet.affinity.insert(set.clone(), vec![args.src]);
+    }
+    let mut ips = local_ips(&node);
+    ips.extend(&args.local_ips);
+    let result = nft_trace(&table, &packet, &NftNode::new(ips)).context("the rules cannot be traced")?;
+    let text = match args.output {
+        Output::Text => narrate_nft::narrate(&result),
         Output::Json => serde_json::to_string_pretty(&result)? + "\n",
     };
     std::io::stdout()

@@ -3,7 +3,7 @@
 //! Data flows one way: Kubernetes objects -> model -> plan (decisions) ->
 //! layout (rules) -> restore or nft text -> kernel. The crates that compute
 //! (model, naming, iptables, nftables, planner, layout, nft-layout, restore,
-//! sync, tracer) are
+//! sync, tracer, nft-tracer) are
 //! pure: no async runtime, no Kubernetes client, no HTTP, no metrics registry,
 //! no randomness, no processes, files or clocks. Only the translation crate
 //! and the node crate know `k8s-openapi`; only the applier, the node crate and
@@ -86,6 +86,12 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("chainsmith-tracer", &["chainsmith-iptables", "chainsmith-model"]),
+    // nftables mode's tracer reads tables of the nftables vocabulary, and
+    // like the iptables tracer nothing of how they were generated.
+    (
+        "chainsmith-nft-tracer",
+        &["chainsmith-model", "chainsmith-nftables"],
+    ),
     (
         "chainsmith-applier",
         &[
@@ -110,9 +116,12 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // Test support: the fake API server stands alone, the kernel test kit
-    // only knows the iptables vocabulary.
+    // only knows the iptables and nftables vocabularies.
     ("chainsmith-fakeapi", &[]),
-    ("chainsmith-testkit", &["chainsmith-iptables"]),
+    (
+        "chainsmith-testkit",
+        &["chainsmith-iptables", "chainsmith-nftables"],
+    ),
 ];
 
 const PURE: &[&str] = &[
@@ -127,6 +136,7 @@ const PURE: &[&str] = &[
     "chainsmith-restore",
     "chainsmith-sync",
     "chainsmith-tracer",
+    "chainsmith-nft-tracer",
 ];
 
 /// External crates no pure crate may pull in, even indirectly.

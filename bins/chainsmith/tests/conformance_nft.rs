@@ -6,98 +6,19 @@
 //! upstream's `expected.nft` (compared as upstream does: objects as a set,
 //! rules in chain order), the operation counts, stale chains and map lookups
 //! of `assertions.yaml`, and the metric values of `metrics.yaml`. The packet
-//! flows of `flows.yaml` are traced by the suite's own checker
-//! (scripts/check-conformance-with-python.sh), which also reads these outputs.
+//! flows of `flows.yaml` go through the project's nftables tracer
+//! (crates/nft-tracer/tests/conformance_flows.rs) and the suite's own checker
+//! (scripts/check-conformance-with-python.sh), which reads these outputs.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+#[path = "common/nft_suite.rs"]
+mod nft_suite;
 
 use chainsmith_nftables::{Family, Table, read_transaction};
+use nft_suite::{cases, load_yaml, replay};
 use serde_json::Value;
-
-fn suite() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/conformance-nft")
-}
-
-fn load_yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-struct Case {
-    name: String,
-    dir: PathBuf,
-    steps: Vec<PathBuf>,
-    family: Family,
-}
-
-fn cases() -> Vec<Case> {
-    let mut cases: Vec<Case> = std::fs::read_dir(suite())
-        .expect("suite")
-        .map(|e| e.expect("entry").path())
-        .filter(|dir| dir.join("node.yaml").exists())
-        .map(|dir| {
-            let mut steps: Vec<PathBuf> = if dir.join("steps").is_dir() {
-                std::fs::read_dir(dir.join("steps"))
-                    .expect("steps")
-                    .map(|e| e.expect("step").path())
-                    .collect()
-            } else {
-                vec![dir.clone()]
-            };
-            steps.sort();
-            let family = match load_yaml(&dir.join("node.yaml"))["ipFamily"].as_str() {
-                Some("IPv6") => Family::Ip6,
-                _ => Family::Ip,
-            };
-            Case {
-                name: dir.file_name().unwrap().to_string_lossy().into_owned(),
-                dir,
-                steps,
-                family,
-            }
-        })
-        .collect();
-    cases.sort_by(|a, b| a.name.cmp(&b.name));
-    cases
-}
-
-/// `chainsmith replay --mode nftables` over the steps, in `out`. A step with
-/// `ageStaleChains` runs 2 s after the one before (upstream moves the recorded
-/// times 2 s back); the others run at the same instant.
-fn replay(node: &Path, steps: &[PathBuf], initial: Option<&Path>, out: &Path) {
-    let mut now = 0u32;
-    let clock: Vec<String> = steps
-        .iter()
-        .map(|step| {
-            let step_file = step.join("step.yaml");
-            if step_file.exists() && load_yaml(&step_file)["ageStaleChains"].as_bool() == Some(true) {
-                now += 2;
-            }
-            now.to_string()
-        })
-        .collect();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chainsmith"));
-    command
-        .args(["replay", "--mode", "nftables", "--node"])
-        .arg(node)
-        .arg("--out")
-        .arg(out)
-        .arg("--clock")
-        .arg(clock.join(","));
-    if let Some(initial) = initial {
-        command.arg("--existing-ruleset").arg(initial);
-    }
-    command.args(steps.iter().map(|s| s.join("cluster.yaml")));
-    let output = command.output().expect("run chainsmith");
-    assert!(
-        output.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// The table a dump describes. Upstream's expected texts come in blocks, a
 /// rule sometimes before the chain it jumps to; like upstream's comparison,
@@ -144,14 +65,8 @@ fn every_case_matches_upstream() {
     let mut checked = 0;
     for case in &cases {
         let out = tempfile::tempdir().expect("tempdir");
-        let initial = case.dir.join("initial.nft");
-        let initial = initial.exists().then_some(initial);
-        replay(
-            &case.dir.join("node.yaml"),
-            &case.steps,
-            initial.as_deref(),
-            out.path(),
-        );
+        let initial = case.initial();
+        case.replay(out.path());
         let mut kernel = match &initial {
             Some(path) => table_of(
                 &std::fs::read_to_string(path).unwrap(),

@@ -82,51 +82,40 @@ fn manifest_changes_per_service() {
     }
 }
 
-/// The same review in kube-proxy's 2018 layout: its KUBE-FW chains and
-/// KUBE-XLB, attributed to the Service that writes them.
+/// The same review in kube-proxy's 2018 layout (its KUBE-FW chains and
+/// KUBE-XLB, attributed to the Service that writes them) and in nftables mode
+/// (per Service its own chains and sets, and its elements in the shared maps,
+/// `service-ips`, `no-endpoint-services`, `firewall-ips`, ..., which is where
+/// most of a change shows in that mode).
 #[test]
-fn manifest_changes_in_the_2018_layout() {
-    for case in ["loadbalancer-source-ranges", "external-traffic-policy-local"] {
-        let output = diff_case(case, &["--layout", "v1.10"]);
-        assert_eq!(output.status.code(), Some(1), "{case}");
-        let mut args = diff_args(case);
-        args.extend(["--layout".into(), "v1.10".into()]);
-        insta::with_settings!({
-            snapshot_path => "../../../snapshots",
-            prepend_module_to_snapshot => false,
-            description => format!("chainsmith {}", args.join(" ")),
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!(
-                format!("diff@{case}@v1.10"),
-                String::from_utf8(output.stdout).expect("utf8")
-            );
-        });
-    }
-}
-
-/// The same review in nftables mode: per Service its own chains and sets,
-/// and its elements in the shared maps (`service-ips`, `no-endpoint-services`,
-/// `firewall-ips`, ...), which is where most of a change shows in this mode.
-#[test]
-fn manifest_changes_in_nftables_mode() {
-    for case in CASES {
-        let output = diff_case(case, &["--mode", "nftables"]);
-        let expected = if *case == "no-change" { 0 } else { 1 };
-        assert_eq!(output.status.code(), Some(expected), "{case}");
-        let mut args = diff_args(case);
-        args.extend(["--mode".into(), "nftables".into()]);
-        insta::with_settings!({
-            snapshot_path => "../../../snapshots",
-            prepend_module_to_snapshot => false,
-            description => format!("chainsmith {}", args.join(" ")),
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!(
-                format!("diff@{case}@nftables"),
-                String::from_utf8(output.stdout).expect("utf8")
-            );
-        });
+fn manifest_changes_in_other_layouts_and_modes() {
+    let variants: [(&[&str], &str, &[&str]); 2] = [
+        (
+            &["--layout", "v1.10"],
+            "v1.10",
+            &["loadbalancer-source-ranges", "external-traffic-policy-local"],
+        ),
+        (&["--mode", "nftables"], "nftables", CASES),
+    ];
+    for (flags, suffix, cases) in variants {
+        for case in cases {
+            let output = diff_case(case, flags);
+            let expected = if *case == "no-change" { 0 } else { 1 };
+            assert_eq!(output.status.code(), Some(expected), "{case} {suffix}");
+            let mut args = diff_args(case);
+            args.extend(flags.iter().map(|f| f.to_string()));
+            insta::with_settings!({
+                snapshot_path => "../../../snapshots",
+                prepend_module_to_snapshot => false,
+                description => format!("chainsmith {}", args.join(" ")),
+                omit_expression => true,
+            }, {
+                insta::assert_snapshot!(
+                    format!("diff@{case}@{suffix}"),
+                    String::from_utf8(output.stdout).expect("utf8")
+                );
+            });
+        }
     }
 }
 

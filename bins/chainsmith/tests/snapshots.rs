@@ -83,6 +83,31 @@ fn fixture_clusters() {
     }
 }
 
+/// Runs a replay into `out` and prints each sync: its summary line, the
+/// cleanup transaction if one ran first, the payload (`NN.{payload}`) and its
+/// metrics as comments.
+fn replay_text(args: &[&str], out: &Path, payload: &str) -> String {
+    let output = common::chainsmith_in_fixtures(args);
+    let summaries = String::from_utf8_lossy(&output.stderr).into_owned();
+    let mut text = String::new();
+    for (step, summary) in summaries.lines().enumerate() {
+        let read = |ext: &str| std::fs::read_to_string(out.join(format!("{:02}.{ext}", step + 1)));
+        text.push_str(&format!("### sync {summary}\n"));
+        if let Ok(cleanup) = read("cleanup.nft") {
+            text.push_str(&format!("## cleanup transaction\n{cleanup}## main transaction\n"));
+        }
+        text.push_str(&read(payload).expect("payload"));
+        let metrics: String = read("metrics")
+            .expect("metrics")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("# {l}\n"))
+            .collect();
+        text.push_str(&metrics);
+    }
+    text
+}
+
 /// A short sequence of cluster states replayed in both partial-sync modes
 /// (and in the v1.10 layout, whose every sync is full): the snapshot shows
 /// what each sync writes, and the rule metrics after it.
@@ -109,21 +134,7 @@ fn replay_scenario() {
             out_dir,
         ];
         args.extend_from_slice(&states);
-        let output = common::chainsmith_in_fixtures(&args);
-        let summaries = String::from_utf8_lossy(&output.stderr).into_owned();
-        let mut text = String::new();
-        for (step, summary) in summaries.lines().enumerate() {
-            let read = |ext: &str| {
-                std::fs::read_to_string(out.path().join(format!("{:02}.{ext}", step + 1))).expect("output")
-            };
-            text.push_str(&format!("### sync {summary}\n{}", read("iptables")));
-            let metrics: String = read("metrics")
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .map(|l| format!("# {l}\n"))
-                .collect();
-            text.push_str(&metrics);
-        }
+        let text = replay_text(&args, out.path(), "iptables");
         insta::with_settings!({
             snapshot_path => "../../../snapshots",
             prepend_module_to_snapshot => false,
@@ -170,24 +181,7 @@ fn replay_scenario_nftables() {
         out_dir,
     ];
     args.extend_from_slice(&states);
-    let output = common::chainsmith_in_fixtures(&args);
-    let summaries = String::from_utf8_lossy(&output.stderr).into_owned();
-    let mut text = String::new();
-    for (step, summary) in summaries.lines().enumerate() {
-        let path = |ext: &str| out.path().join(format!("{:02}.{ext}", step + 1));
-        text.push_str(&format!("### sync {summary}\n"));
-        if let Ok(cleanup) = std::fs::read_to_string(path("cleanup.nft")) {
-            text.push_str(&format!("## cleanup transaction\n{cleanup}## main transaction\n"));
-        }
-        text.push_str(&std::fs::read_to_string(path("nft")).expect("output"));
-        let metrics: String = std::fs::read_to_string(path("metrics"))
-            .expect("metrics")
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("# {l}\n"))
-            .collect();
-        text.push_str(&metrics);
-    }
+    let text = replay_text(&args, out.path(), "nft");
     insta::with_settings!({
         snapshot_path => "../../../snapshots",
         prepend_module_to_snapshot => false,

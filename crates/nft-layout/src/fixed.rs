@@ -325,3 +325,31 @@ pub fn setup(ctx: &NftContext, first_full_sync: bool, tx: &mut Transaction) {
         format!("{node_port_services} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"),
     ));
 }
+
+/// What a chain of table `kube-proxy` is for, in a few words, for traces and
+/// explanations; `None` for a chain this layout does not write.
+pub fn chain_role(name: &str) -> Option<&'static str> {
+    use chainsmith_naming::nft::NftObjectKind;
+    Some(match name {
+        FILTER_PREROUTING_PRE_DNAT | FILTER_OUTPUT_PRE_DNAT => "source-range checks before DNAT",
+        FILTER_INPUT | FILTER_FORWARD | FILTER_OUTPUT => "checks after DNAT",
+        NAT_PREROUTING | NAT_OUTPUT => "service dispatch",
+        NAT_POSTROUTING => "masquerading",
+        SERVICES => "looks up service-ips and service-nodeports",
+        MASQUERADING => "masquerades marked packets",
+        MARK_FOR_MASQUERADE => "marks the packet for masquerade",
+        SERVICE_ENDPOINTS_CHECK => "drops or rejects Services without endpoints",
+        NODEPORT_ENDPOINTS_CHECK => "drops or rejects NodePorts without endpoints",
+        FIREWALL_CHECK => "looks up firewall-ips (loadBalancerSourceRanges)",
+        CLUSTER_IPS_CHECK => "rejects wrong ports of ClusterIPs, drops unallocated ones",
+        REJECT_CHAIN => "rejects",
+        _ => match NftObjectKind::of_chain(name)? {
+            NftObjectKind::Service => "balances over the cluster endpoints",
+            NftObjectKind::Local => "balances over this node's endpoints",
+            NftObjectKind::External => "external traffic: masquerade and policy",
+            NftObjectKind::Firewall => "drops sources outside loadBalancerSourceRanges",
+            NftObjectKind::Endpoint => "one endpoint: hairpin masquerade, DNAT",
+            NftObjectKind::Affinity => return None,
+        },
+    })
+}

@@ -23,5 +23,5 @@ mod port;
 
 pub use changes::NftRules;
 pub use context::{NftContext, NodePortMatch};
-pub use fixed::{ElementMap, chains, setup};
-pub use port::{OwnChain, PortObjects};
+pub use fixed::{ElementMap, chain_role, chains, setup};
+pub use port::{OwnChain, PortObjects, endpoint_chain_base, port_base};

@@ -44,14 +44,47 @@ struct Endpoint<'p> {
     affinity: String,
 }
 
+/// The base of one port's chain names (`HASH-ns/svc/tcp/port`).
+pub fn port_base(plan: &ServicePortPlan) -> String {
+    let info = plan.info();
+    let service = info.service();
+    service_port_base(
+        &service.namespace,
+        &service.name,
+        info.protocol.as_iptables(),
+        &info.port_name,
+    )
+}
+
+/// The base of one endpoint's chain and affinity set names
+/// (`HASH-ns/svc/tcp/port__IP/targetPort`).
+pub fn endpoint_chain_base(plan: &ServicePortPlan, endpoint: &EndpointInfo) -> String {
+    let info = plan.info();
+    let service = info.service();
+    // The target port is what follows the last colon of `ip:port` / `[ip]:port`.
+    let target = endpoint
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    endpoint_base(
+        &service.namespace,
+        &service.name,
+        info.protocol.as_iptables(),
+        &info.port_name,
+        endpoint.ip_text(),
+        target,
+    )
+}
+
 impl PortObjects {
     /// Spells the planner's decisions for one port.
     pub fn of(plan: &ServicePortPlan, ctx: &NftContext) -> PortObjects {
         let info = plan.info();
-        let service = info.service();
         let protocol = info.protocol.as_iptables();
         let f = ctx.family().as_str();
-        let base = service_port_base(&service.namespace, &service.name, protocol, &info.port_name);
+        let base = port_base(plan);
         let service_chain = NftObjectKind::Service.name(&base);
         let local_chain = NftObjectKind::Local.name(&base);
         let external_chain = NftObjectKind::External.name(&base);
@@ -60,20 +93,7 @@ impl PortObjects {
         let endpoints: Vec<Endpoint<'_>> = plan
             .reachable_endpoints()
             .map(|ep| {
-                let port = ep
-                    .endpoint()
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-                let base = endpoint_base(
-                    &service.namespace,
-                    &service.name,
-                    protocol,
-                    &info.port_name,
-                    ep.ip_text(),
-                    port,
-                );
+                let base = endpoint_chain_base(plan, ep);
                 Endpoint {
                     info: ep,
                     chain: NftObjectKind::Endpoint.name(&base),

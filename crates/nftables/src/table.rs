@@ -214,7 +214,13 @@ impl Table {
                         spec.name, existing.spec.type_text
                     ));
                 }
-                Some(_) => {}
+                // Kernels since 6.11 take a new default timeout for an existing
+                // set (elements added before keep theirs); the rest stays.
+                Some(_) => {
+                    if let (Some(timeout), Some(set)) = (spec.timeout_seconds, self.sets.get_mut(&spec.name)) {
+                        set.spec.timeout_seconds = Some(timeout);
+                    }
+                }
                 None => {
                     self.sets.insert(
                         spec.name.clone(),

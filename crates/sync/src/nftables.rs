@@ -2,13 +2,13 @@
 //! set and map elements diffed against what was written and stale chains
 //! flushed now and deleted later.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Service};
 use chainsmith_naming::nft::{NftObjectKind, is_service_chain};
 use chainsmith_nft_layout::{ElementMap, NftContext, PortObjects, setup};
 use chainsmith_nftables::{ChainSpec, Element, Op, SetKind, Table, Transaction};
-use chainsmith_planner::NodeContext;
+use chainsmith_planner::{NodeContext, ServicePortPlan};
 use std::sync::Arc;
 
 use crate::engine::{FULL_SYNC_PERIOD_MS, SyncKind};
@@ -82,7 +82,9 @@ struct Pending {
     kind: SyncKind,
     now_ms: u64,
     deleted: Vec<String>,
-    known: KnownTable,
+    active_chains: BTreeSet<String>,
+    affinity_sets: BTreeSet<String>,
+    elements: BTreeMap<ElementMap, BTreeMap<String, Option<String>>>,
     newly_stale: Vec<String>,
     reactivated: Vec<String>,
 }
@@ -104,6 +106,11 @@ pub struct NftSyncEngine {
     full_sync_period_ms: u64,
     counters: NftCounters,
     pending: Option<Pending>,
+    /// Each port's objects by the address of its plan, which the entry keeps
+    /// alive (so the address cannot be reused while cached): spelling them
+    /// (names hashed, rules formatted) is most of a sync's work, and a
+    /// partial sync needs every port's elements.
+    objects: HashMap<usize, (Arc<ServicePortPlan>, Arc<PortObjects>)>,
 }
 
 impl NftSyncEngine {
@@ -122,6 +129,7 @@ impl NftSyncEngine {
             full_sync_period_ms: FULL_SYNC_PERIOD_MS,
             counters: NftCounters::default(),
             pending: None,
+            objects: HashMap::new(),
         }
     }
 
@@ -235,7 +243,11 @@ impl NftSyncEngine {
             ops: due.iter().map(|name| Op::DeleteChain(name.clone())).collect(),
         });
 
-        self.state.replan_changed();
+        for replanned in self.state.replan_changed() {
+            for old in &replanned.old {
+                self.objects.remove(&(Arc::as_ptr(old) as usize));
+            }
+        }
         let periodic = self
             .last_full_ms
             .is_none_or(|last| now_ms.saturating_sub(last) > self.full_sync_period_ms);
@@ -250,12 +262,10 @@ impl NftSyncEngine {
             setup(&self.nft, !self.base_chains_recreated, &mut main);
         }
 
-        let mut known = self.known.clone();
-        if let Some(chains) = &mut known.chains {
-            for name in &due {
-                chains.remove(name);
-            }
-        }
+        let known = &self.known;
+        // Chains the cleanup transaction deletes are gone for the main one.
+        let exists =
+            |chain: &String| known.chains.as_ref().is_some_and(|c| c.contains(chain)) && !due.contains(chain);
         let mut counts = NftCounts::default();
         let mut desired: BTreeMap<ElementMap, BTreeMap<String, Option<String>>> = BTreeMap::new();
         let mut active_chains = BTreeSet::new();
@@ -266,7 +276,13 @@ impl NftSyncEngine {
             counts.service_ports += 1;
             counts.no_local_internal += usize::from(plan.lacks_local_internal());
             counts.no_local_external += usize::from(plan.lacks_local_external());
-            let objects = PortObjects::of(plan, &self.nft);
+            let objects = Arc::clone(
+                &self
+                    .objects
+                    .entry(Arc::as_ptr(plan) as usize)
+                    .or_insert_with(|| (Arc::clone(plan), Arc::new(PortObjects::of(plan, &self.nft))))
+                    .1,
+            );
             let changed = full || self.state.is_changed(plan.info().service());
             if changed {
                 changed_services.insert(plan.info().service());
@@ -280,7 +296,7 @@ impl NftSyncEngine {
                 // affinity is on, so one found at start-up is kept as it is.
                 let kept = !self.synced_once
                     && chain.kind == NftObjectKind::Endpoint
-                    && known.chains.as_ref().is_some_and(|c| c.contains(&chain.name))
+                    && exists(&chain.name)
                     && known.affinity_sets.contains(&affinity_set_of(&chain.name)) == chain.uses_affinity;
                 if kept {
                     continue;
@@ -300,8 +316,8 @@ impl NftSyncEngine {
                     main.push(Op::AddSet(set.clone()));
                 }
             }
-            for (map, element) in objects.elements {
-                counts.element_changes += ensure(&mut main, &known, &mut desired, map, element);
+            for (map, element) in &objects.elements {
+                counts.element_changes += ensure(&mut main, known, &mut desired, *map, element);
             }
             main.ops.append(&mut rules);
         }
@@ -310,7 +326,7 @@ impl NftSyncEngine {
         let mut newly_stale = Vec::new();
         if let Some(chains) = &known.chains {
             for name in chains {
-                if !active_chains.contains(name) && !self.stale.contains_key(name) {
+                if !active_chains.contains(name) && !self.stale.contains_key(name) && !due.contains(name) {
                     main.push(Op::FlushChain(name.clone()));
                     newly_stale.push(name.clone());
                 }
@@ -343,23 +359,18 @@ impl NftSyncEngine {
             .filter(|name| active_chains.contains(*name))
             .cloned()
             .collect();
-        let mut chains = known.chains.unwrap_or_default();
-        chains.extend(active_chains);
         let mut elements = desired;
         for map in ElementMap::ALL {
             elements.entry(map).or_default();
         }
-        let after = KnownTable {
-            chains: Some(chains),
-            affinity_sets: active_sets,
-            elements,
-        };
         counts.stale_deleted = due.len();
         self.pending = Some(Pending {
             kind,
             now_ms,
             deleted: due,
-            known: after,
+            active_chains,
+            affinity_sets: active_sets,
+            elements,
             newly_stale,
             reactivated,
         });
@@ -395,10 +406,16 @@ impl NftSyncEngine {
             return;
         }
         self.counters.applied += 1;
-        self.known = pending.known;
-        if !cleanup_applied && let Some(chains) = &mut self.known.chains {
-            chains.extend(pending.deleted);
+        // Stale chains stay (flushed) until their cleanup deletes them.
+        let chains = self.known.chains.get_or_insert_with(BTreeSet::new);
+        if cleanup_applied {
+            for name in &pending.deleted {
+                chains.remove(name);
+            }
         }
+        chains.extend(pending.active_chains);
+        self.known.affinity_sets = pending.affinity_sets;
+        self.known.elements = pending.elements;
         for name in &pending.reactivated {
             self.stale.remove(name);
         }
@@ -432,7 +449,7 @@ fn ensure(
     known: &KnownTable,
     desired: &mut BTreeMap<ElementMap, BTreeMap<String, Option<String>>>,
     map: ElementMap,
-    element: Element,
+    element: &Element,
 ) -> usize {
     let wanted = desired.entry(map).or_default();
     let current = match wanted.get(&element.key) {
@@ -454,7 +471,7 @@ fn ensure(
     if ops > 0 {
         tx.push(Op::AddElement {
             set: map.name().to_string(),
-            element,
+            element: element.clone(),
         });
     }
     ops

@@ -18,10 +18,14 @@
 //!   jumps from the built-in chains with `-C`/`-I`), on either backend;
 //! - [`EchoServer`] (a "pod": answers TCP and UDP with its name and the peer
 //!   it saw) and [`probe`] (a client: what happened to one connection);
-//! - [`metric_sample`]: one value from a `/metrics` scrape.
+//! - [`metric_sample`]: one value from a `/metrics` scrape;
+//! - [`nft_apply`], [`nft_list_table`] and [`table_differences`]: an nftables
+//!   transaction applied with the real `nft -f -`, the `kube-proxy` table read
+//!   back through `chainsmith_nftables::read_listing`, and where two tables
+//!   (a model and a listing) differ once canonical.
 //!
-//! Real-kernel tests need root, iproute2, iptables (both backends), nfacct and
-//! conntrack. They run when `CHAINSMITH_KERNEL_TESTS=1` is set (CI sets it,
+//! Real-kernel tests need root, iproute2, iptables (both backends), nft, nfacct
+//! and conntrack. They run when `CHAINSMITH_KERNEL_TESTS=1` is set (CI sets it,
 //! see `.ci/run`); then a missing tool is a failure, never a skip.
 //! [`kernel_tests_enabled`] tells.
 //!
@@ -30,6 +34,7 @@
 mod echo;
 mod iptables;
 mod metrics;
+mod nft;
 mod topology;
 
 pub use echo::{EchoServer, Peer, ProbeResult, Proto, probe, probe_from, probe_here};
@@ -37,6 +42,7 @@ pub use iptables::{
     Backend, IpFamily, apply_kube_proxy_rules, apply_rules_with_jumps, nfacct_packets, rule_packets,
 };
 pub use metrics::metric_sample;
+pub use nft::{nft_apply, nft_list_table, table_differences};
 pub use topology::{Pod, Topology};
 
 use std::fs::File;
