@@ -217,7 +217,8 @@ impl Table {
                 // Kernels since 6.11 take a new default timeout for an existing
                 // set (elements added before keep theirs); the rest stays.
                 Some(_) => {
-                    if let (Some(timeout), Some(set)) = (spec.timeout_seconds, self.sets.get_mut(&spec.name)) {
+                    if let (Some(timeout), Some(set)) = (spec.timeout_seconds, self.sets.get_mut(&spec.name))
+                    {
                         set.spec.timeout_seconds = Some(timeout);
                     }
                 }
