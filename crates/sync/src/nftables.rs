@@ -1,18 +1,25 @@
 //! The sync engine of nftables mode: upstream's full and partial syncs, with
 //! set and map elements diffed against what was written and stale chains
 //! flushed now and deleted later.
+//!
+//! A full sync writes as upstream does: the fixed objects, every Service,
+//! every element ensured against the kernel's. A partial sync does the same
+//! for the changed Services only: it remembers each port's objects and which
+//! ports want each element, so its work follows the size of the change
+//! (upstream ensures every element of every Service on each sync; the
+//! resulting table is the same, `tests/properties` checks it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Service};
 use chainsmith_naming::nft::{NftObjectKind, is_service_chain};
-use chainsmith_nft_layout::{ElementMap, NftContext, PortObjects, setup};
+use chainsmith_nft_layout::{ElementMap, NftContext, OwnChain, PortObjects, setup};
 use chainsmith_nftables::{ChainSpec, Element, Op, SetKind, Table, Transaction};
 use chainsmith_planner::{NodeContext, ServicePortPlan};
 use std::sync::Arc;
 
 use crate::engine::{FULL_SYNC_PERIOD_MS, SyncKind};
-use crate::state::DesiredState;
+use crate::state::{DesiredState, Replanned};
 
 /// Upstream's delay between flushing a stale chain and deleting it: before
 /// kernel 6.2 a chain that a just-deleted map element pointed at cannot be
@@ -82,12 +89,34 @@ struct Pending {
     kind: SyncKind,
     now_ms: u64,
     deleted: Vec<String>,
-    active_chains: BTreeSet<String>,
-    affinity_sets: BTreeSet<String>,
-    elements: BTreeMap<ElementMap, BTreeMap<String, Option<String>>>,
+    update: KnownUpdate,
     newly_stale: Vec<String>,
     reactivated: Vec<String>,
 }
+
+/// How the kernel's table changes once the main transaction is applied.
+#[derive(Debug)]
+enum KnownUpdate {
+    /// A full sync: every active chain and set, and every element.
+    Replace {
+        chains: BTreeSet<String>,
+        affinity_sets: BTreeSet<String>,
+        elements: BTreeMap<ElementMap, BTreeMap<String, Option<String>>>,
+    },
+    /// A partial sync: what the changed Services added and removed.
+    Delta {
+        chains: BTreeSet<String>,
+        affinity_sets_added: BTreeSet<String>,
+        affinity_sets_deleted: BTreeSet<String>,
+        /// `(map, key, value)`; `None` deletes the element.
+        elements: Vec<(ElementMap, String, Option<Option<String>>)>,
+    },
+}
+
+/// The ports that want one element, with the element each wants, in port
+/// order: the last one's value is the element's, as a full sync (which
+/// writes ports in that order) leaves it.
+type Owners = Vec<(Arc<ServicePortPlan>, Element)>;
 
 /// The nftables-mode sync engine of one IP family. Like [`crate::SyncEngine`]
 /// it is pure: time comes in, transactions go out, and the caller reports
@@ -111,6 +140,9 @@ pub struct NftSyncEngine {
     /// (names hashed, rules formatted) is most of a sync's work, and a
     /// partial sync needs every port's elements.
     objects: HashMap<usize, (Arc<ServicePortPlan>, Arc<PortObjects>)>,
+    /// Which ports want each element of the diffed maps, so that a partial
+    /// sync touches only the elements of the Services that changed.
+    owners: HashMap<(ElementMap, String), Owners>,
 }
 
 impl NftSyncEngine {
@@ -130,6 +162,7 @@ impl NftSyncEngine {
             counters: NftCounters::default(),
             pending: None,
             objects: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -171,6 +204,20 @@ impl NftSyncEngine {
     /// Applied and failed transactions so far.
     pub fn counters(&self) -> NftCounters {
         self.counters
+    }
+
+    /// Replaces the node configuration (a changed zone label, pod CIDR, ...):
+    /// every Service is planned again and the next sync is a full one.
+    pub fn set_config(&mut self, config: NodeConfig) {
+        if *self.state.context().config() == config {
+            return;
+        }
+        let ctx = Arc::new(NodeContext::new(config));
+        self.nft = NftContext::new(&ctx);
+        self.state.set_context(ctx);
+        // Cached objects were spelled for the old settings.
+        self.objects.clear();
+        self.needs_full = true;
     }
 
     /// How often a full resync runs at the latest (default one hour).
@@ -243,11 +290,7 @@ impl NftSyncEngine {
             ops: due.iter().map(|name| Op::DeleteChain(name.clone())).collect(),
         });
 
-        for replanned in self.state.replan_changed() {
-            for old in &replanned.old {
-                self.objects.remove(&(Arc::as_ptr(old) as usize));
-            }
-        }
+        let replanned = self.state.replan_changed();
         let periodic = self
             .last_full_ms
             .is_none_or(|last| now_ms.saturating_sub(last) > self.full_sync_period_ms);
@@ -256,83 +299,128 @@ impl NftSyncEngine {
         } else {
             SyncKind::Partial
         };
-        let full = kind == SyncKind::Full;
-        let mut main = Transaction::new(family);
-        if full {
-            setup(&self.nft, !self.base_chains_recreated, &mut main);
-        }
-
-        let known = &self.known;
-        // Chains the cleanup transaction deletes are gone for the main one.
-        let exists =
-            |chain: &String| known.chains.as_ref().is_some_and(|c| c.contains(chain)) && !due.contains(chain);
         let mut counts = NftCounts::default();
-        let mut desired: BTreeMap<ElementMap, BTreeMap<String, Option<String>>> = BTreeMap::new();
-        let mut active_chains = BTreeSet::new();
-        let mut active_sets = BTreeSet::new();
-        let mut rules = Vec::new();
-        let mut changed_services = BTreeSet::new();
         for plan in self.state.plans() {
             counts.service_ports += 1;
             counts.no_local_internal += usize::from(plan.lacks_local_internal());
             counts.no_local_external += usize::from(plan.lacks_local_external());
-            let objects = Arc::clone(
-                &self
-                    .objects
-                    .entry(Arc::as_ptr(plan) as usize)
-                    .or_insert_with(|| (Arc::clone(plan), Arc::new(PortObjects::of(plan, &self.nft))))
-                    .1,
-            );
-            let changed = full || self.state.is_changed(plan.info().service());
-            if changed {
-                changed_services.insert(plan.info().service());
+        }
+        let mut main = Transaction::new(family);
+        let (update, newly_stale, reactivated) = match kind {
+            SyncKind::Full => {
+                for old in replanned.iter().flat_map(|r| &r.old) {
+                    self.objects.remove(&(Arc::as_ptr(old) as usize));
+                }
+                self.write_full(&due, &mut main, &mut counts)
             }
+            SyncKind::Partial => self.write_partial(&replanned, &due, &mut main, &mut counts),
+        };
+        counts.stale_flushed = newly_stale.len();
+        counts.stale_deleted = due.len();
+        self.pending = Some(Pending {
+            kind,
+            now_ms,
+            deleted: due,
+            update,
+            newly_stale,
+            reactivated,
+        });
+        NftSyncOutcome {
+            kind,
+            cleanup,
+            main,
+            counts,
+        }
+    }
+
+    /// A port's objects, spelled once per plan.
+    fn objects_of(&mut self, plan: &Arc<ServicePortPlan>) -> Arc<PortObjects> {
+        let nft = &self.nft;
+        Arc::clone(
+            &self
+                .objects
+                .entry(Arc::as_ptr(plan) as usize)
+                .or_insert_with(|| (Arc::clone(plan), Arc::new(PortObjects::of(plan, nft))))
+                .1,
+        )
+    }
+
+    /// Queues a chain's declaration, flush and rules (the rules after every
+    /// chain of the port exists).
+    fn write_chain(main: &mut Transaction, rules: &mut Vec<Op>, chain: &OwnChain) {
+        main.push(Op::AddChain(ChainSpec::regular(chain.name.clone())));
+        main.push(Op::FlushChain(chain.name.clone()));
+        rules.extend(chain.rules.iter().map(|(rule, comment)| Op::AddRule {
+            chain: chain.name.clone(),
+            rule: rule.clone(),
+            comment: comment.clone(),
+        }));
+    }
+
+    /// Upstream's full sync: the fixed objects, every Service's chains, every
+    /// element ensured against what the kernel holds, and every chain and
+    /// affinity set the kernel holds but nothing wants found stale.
+    fn write_full(
+        &mut self,
+        due: &[String],
+        main: &mut Transaction,
+        counts: &mut NftCounts,
+    ) -> (KnownUpdate, Vec<String>, Vec<String>) {
+        setup(&self.nft, !self.base_chains_recreated, main);
+        let plans: Vec<Arc<ServicePortPlan>> = self.state.plans().cloned().collect();
+        let mut desired: BTreeMap<ElementMap, BTreeMap<String, Option<String>>> = BTreeMap::new();
+        let mut active_chains = BTreeSet::new();
+        let mut active_sets = BTreeSet::new();
+        let mut rules = Vec::new();
+        let mut owners: HashMap<(ElementMap, String), Owners> = HashMap::new();
+        counts.changed_services = plans
+            .iter()
+            .map(|p| p.info().service())
+            .collect::<BTreeSet<_>>()
+            .len();
+        for plan in &plans {
+            let objects = self.objects_of(plan);
+            let known = &self.known;
+            // Chains the cleanup transaction deletes are gone for the main one.
+            let exists = |chain: &String| {
+                known.chains.as_ref().is_some_and(|c| c.contains(chain)) && !due.contains(chain)
+            };
             for chain in &objects.chains {
                 active_chains.insert(chain.name.clone());
-                if !changed {
-                    continue;
-                }
                 // An endpoint chain's content follows from its name and whether
                 // affinity is on, so one found at start-up is kept as it is.
                 let kept = !self.synced_once
                     && chain.kind == NftObjectKind::Endpoint
                     && exists(&chain.name)
                     && known.affinity_sets.contains(&affinity_set_of(&chain.name)) == chain.uses_affinity;
-                if kept {
-                    continue;
+                if !kept {
+                    counts.chains_written += 1;
+                    Self::write_chain(main, &mut rules, chain);
                 }
-                counts.chains_written += 1;
-                main.push(Op::AddChain(ChainSpec::regular(chain.name.clone())));
-                main.push(Op::FlushChain(chain.name.clone()));
-                rules.extend(chain.rules.iter().map(|(rule, comment)| Op::AddRule {
-                    chain: chain.name.clone(),
-                    rule: rule.clone(),
-                    comment: comment.clone(),
-                }));
             }
             for set in &objects.affinity_sets {
                 active_sets.insert(set.name.clone());
-                if changed {
-                    main.push(Op::AddSet(set.clone()));
-                }
+                main.push(Op::AddSet(set.clone()));
             }
             for (map, element) in &objects.elements {
-                counts.element_changes += ensure(&mut main, known, &mut desired, *map, element);
+                counts.element_changes += ensure(main, known, &mut desired, *map, element);
+                owners
+                    .entry((*map, element.key.clone()))
+                    .or_default()
+                    .push((Arc::clone(plan), element.clone()));
             }
             main.ops.append(&mut rules);
         }
-        counts.changed_services = changed_services.len();
+        self.owners = owners;
 
+        let known = &self.known;
         let mut newly_stale = Vec::new();
-        if let Some(chains) = &known.chains {
-            for name in chains {
-                if !active_chains.contains(name) && !self.stale.contains_key(name) && !due.contains(name) {
-                    main.push(Op::FlushChain(name.clone()));
-                    newly_stale.push(name.clone());
-                }
+        for name in known.chains.iter().flatten() {
+            if !active_chains.contains(name) && !self.stale.contains_key(name) && !due.contains(name) {
+                main.push(Op::FlushChain(name.clone()));
+                newly_stale.push(name.clone());
             }
         }
-        counts.stale_flushed = newly_stale.len();
         for name in &known.affinity_sets {
             if !active_sets.contains(name) {
                 main.push(Op::DeleteSet(SetKind::Set, name.clone()));
@@ -350,10 +438,7 @@ impl NftSyncEngine {
                 }
             }
         }
-
-        // What the kernel holds once both transactions are applied: stale
-        // chains stay (flushed) until their cleanup.
-        let reactivated: Vec<String> = self
+        let reactivated = self
             .stale
             .keys()
             .filter(|name| active_chains.contains(*name))
@@ -363,23 +448,149 @@ impl NftSyncEngine {
         for map in ElementMap::ALL {
             elements.entry(map).or_default();
         }
-        counts.stale_deleted = due.len();
-        self.pending = Some(Pending {
-            kind,
-            now_ms,
-            deleted: due,
-            active_chains,
+        let update = KnownUpdate::Replace {
+            chains: active_chains,
             affinity_sets: active_sets,
             elements,
-            newly_stale,
-            reactivated,
-        });
-        NftSyncOutcome {
-            kind,
-            cleanup,
-            main,
-            counts,
+        };
+        (update, newly_stale, reactivated)
+    }
+
+    /// A partial sync: only the changed Services' chains, affinity sets and
+    /// elements, so its work follows the size of the change. Ports whose plan
+    /// did not change want what they wanted, which the kernel already holds.
+    fn write_partial(
+        &mut self,
+        replanned: &[Replanned],
+        due: &[String],
+        main: &mut Transaction,
+        counts: &mut NftCounts,
+    ) -> (KnownUpdate, Vec<String>, Vec<String>) {
+        counts.changed_services = replanned.len();
+        let (mut old_chains, mut new_chains) = (BTreeSet::new(), BTreeSet::new());
+        let (mut old_sets, mut new_sets) = (BTreeSet::new(), BTreeSet::new());
+        let mut touched: BTreeSet<(ElementMap, String)> = BTreeSet::new();
+        let mut rules = Vec::new();
+        let mut sets = Vec::new();
+        for changed in replanned {
+            for old in &changed.old {
+                let objects = match self.objects.remove(&(Arc::as_ptr(old) as usize)) {
+                    Some((_, objects)) => objects,
+                    None => Arc::new(PortObjects::of(old, &self.nft)),
+                };
+                old_chains.extend(objects.chains.iter().map(|c| c.name.clone()));
+                old_sets.extend(objects.affinity_sets.iter().map(|s| s.name.clone()));
+                for (map, element) in &objects.elements {
+                    let key = (*map, element.key.clone());
+                    if let Some(owners) = self.owners.get_mut(&key) {
+                        owners.retain(|(plan, _)| !Arc::ptr_eq(plan, old));
+                        if owners.is_empty() {
+                            self.owners.remove(&key);
+                        }
+                    }
+                    touched.insert(key);
+                }
+            }
+            let plans: Vec<Arc<ServicePortPlan>> = self
+                .state
+                .ports_of(&changed.service)
+                .iter()
+                .filter_map(|key| self.state.plan(key).cloned())
+                .collect();
+            for plan in &plans {
+                let objects = self.objects_of(plan);
+                for chain in &objects.chains {
+                    new_chains.insert(chain.name.clone());
+                    counts.chains_written += 1;
+                    Self::write_chain(main, &mut rules, chain);
+                }
+                for set in &objects.affinity_sets {
+                    new_sets.insert(set.name.clone());
+                    sets.push(Op::AddSet(set.clone()));
+                }
+                for (map, element) in &objects.elements {
+                    let key = (*map, element.key.clone());
+                    let owners = self.owners.entry(key.clone()).or_default();
+                    let at = owners.partition_point(|(other, _)| other.key_cmp(plan).is_lt());
+                    owners.insert(at, (Arc::clone(plan), element.clone()));
+                    touched.insert(key);
+                }
+            }
         }
+        main.ops.append(&mut sets);
+        // Elements added or changed go before the rules; elements only
+        // removed go last, as upstream's cleanup of leftovers does.
+        let mut elements = Vec::new();
+        let mut removals = Vec::new();
+        for (map, key) in touched {
+            let before = self.known.elements.get(&map).and_then(|m| m.get(&key));
+            let after = self
+                .owners
+                .get(&(map, key.clone()))
+                .and_then(|o| o.last())
+                .map(|(_, e)| e);
+            let set = map.name().to_string();
+            match (before, after) {
+                (Some(value), Some(element)) if *value == element.value => {}
+                (None, None) => {}
+                (Some(_), None) => {
+                    counts.element_changes += 1;
+                    removals.push(Op::DeleteElement {
+                        set,
+                        key: key.clone(),
+                    });
+                    elements.push((map, key, None));
+                }
+                (before, Some(element)) => {
+                    if before.is_some() {
+                        counts.element_changes += 1;
+                        main.push(Op::DeleteElement {
+                            set: set.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                    counts.element_changes += 1;
+                    elements.push((map, key, Some(element.value.clone())));
+                    main.push(Op::AddElement {
+                        set,
+                        element: element.clone(),
+                    });
+                }
+            }
+        }
+        main.ops.append(&mut rules);
+
+        let known = &self.known;
+        let mut newly_stale = Vec::new();
+        for name in old_chains.difference(&new_chains) {
+            let exists = known.chains.as_ref().is_some_and(|c| c.contains(name)) && !due.contains(name);
+            if exists && !self.stale.contains_key(name) {
+                main.push(Op::FlushChain(name.clone()));
+                newly_stale.push(name.clone());
+            }
+        }
+        let affinity_sets_deleted: BTreeSet<String> = old_sets
+            .difference(&new_sets)
+            .filter(|name| known.affinity_sets.contains(*name))
+            .cloned()
+            .collect();
+        for name in &affinity_sets_deleted {
+            main.push(Op::DeleteSet(SetKind::Set, name.clone()));
+        }
+        main.ops.append(&mut removals);
+        let reactivated = self
+            .stale
+            .keys()
+            .filter(|name| new_chains.contains(*name))
+            .cloned()
+            .collect();
+        let update = KnownUpdate::Delta {
+            chains: new_chains,
+            affinity_sets_added: new_sets,
+            affinity_sets_deleted,
+            elements,
+        };
+        (update, newly_stale, reactivated)
     }
 
     /// Records what the kernel said: whether the cleanup transaction (if
@@ -413,9 +624,36 @@ impl NftSyncEngine {
                 chains.remove(name);
             }
         }
-        chains.extend(pending.active_chains);
-        self.known.affinity_sets = pending.affinity_sets;
-        self.known.elements = pending.elements;
+        match pending.update {
+            KnownUpdate::Replace {
+                chains: active,
+                affinity_sets,
+                elements,
+            } => {
+                chains.extend(active);
+                self.known.affinity_sets = affinity_sets;
+                self.known.elements = elements;
+            }
+            KnownUpdate::Delta {
+                chains: added,
+                affinity_sets_added,
+                affinity_sets_deleted,
+                elements,
+            } => {
+                chains.extend(added);
+                self.known.affinity_sets.extend(affinity_sets_added);
+                for name in &affinity_sets_deleted {
+                    self.known.affinity_sets.remove(name);
+                }
+                for (map, key, value) in elements {
+                    let stored = self.known.elements.entry(map).or_default();
+                    match value {
+                        Some(value) => stored.insert(key, value),
+                        None => stored.remove(&key),
+                    };
+                }
+            }
+        }
         for name in &pending.reactivated {
             self.stale.remove(name);
         }

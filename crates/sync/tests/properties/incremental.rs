@@ -5,20 +5,25 @@
 //! replaced, traffic policies and affinity flipped, load-balancer IPs added,
 //! ports renumbered, renamed and moved to another protocol, the node's runtime
 //! settings changed; now and then a refused restore or a forced full sync) go
-//! through the `SyncEngine` in both partial-sync modes. Every payload is
-//! replayed into the kernel model (`RuleSet`), which refuses what the kernel
-//! refuses; after every step its tables must equal those one full compile of
-//! the current state leaves in an empty kernel.
+//! through the `SyncEngine` in both partial-sync modes, and through the
+//! `NftSyncEngine` (nftables mode). Every payload is replayed into the
+//! kernel model (`RuleSet`; for nftables `Table`), which refuses what the
+//! kernel refuses; after every step its tables must equal those one full
+//! compile of the current state leaves in an empty kernel (for nftables, in
+//! canonical spelling, flushed stale chains that wait for their deletion and
+//! element comments aside: like upstream, an element whose value stays keeps
+//! the comment it was written with).
 
 use std::net::IpAddr;
 
 use chainsmith_iptables::RuleSet;
 use chainsmith_layout::Layout;
 use chainsmith_model::{EndpointSlice, IpFamily, LoadBalancerIpMode, NodeConfig, Protocol, Service};
+use chainsmith_nftables::{Family, Table};
 use chainsmith_planner::Plan;
 use chainsmith_restore::normalize::first_difference;
 use chainsmith_restore::render_plan;
-use chainsmith_sync::{PartialSyncMode, SyncEngine, SyncKind};
+use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 
@@ -263,6 +268,102 @@ fn run(
     Ok(())
 }
 
+/// A table as compared: canonical spelling, without element comments and
+/// without per-service chains that are empty (flushed stale chains waiting
+/// for their deletion; a written per-service chain always has rules).
+fn comparable(table: &Table) -> String {
+    let dump = table.canonical().dump();
+    let with_rules: std::collections::HashSet<&str> = dump
+        .lines()
+        .filter_map(|l| l.strip_prefix("add rule "))
+        .filter_map(|l| l.split(' ').nth(2))
+        .collect();
+    dump.lines()
+        .filter(|l| {
+            let chain = l.strip_prefix("add chain ").and_then(|l| l.split(' ').nth(2));
+            !chain.is_some_and(|c| c.contains('/') && !with_rules.contains(c))
+        })
+        .map(|l| match (l.starts_with("add element "), l.find(" comment \"")) {
+            (true, Some(at)) => {
+                let end = l[at + 10..].find('"').map_or(l.len(), |e| at + 11 + e);
+                format!("{}{}\n", &l[..at], &l[end..])
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect()
+}
+
+fn family(config: &NodeConfig) -> Family {
+    match config.ip_family {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+/// The table one full nftables sync of this state leaves in an empty kernel.
+fn full_nft_table(services: &[Service], slices: &[EndpointSlice], config: &NodeConfig) -> Table {
+    let mut engine = NftSyncEngine::new(config.clone());
+    engine.replace_state(services, slices);
+    let transaction = engine.sync(0, false).main;
+    let mut table = Table::new(family(config));
+    table
+        .apply(&transaction)
+        .unwrap_or_else(|e| panic!("a full transaction was refused: {e}\n{transaction}"));
+    table
+}
+
+fn run_nftables(config: &NodeConfig, start: &Cluster, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut cluster = start.clone();
+    let mut config = config.clone();
+    let mut engine = NftSyncEngine::new(config.clone());
+    let mut kernel = Table::new(family(&config));
+    let first = Step {
+        changes: Vec::new(),
+        outcome: Outcome::Applied,
+    };
+    for (n, step) in std::iter::once(&first).chain(steps).enumerate() {
+        for change in &step.changes {
+            change.apply(&mut cluster, &mut config);
+        }
+        engine.set_config(config.clone());
+        let (services, slices) = cluster.materialize();
+        engine.replace_state(&services, &slices);
+        // A second apart: a chain flushed by one sync is deleted by the one
+        // after next.
+        let now_ms = n as u64 * 1000;
+        let mut apply = |what: &str, transaction: &chainsmith_nftables::Transaction| {
+            kernel.apply(transaction).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "nftables step {n}: the kernel refuses the {what} transaction: {e}\n{transaction}"
+                ))
+            })
+        };
+        if step.outcome == Outcome::RefusedThenRetried {
+            let refused = engine.sync(now_ms, false);
+            if let Some(cleanup) = &refused.cleanup {
+                apply("cleanup", cleanup)?;
+            }
+            engine.commit(true, false);
+        }
+        let outcome = engine.sync(now_ms, step.outcome == Outcome::Forced);
+        if let Some(cleanup) = &outcome.cleanup {
+            apply("cleanup", cleanup)?;
+        }
+        apply("main", &outcome.main)?;
+        engine.commit(true, true);
+        let want = comparable(&full_nft_table(&services, &slices, &config));
+        let got = comparable(&kernel);
+        if let Some((line, w, g)) = first_difference(&want, &got) {
+            return Err(TestCaseError::fail(format!(
+                "nftables step {n} ({:?} sync): the table differs from a full sync at line {line}\n  \
+                 want: {w}\n   got: {g}\ntransaction:\n{}",
+                outcome.kind, outcome.main
+            )));
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(crate::cases(64))]
 
@@ -273,5 +374,6 @@ proptest! {
         for mode in [PartialSyncMode::Minimal, PartialSyncMode::Compat] {
             run(mode, &config, &start, &steps)?;
         }
+        run_nftables(&config, &start, &steps)?;
     }
 }
