@@ -155,6 +155,14 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
     if let Some(path) = &args.existing_ruleset {
         let text = input::read_text(path)?;
         let existing = read_transaction(&text, family).with_context(|| format!("{}", path.display()))?;
+        if existing.family != family {
+            bail!(
+                "{} holds table {} kube-proxy; the node programs family {family} ({})",
+                path.display(),
+                existing.family,
+                ip_family
+            );
+        }
         kernel
             .apply(&existing)
             .with_context(|| format!("{} is not a ruleset the kernel could hold", path.display()))?;

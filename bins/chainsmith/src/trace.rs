@@ -208,6 +208,14 @@ pub fn nft_table(args: &TraceArgs) -> Result<(NodeConfig, Table)> {
                 let transaction = read_transaction(&text, family).with_context(|| {
                     format!("{} is neither nft's listing nor nft -f input", path.display())
                 })?;
+                if transaction.family != family {
+                    bail!(
+                        "{} holds table {} kube-proxy; the node is {}",
+                        path.display(),
+                        transaction.family,
+                        node.ip_family
+                    );
+                }
                 let mut table = Table::new(family);
                 table
                     .apply(&transaction)
