@@ -1,26 +1,38 @@
 //! The harness of the real-packet path suites (`kernel_paths`,
-//! `kernel_paths_v1_10`): the Service and EndpointSlice builders, compiling a
-//! cluster for node-a with a given [`Layout`], and the [`World`] that applies
-//! the payload in a [`Topology`], runs an echo server in every pod, probes,
-//! and checks every probe against `chainsmith_tracer` reading the kernel's
-//! own rules. What differs between layouts is a [`Layout`] value each suite
-//! declares; helpers only one suite's scenarios need stay in that suite.
+//! `kernel_paths_v1_10`, `kernel_paths_nft`): the Service and EndpointSlice
+//! builders, compiling a cluster for node-a in a given [`Mode`], and the
+//! [`World`] that applies the payload in a [`Topology`], runs an echo server
+//! in every pod, probes, and checks every probe against the mode's tracer
+//! reading the kernel's own rules.
 //!
-//! Included by those two suites only (`#[path = "common/paths.rs"] mod
+//! Two modes: [`Iptables`] (a [`Layout`] each iptables suite declares, on one
+//! backend; `chainsmith_tracer` reads `iptables-save`) and [`Nftables`]
+//! (`nft -f` in the node; `chainsmith_nft_tracer` reads `nft list table`).
+//! Both tracers' outcomes are read as [`Branch`]es, so one agreement check
+//! ([`World::disagreement`]) and the shared checks serve both. Helpers only
+//! one suite's scenarios need stay in that suite.
+//!
+//! Included by those three suites only (`#[path = "common/paths.rs"] mod
 //! paths;`), not from `common/mod.rs`: the other test binaries would carry it
-//! as dead code. It calls `crate::common`, which both suites declare.
+//! as dead code. It calls `crate::common`, which the suites declare.
+
+// Each suite uses its own part (the iptables suites never build an nftables
+// world, the nftables suite never counts iptables rules).
+#![allow(dead_code)]
 
 use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::fmt::Debug;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use chainsmith_iptables::BuiltinJump;
+use chainsmith_nftables::{Family, Table};
 use chainsmith_testkit::{
-    Backend, EchoServer, IpFamily, Netns, Pod, ProbeResult, Proto, Topology, apply_rules_with_jumps, probe,
-    probe_from, probe_here,
+    Backend, EchoServer, IpFamily, Netns, Pod, ProbeResult, Proto, Topology, apply_rules_with_jumps,
+    nft_apply, nft_list_table, probe, probe_from, probe_here,
 };
-use chainsmith_tracer::{Origin, Outcome, Packet, Ruleset, Trace, Verdict};
+use chainsmith_tracer::{Outcome, Ruleset, Trace};
 use serde_json::{Value, json};
 
 /// The port every pod's echo server listens on (the Services' targetPort).
@@ -29,8 +41,12 @@ pub const POD_PORT: u16 = 8080;
 pub const ANSWER: Duration = Duration::from_secs(2);
 /// How long we wait before calling a packet dropped.
 pub const DROPPED: Duration = Duration::from_millis(500);
+/// Where a load-balanced probe series must reach every endpoint: when the
+/// chance that `n` uniform draws over the trace's `N` outcomes miss one
+/// (at most `N (1 - 1/N)^n`) is below this.
+const MISS_BOUND: f64 = 1e-5;
 
-/// What sets one kube-proxy rule layout apart in these suites.
+/// What sets one kube-proxy iptables rule layout apart in these suites.
 pub struct Layout {
     /// `chainsmith compile --layout NAME`; also opens every label.
     pub name: &'static str,
@@ -168,7 +184,9 @@ pub fn load_balancer(
 
 /// node-a's settings for this topology: the node IP on the client link, the
 /// pod network as the cluster CIDR, then the layout's proxier settings.
-fn node_yaml(layout: &Layout, topology: &Topology, family: IpFamily) -> String {
+/// node-a's settings for this topology: the node IP on the client link, the
+/// pod network as the cluster CIDR, then the mode's own settings.
+fn node_yaml<M: Mode>(mode: &M, topology: &Topology, family: IpFamily) -> String {
     let (node_ip, cidr) = match family {
         IpFamily::V4 => (Topology::NODE_IPV4.to_string(), Topology::POD_CIDR_IPV4),
         IpFamily::V6 => (Topology::NODE_IPV6.to_string(), Topology::POD_CIDR_IPV6),
@@ -189,13 +207,13 @@ fn node_yaml(layout: &Layout, topology: &Topology, family: IpFamily) -> String {
          nodePortAddresses: []\n\
          {settings}",
         family = family_name(family),
-        settings = (layout.node_settings)(family),
+        settings = mode.node_settings(family),
     )
 }
 
-/// `chainsmith compile --layout NAME --node node.yaml cluster.yaml`, which
-/// must not warn.
-fn compile(layout: &Layout, node: &str, objects: &[Value]) -> String {
+/// `chainsmith compile MODE-ARGS --node node.yaml cluster.yaml`, which must
+/// not warn.
+fn compile(mode_args: &[&str], node: &str, objects: &[Value]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster: String = objects
         .iter()
@@ -204,18 +222,18 @@ fn compile(layout: &Layout, node: &str, objects: &[Value]) -> String {
     let (node_path, cluster_path) = (dir.path().join("node.yaml"), dir.path().join("cluster.yaml"));
     std::fs::write(&node_path, node).expect("write node.yaml");
     std::fs::write(&cluster_path, &cluster).expect("write cluster.yaml");
-    let output = crate::common::chainsmith_in_fixtures(&[
-        "compile",
-        "--layout",
-        layout.name,
+    let mut args = vec!["compile"];
+    args.extend_from_slice(mode_args);
+    args.extend([
         "--node",
         node_path.to_str().expect("path"),
         cluster_path.to_str().expect("path"),
     ]);
+    let output = crate::common::chainsmith_in_fixtures(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.trim().is_empty(),
-        "compile warned:\n{stderr}\ncluster:\n{cluster}"
+        "compile {mode_args:?} warned:\n{stderr}\ncluster:\n{cluster}"
     );
     String::from_utf8(output.stdout).expect("utf8")
 }
@@ -421,27 +439,411 @@ pub fn ips<const N: usize>(items: [IpAddr; N]) -> BTreeSet<IpAddr> {
 }
 
 // ---------------------------------------------------------------------------
+// Modes: how the rules get into the kernel, and which tracer explains them
+
+/// How a [`World`] puts a cluster's rules into the node's kernel, and which
+/// tracer, reading them back from the kernel, must explain every probe.
+pub trait Mode: Sized {
+    /// The tracer's answer for one packet.
+    type Trace;
+    /// The session affinity the node's kernel holds, read before a probe.
+    type Affinity: Debug + Clone;
+    /// The start of every label: `v1.33 ipv4/nft`, `nftables ipv6`.
+    fn label(&self, family: IpFamily) -> String;
+    /// The `chainsmith compile` options that select this mode.
+    fn compile_args(&self) -> Vec<&'static str>;
+    /// node.yaml's lines of this mode, after those every mode shares.
+    fn node_settings(&self, family: IpFamily) -> String;
+    /// Checks the payload is this mode's and applies it in the node.
+    fn install(&self, node: &Netns, payload: &str, family: IpFamily);
+    /// Whether the payload records ClientIP session affinity.
+    fn has_affinity(payload: &str) -> bool;
+    /// The affinity state the node's kernel holds for `src` now.
+    fn affinity(w: &World<Self>, src: IpAddr) -> Self::Affinity;
+    /// Traces `packet` on the rules the node's kernel holds, given the
+    /// affinity state read before it was sent; returns the trace and a
+    /// description of the packet for messages.
+    fn trace(w: &World<Self>, packet: &ProbePacket, affinity: Self::Affinity) -> (Self::Trace, String);
+    /// The trace's outcomes in the words both tracers share.
+    fn branches(trace: &Self::Trace) -> Vec<Branch>;
+    /// How far a balanced Service's outcome may be from 1/N: `numgen
+    /// random mod N` is exact, `-m statistic --probability` is printed with
+    /// 10 decimals (v1.10: 5).
+    const BALANCE_TOLERANCE: f64;
+    /// Whether a timeout may be a packet leaving the node untranslated
+    /// (see [`Layout::forwards_untranslated`]).
+    fn forwards_untranslated(&self) -> bool;
+    /// What the node's kernel holds (rules, with counters where the mode
+    /// has them), for failure messages.
+    fn kernel_rules_text(w: &World<Self>) -> String;
+}
+
+/// One probe as the tracers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePacket {
+    /// The node's interface it arrives on; `None`: the node sends it.
+    pub interface: Option<String>,
+    pub proto: Proto,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub port: u16,
+}
+
+/// What happens to a packet at the end of a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Let through: delivered, forwarded or sent (translated or not).
+    Passes,
+    Dropped,
+    Rejected,
+}
+
+/// One outcome of a trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Branch {
+    pub probability: f64,
+    pub fate: Fate,
+    /// `IP:port` (`[IP]:port`) after DNAT.
+    pub nat_destination: Option<String>,
+    pub masquerade: bool,
+    /// The chains it went through, in order.
+    pub chains: Vec<String>,
+    /// The tracer's one-line account.
+    pub summary: String,
+}
+
+/// kube-proxy's iptables mode in a [`Layout`], on one iptables backend.
+pub struct Iptables {
+    pub layout: &'static Layout,
+    pub backend: Backend,
+    /// The kernel's rules as the tracer reads `iptables-save` (read once).
+    kernel_rules: OnceCell<Ruleset>,
+}
+
+impl Mode for Iptables {
+    type Trace = Trace;
+    /// The `-m recent` lists holding the source.
+    type Affinity = Vec<String>;
+    const BALANCE_TOLERANCE: f64 = 1e-4;
+
+    fn label(&self, family: IpFamily) -> String {
+        format!(
+            "{} {}/{}",
+            self.layout.name,
+            family_label(family),
+            self.backend.as_str()
+        )
+    }
+
+    fn compile_args(&self) -> Vec<&'static str> {
+        vec!["--layout", self.layout.name]
+    }
+
+    fn node_settings(&self, family: IpFamily) -> String {
+        (self.layout.node_settings)(family)
+    }
+
+    fn install(&self, node: &Netns, payload: &str, family: IpFamily) {
+        let layout = self.layout;
+        assert!(
+            payload.contains(layout.signature),
+            "not a {} payload:\n{payload}",
+            layout.name
+        );
+        apply_rules_with_jumps(node, payload, family, self.backend, layout.jumps).unwrap_or_else(|e| {
+            // Fail, never skip: a kernel without one of these cannot run the layout.
+            panic!(
+                "applying the {} rules ({family:?}, {:?}) failed: {e}\n\
+                 The {} payload needs these iptables matches and targets in the kernel \
+                 (xt_* modules; nft_compat for iptables-nft): {}. A missing one shows above \
+                 as \"Couldn't load match\" or \"No such file or directory\".\n{payload}",
+                layout.name, self.backend, layout.name, layout.kernel_needs
+            )
+        });
+    }
+
+    fn has_affinity(payload: &str) -> bool {
+        payload.contains("-m recent")
+    }
+
+    fn affinity(w: &World<Self>, src: IpAddr) -> Vec<String> {
+        if !w.affinity {
+            return Vec::new();
+        }
+        w.topology
+            .node
+            .enter(|| {
+                // This thread's namespace (/proc/net would be the process').
+                let dir = "/proc/thread-self/net/xt_recent";
+                let mut lists = Vec::new();
+                for entry in std::fs::read_dir(dir).expect("xt_recent lists") {
+                    let entry = entry.expect("xt_recent entry");
+                    let text = std::fs::read_to_string(entry.path()).expect("xt_recent list");
+                    let holds = text.lines().any(|line| {
+                        line.strip_prefix("src=")
+                            .and_then(|rest| rest.split_whitespace().next())
+                            .and_then(|ip| ip.parse::<IpAddr>().ok())
+                            == Some(src)
+                    });
+                    if holds {
+                        lists.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                lists.sort();
+                lists
+            })
+            .expect("enter the node")
+    }
+
+    fn trace(w: &World<Self>, packet: &ProbePacket, recent: Vec<String>) -> (Trace, String) {
+        use chainsmith_tracer::{Origin, Packet};
+        let origin = match packet.interface {
+            None => Origin::FromNode,
+            Some(_) => Origin::FromOutside,
+        };
+        let mut traced = Packet::new(
+            packet.src,
+            packet.dst,
+            model_protocol(packet.proto),
+            packet.port,
+            origin,
+        );
+        traced.recent = recent;
+        let trace = chainsmith_tracer::trace(
+            w.kernel_rules(),
+            &traced,
+            &chainsmith_tracer::Node::new(w.local.clone()),
+        );
+        let what = format!(
+            "{} {:?} {} -> {}:{} ({origin:?}, affinity lists {:?})",
+            w.label(),
+            packet.proto,
+            packet.src,
+            packet.dst,
+            packet.port,
+            traced.recent
+        );
+        assert!(
+            trace.warnings.is_empty(),
+            "{what}: the tracer warned {:?}",
+            trace.warnings
+        );
+        (trace, what)
+    }
+
+    fn branches(trace: &Trace) -> Vec<Branch> {
+        use chainsmith_tracer::Verdict;
+        trace
+            .outcomes
+            .iter()
+            .map(|o| Branch {
+                probability: o.probability,
+                fate: match o.verdict {
+                    Verdict::Accept | Verdict::Pass => Fate::Passes,
+                    Verdict::Drop => Fate::Dropped,
+                    Verdict::Reject => Fate::Rejected,
+                },
+                nat_destination: o.nat_destination.clone(),
+                masquerade: o.masquerade,
+                chains: chains(o),
+                summary: o.summary(),
+            })
+            .collect()
+    }
+
+    fn forwards_untranslated(&self) -> bool {
+        self.layout.forwards_untranslated
+    }
+
+    fn kernel_rules_text(w: &World<Self>) -> String {
+        w.topology
+            .node
+            .run(&w.tool("-save"), &["-c"])
+            .unwrap_or_else(|e| e.to_string())
+    }
+}
+
+/// kube-proxy's nftables mode: table `kube-proxy` of family `ip` or `ip6`,
+/// applied with `nft -f`, read back with `nft list table` for
+/// `chainsmith_nft_tracer`.
+#[derive(Default)]
+pub struct Nftables {
+    /// The table as the kernel listed it right after the apply, before any
+    /// packet (its affinity sets empty: each probe is given the sets' state
+    /// read just before it).
+    table: OnceCell<Table>,
+}
+
+/// The service CIDR of nftables worlds (`serviceCIDRs`, for the
+/// "unallocated cluster IP" DROP): the lower half of the Service range,
+/// every `svc_ip(family, n)` with n < 128.
+pub fn nft_service_cidr(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "198.51.100.0/25",
+        IpFamily::V6 => "2001:db8:3::/121",
+    }
+}
+
+/// The nftables family of a world's IP family.
+pub fn nft_family(family: IpFamily) -> Family {
+    match family {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+impl Mode for Nftables {
+    type Trace = chainsmith_nft_tracer::Trace;
+    /// Every affinity set of the table and the client addresses it holds.
+    type Affinity = BTreeMap<String, Vec<IpAddr>>;
+    const BALANCE_TOLERANCE: f64 = 1e-12;
+
+    fn label(&self, family: IpFamily) -> String {
+        format!("nftables {}", family_label(family))
+    }
+
+    fn compile_args(&self) -> Vec<&'static str> {
+        vec!["--mode", "nftables"]
+    }
+
+    fn node_settings(&self, family: IpFamily) -> String {
+        format!("serviceCIDRs: [\"{}\"]\n", nft_service_cidr(family))
+    }
+
+    fn install(&self, node: &Netns, payload: &str, family: IpFamily) {
+        let family = nft_family(family);
+        assert!(
+            payload.contains(&format!("add table {family} kube-proxy")),
+            "not an nftables payload for {family}:\n{payload}"
+        );
+        nft_apply(node, payload).unwrap_or_else(|e| panic!("nft -f refused the payload: {e}\n{payload}"));
+        let table = nft_list_table(node, family).unwrap_or_else(|e| panic!("reading the table back: {e}"));
+        assert!(self.table.set(table).is_ok(), "installed twice");
+    }
+
+    fn has_affinity(payload: &str) -> bool {
+        payload.contains(" affinity-")
+    }
+
+    fn affinity(w: &World<Self>, _src: IpAddr) -> BTreeMap<String, Vec<IpAddr>> {
+        if !w.affinity {
+            return BTreeMap::new();
+        }
+        let listed = nft_list_table(&w.topology.node, nft_family(w.family)).expect("nft list table");
+        listed
+            .sets()
+            .filter(|set| set.name.starts_with("affinity-"))
+            .map(|set| {
+                let clients = listed
+                    .elements(&set.name)
+                    .map(|e| {
+                        e.key
+                            .parse::<IpAddr>()
+                            .unwrap_or_else(|_| panic!("{}: element {:?} is no address", set.name, e.key))
+                    })
+                    .collect();
+                (set.name.clone(), clients)
+            })
+            .collect()
+    }
+
+    fn trace(
+        w: &World<Self>,
+        packet: &ProbePacket,
+        affinity: BTreeMap<String, Vec<IpAddr>>,
+    ) -> (chainsmith_nft_tracer::Trace, String) {
+        let what = format!(
+            "{} {:?} {} -> {}:{} (from {}, affinity {affinity:?})",
+            w.label(),
+            packet.proto,
+            packet.src,
+            packet.dst,
+            packet.port,
+            packet.interface.as_deref().unwrap_or("the node")
+        );
+        let trace = w
+            .trace_nft(w.kernel_table(), &w.tracer_node(), packet, affinity)
+            .unwrap_or_else(|e| panic!("{what}: the tracer cannot trace the kernel's table: {e}"));
+        (trace, what)
+    }
+
+    fn branches(trace: &chainsmith_nft_tracer::Trace) -> Vec<Branch> {
+        use chainsmith_nft_tracer::Verdict;
+        trace
+            .outcomes
+            .iter()
+            .map(|o| Branch {
+                probability: o.probability,
+                fate: match o.verdict {
+                    Verdict::Delivered | Verdict::Forwarded | Verdict::Sent => Fate::Passes,
+                    Verdict::Dropped { .. } => Fate::Dropped,
+                    Verdict::Rejected { .. } => Fate::Rejected,
+                },
+                nat_destination: o.nat_destination.map(|to| to.to_string()),
+                masquerade: o.masquerade,
+                chains: nft_chains(o),
+                summary: o.summary(),
+            })
+            .collect()
+    }
+
+    fn forwards_untranslated(&self) -> bool {
+        false
+    }
+
+    fn kernel_rules_text(w: &World<Self>) -> String {
+        w.topology
+            .node
+            .run("nft", &["list", "ruleset"])
+            .unwrap_or_else(|e| e.to_string())
+    }
+}
+
+fn family_label(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ipv4",
+        IpFamily::V6 => "ipv6",
+    }
+}
+
+fn model_protocol(proto: Proto) -> chainsmith_model::Protocol {
+    match proto {
+        Proto::Tcp => chainsmith_model::Protocol::Tcp,
+        Proto::Udp => chainsmith_model::Protocol::Udp,
+    }
+}
+
+/// The chains an nftables trace outcome went through, in order.
+pub fn nft_chains(outcome: &chainsmith_nft_tracer::Outcome) -> Vec<String> {
+    let mut chains: Vec<String> = Vec::new();
+    for step in &outcome.path {
+        if chains.last() != Some(&step.chain) {
+            chains.push(step.chain.clone());
+        }
+    }
+    chains
+}
+
+// ---------------------------------------------------------------------------
 // A running world: topology + rules + echo servers
 
-pub struct World {
+pub struct World<M: Mode = Iptables> {
     /// Declared first: stopped before the namespaces go.
     pub servers: Vec<EchoServer>,
     pub topology: Topology,
-    pub layout: &'static Layout,
+    pub mode: M,
     pub family: IpFamily,
-    pub backend: Backend,
     pub payload: String,
-    /// The node's addresses as the kernel holds them (for the tracer's
-    /// `addrtype LOCAL`).
+    /// The node's addresses as the kernel holds them (for the tracers'
+    /// `addrtype LOCAL` / `fib ... type local`).
     local: Vec<IpAddr>,
-    /// The payload holds `-m recent` rules: probes read the kernel's lists.
+    /// The payload records session affinity: probes read the kernel's state.
     pub affinity: bool,
-    kernel_rules: OnceCell<Ruleset>,
     /// Probes whose outcome the tracer predicted.
     agreements: Cell<usize>,
 }
 
-impl World {
+impl World<Iptables> {
     /// Builds the topology with `pods`, puts `node_local` on the node's
     /// loopback (load-balancer IPs routed to the node itself, as on GCE),
     /// compiles what `cluster` returns for it with `layout`, applies the
@@ -454,6 +856,153 @@ impl World {
         node_local: &[IpAddr],
         cluster: impl FnOnce(&Topology) -> Vec<Value>,
     ) -> World {
+        let mode = Iptables {
+            layout,
+            backend,
+            kernel_rules: OnceCell::new(),
+        };
+        World::build(mode, family, pods, node_local, cluster)
+    }
+
+    pub fn layout(&self) -> &'static Layout {
+        self.mode.layout
+    }
+
+    /// `iptables-legacy-save`, `ip6tables-nft`, ... for this world.
+    pub fn tool(&self, suffix: &str) -> String {
+        let base = if self.ipv6() { "ip6tables" } else { "iptables" };
+        format!("{base}-{}{suffix}", self.mode.backend.as_str())
+    }
+
+    /// The rules the node's kernel holds, as the tracer reads `iptables-save`;
+    /// asserts on first use that the kernel holds every built-in jump of the
+    /// layout (completing the dump with them adds nothing).
+    fn kernel_rules(&self) -> &Ruleset {
+        self.mode.kernel_rules.get_or_init(|| {
+            let dump = self
+                .topology
+                .node
+                .run(&self.tool("-save"), &[])
+                .expect("iptables-save");
+            let family = if self.ipv6() {
+                chainsmith_model::IpFamily::V6
+            } else {
+                chainsmith_model::IpFamily::V4
+            };
+            let mut from_kernel = Ruleset::from_dump(&dump).expect("the tracer reads the kernel's dump");
+            from_kernel.set_family(Some(family));
+            let completed = from_kernel
+                .clone()
+                .with_builtin_jumps(family, self.mode.layout.jumps);
+            assert!(
+                completed == from_kernel,
+                "{}: the kernel lacks some of the layout's built-in jumps:\n{dump}",
+                self.label()
+            );
+            completed
+        })
+    }
+
+    /// Packets counted, summed, by the rules of `table` in the chains whose
+    /// name starts with `chain` and whose `iptables-save` text holds every
+    /// needle; at least one rule must match.
+    pub fn count_in(&self, netns: &Netns, table: &str, chain: &str, needles: &[&str]) -> u64 {
+        let saved = netns
+            .run(&self.tool("-save"), &["-c", "-t", table])
+            .expect("iptables-save -c");
+        let prefix = format!("-A {chain}");
+        let mut rules = 0;
+        let mut packets = 0;
+        for line in saved.lines() {
+            // `[packets:bytes] -A CHAIN ...`
+            let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+                continue;
+            };
+            if !rule.starts_with(&prefix) || !needles.iter().all(|n| rule.contains(n)) {
+                continue;
+            }
+            rules += 1;
+            packets += counters
+                .split_once(':')
+                .and_then(|(p, _)| p.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("unreadable counters in {line:?}"));
+        }
+        assert!(
+            rules > 0,
+            "{}: no rule of {table} {chain}* holds {needles:?} in {}:\n{saved}",
+            self.label(),
+            netns.name()
+        );
+        packets
+    }
+
+    /// [`World::count_in`] the node.
+    pub fn count(&self, table: &str, chain: &str, needles: &[&str]) -> u64 {
+        self.count_in(&self.topology.node, table, chain, needles)
+    }
+}
+
+impl World<Nftables> {
+    /// [`World::new`] in nftables mode: the payload of `chainsmith compile
+    /// --mode nftables` applied with `nft -f` in the node, and read back.
+    pub fn nftables(
+        family: IpFamily,
+        pods: &[&str],
+        node_local: &[IpAddr],
+        cluster: impl FnOnce(&Topology) -> Vec<Value>,
+    ) -> World<Nftables> {
+        World::build(Nftables::default(), family, pods, node_local, cluster)
+    }
+
+    /// The `kube-proxy` table as the kernel listed it after the apply.
+    pub fn kernel_table(&self) -> &Table {
+        self.mode.table.get().expect("installed")
+    }
+
+    /// The node as the tracer needs it: its addresses as the kernel holds them.
+    pub fn tracer_node(&self) -> chainsmith_nft_tracer::Node {
+        chainsmith_nft_tracer::Node::new(self.local.clone())
+    }
+
+    /// Traces `packet` through `table` on `node` (the kernel's, or one a
+    /// test changed on purpose).
+    pub fn trace_nft(
+        &self,
+        table: &Table,
+        node: &chainsmith_nft_tracer::Node,
+        packet: &ProbePacket,
+        affinity: BTreeMap<String, Vec<IpAddr>>,
+    ) -> Result<chainsmith_nft_tracer::Trace, chainsmith_nft_tracer::TraceError> {
+        use chainsmith_nft_tracer::{Origin, Packet};
+        let origin = match &packet.interface {
+            None => Origin::FromNode,
+            Some(interface) => Origin::FromOutside {
+                interface: interface.clone(),
+            },
+        };
+        let mut traced = Packet::new(
+            packet.src,
+            packet.dst,
+            model_protocol(packet.proto),
+            packet.port,
+            origin,
+        );
+        traced.affinity = affinity;
+        chainsmith_nft_tracer::trace(table, &traced, node)
+    }
+}
+
+impl<M: Mode> World<M> {
+    /// Builds the topology with `pods`, puts `node_local` on the node's
+    /// loopback, compiles what `cluster` returns for it in `mode`, installs
+    /// the rules, starts an echo server in every pod.
+    fn build(
+        mode: M,
+        family: IpFamily,
+        pods: &[&str],
+        node_local: &[IpAddr],
+        cluster: impl FnOnce(&Topology) -> Vec<Value>,
+    ) -> World<M> {
         let topology = Topology::new(pods).expect("topology");
         // The uplink is where untranslated packets leave to: it must drop
         // them silently, whatever the host's forwarding setting it inherited.
@@ -474,22 +1023,12 @@ impl World {
                 .expect("address on the node's loopback");
         }
         let objects = cluster(&topology);
-        let payload = compile(layout, &node_yaml(layout, &topology, family), &objects);
-        assert!(
-            payload.contains(layout.signature),
-            "not a {} payload:\n{payload}",
-            layout.name
+        let payload = compile(
+            &mode.compile_args(),
+            &node_yaml(&mode, &topology, family),
+            &objects,
         );
-        apply_rules_with_jumps(&topology.node, &payload, family, backend, layout.jumps).unwrap_or_else(|e| {
-            // Fail, never skip: a kernel without one of these cannot run the layout.
-            panic!(
-                "applying the {} rules ({family:?}, {backend:?}) failed: {e}\n\
-                 The {} payload needs these iptables matches and targets in the kernel \
-                 (xt_* modules; nft_compat for iptables-nft): {}. A missing one shows above \
-                 as \"Couldn't load match\" or \"No such file or directory\".\n{payload}",
-                layout.name, layout.name, layout.kernel_needs
-            )
-        });
+        mode.install(&topology.node, &payload, family);
         let local = addresses(&topology.node);
         let servers = topology
             .pods
@@ -499,37 +1038,21 @@ impl World {
         World {
             servers,
             topology,
-            layout,
+            mode,
             family,
-            backend,
-            affinity: payload.contains("-m recent"),
+            affinity: M::has_affinity(&payload),
             payload,
             local,
-            kernel_rules: OnceCell::new(),
             agreements: Cell::new(0),
         }
     }
 
     pub fn label(&self) -> String {
-        format!(
-            "{} {}/{}",
-            self.layout.name,
-            match self.family {
-                IpFamily::V4 => "ipv4",
-                IpFamily::V6 => "ipv6",
-            },
-            self.backend.as_str()
-        )
+        self.mode.label(self.family)
     }
 
     pub fn ipv6(&self) -> bool {
         self.family == IpFamily::V6
-    }
-
-    /// `iptables-legacy-save`, `ip6tables-nft`, ... for this world.
-    pub fn tool(&self, suffix: &str) -> String {
-        let base = if self.ipv6() { "ip6tables" } else { "iptables" };
-        format!("{base}-{}{suffix}", self.backend.as_str())
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
@@ -574,6 +1097,11 @@ impl World {
         svc_ip(self.family, n)
     }
 
+    /// The node's loopback address of this family.
+    pub fn loopback(&self) -> IpAddr {
+        self.of_family(Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST)
+    }
+
     /// `IP/32` (`/128`) as iptables-save prints a host.
     pub fn host(&self, ip: IpAddr) -> String {
         format!("{ip}/{}", if self.ipv6() { 128 } else { 32 })
@@ -584,61 +1112,31 @@ impl World {
         format!("-d {}", self.host(ip))
     }
 
-    /// The rules the node's kernel holds, as the tracer reads `iptables-save`;
-    /// asserts on first use that the kernel holds every built-in jump of the
-    /// layout (completing the dump with them adds nothing).
-    fn kernel_rules(&self) -> &Ruleset {
-        self.kernel_rules.get_or_init(|| {
-            let dump = self
-                .topology
-                .node
-                .run(&self.tool("-save"), &[])
-                .expect("iptables-save");
-            let family = if self.ipv6() {
-                chainsmith_model::IpFamily::V6
-            } else {
-                chainsmith_model::IpFamily::V4
-            };
-            let mut from_kernel = Ruleset::from_dump(&dump).expect("the tracer reads the kernel's dump");
-            from_kernel.set_family(Some(family));
-            let completed = from_kernel.clone().with_builtin_jumps(family, self.layout.jumps);
-            assert!(
-                completed == from_kernel,
-                "{}: the kernel lacks some of the layout's built-in jumps:\n{dump}",
-                self.label()
-            );
-            completed
-        })
-    }
-
-    /// The kernel's `-m recent` lists (session affinity) that hold `src`.
-    fn recent_lists_holding(&self, src: IpAddr) -> Vec<String> {
-        if !self.affinity {
-            return Vec::new();
+    /// The packet a probe from `from` (from the address `src`) sends: the
+    /// node's interface it arrives on, none if the node sends it.
+    pub fn packet(&self, from: &Netns, proto: Proto, src: IpAddr, dst: IpAddr, port: u16) -> ProbePacket {
+        let t = &self.topology;
+        let interface = if from.name() == t.node.name() {
+            None
+        } else if from.name() == t.client.name() {
+            Some(t.node_client_interface.clone())
+        } else if from.name() == t.uplink.name() {
+            Some(t.node_uplink_interface.clone())
+        } else {
+            let pod = t
+                .pods
+                .iter()
+                .find(|p| p.netns.name() == from.name())
+                .unwrap_or_else(|| panic!("{} is not a namespace of this world", from.name()));
+            Some(pod.node_interface.clone())
+        };
+        ProbePacket {
+            interface,
+            proto,
+            src,
+            dst,
+            port,
         }
-        self.topology
-            .node
-            .enter(|| {
-                // This thread's namespace (/proc/net would be the process').
-                let dir = "/proc/thread-self/net/xt_recent";
-                let mut lists = Vec::new();
-                for entry in std::fs::read_dir(dir).expect("xt_recent lists") {
-                    let entry = entry.expect("xt_recent entry");
-                    let text = std::fs::read_to_string(entry.path()).expect("xt_recent list");
-                    let holds = text.lines().any(|line| {
-                        line.strip_prefix("src=")
-                            .and_then(|rest| rest.split_whitespace().next())
-                            .and_then(|ip| ip.parse::<IpAddr>().ok())
-                            == Some(src)
-                    });
-                    if holds {
-                        lists.push(entry.file_name().to_string_lossy().into_owned());
-                    }
-                }
-                lists.sort();
-                lists
-            })
-            .expect("enter the node")
     }
 
     /// One probe from `from` (optionally from the source `src`), checked
@@ -651,14 +1149,15 @@ impl World {
         dst: IpAddr,
         port: u16,
         timeout: Duration,
-    ) -> (ProbeResult, Trace) {
+    ) -> (ProbeResult, M::Trace) {
         let source = src.unwrap_or_else(|| route_source(from, dst));
-        let recent = self.recent_lists_holding(source);
+        let affinity = M::affinity(self, source);
         let result = match src {
             Some(src) => probe_from(from, proto, src, dst, port, timeout),
             None => probe(from, proto, dst, port, timeout),
         };
-        let trace = self.agree(from, proto, source, dst, port, recent, &result);
+        let packet = self.packet(from, proto, source, dst, port);
+        let trace = self.agree(&packet, affinity, &result);
         (result, trace)
     }
 
@@ -675,7 +1174,10 @@ impl World {
     }
 
     /// `n` probes from one namespace, optionally from `src`, each checked
-    /// against the tracer.
+    /// against the tracer. Where all are answered (and the world records
+    /// no affinity), the trace's outcomes must be equally likely and, once
+    /// `n` makes missing one unlikely (below [`MISS_BOUND`]), the pods that
+    /// answered must be exactly the trace's DNAT targets.
     pub fn probes(
         &self,
         from: &Netns,
@@ -686,12 +1188,13 @@ impl World {
         port: u16,
     ) -> Vec<ProbeResult> {
         if self.affinity {
-            // The tracer is given the kernel's affinity lists before each one.
+            // The tracer is given the kernel's affinity state before each one.
             return (0..n)
                 .map(|_| self.probe(from, proto, src, dst, port, ANSWER))
                 .collect();
         }
         let source = src.unwrap_or_else(|| route_source(from, dst));
+        let affinity = M::affinity(self, source);
         let results: Vec<ProbeResult> = from
             .enter(|| {
                 (0..n)
@@ -699,10 +1202,50 @@ impl World {
                     .collect()
             })
             .expect("enter");
+        let packet = self.packet(from, proto, source, dst, port);
+        let mut branches = Vec::new();
         for result in &results {
-            self.agree(from, proto, source, dst, port, Vec::new(), result);
+            branches = M::branches(&self.agree(&packet, affinity.clone(), result));
         }
+        self.check_balanced(&packet, &results, &branches);
         results
+    }
+
+    /// See [`World::probes`].
+    fn check_balanced(&self, packet: &ProbePacket, results: &[ProbeResult], branches: &[Branch]) {
+        if branches.is_empty() || !results.iter().all(|r| matches!(r, ProbeResult::Reply { .. })) {
+            return;
+        }
+        let what = format!("{} {packet:?}", self.label());
+        let outcomes = branches.len();
+        let uniform = 1.0 / outcomes as f64;
+        assert!(
+            branches
+                .iter()
+                .all(|b| (b.probability - uniform).abs() <= M::BALANCE_TOLERANCE),
+            "{what}: the tracer's {outcomes} outcomes are not equally likely: {:?}",
+            branches.iter().map(|b| &b.summary).collect::<Vec<_>>()
+        );
+        let exponent = i32::try_from(results.len()).unwrap_or(i32::MAX);
+        if outcomes as f64 * (1.0 - uniform).powi(exponent) >= MISS_BOUND {
+            return;
+        }
+        let targets: BTreeSet<String> = branches
+            .iter()
+            .filter_map(|b| b.nat_destination.clone())
+            .collect();
+        let reached: BTreeSet<String> = results
+            .iter()
+            .filter_map(ProbeResult::pod)
+            .map(|pod| SocketAddr::new(self.pod_ip(pod), POD_PORT).to_string())
+            .collect();
+        assert_eq!(
+            reached,
+            targets,
+            "{what}: {} probes reached these endpoints, the tracer's DNAT targets are others\n{}",
+            results.len(),
+            self.dump()
+        );
     }
 
     /// Whether the node routes `dst` out of its uplink (where nothing answers).
@@ -715,166 +1258,89 @@ impl World {
         route.contains(&format!(" dev {} ", self.topology.node_uplink_interface))
     }
 
-    /// Asserts that `chainsmith_tracer`, on the rules the kernel holds,
-    /// predicts `result` for the packet `src -> dst:port`:
-    /// - a reply: every branch delivers (DNAT, then ACCEPT or no verdict), one
-    ///   of them to the pod that answered, masquerading exactly when the pod
-    ///   saw another address than the sender's;
-    /// - a timeout: every branch drops, or (if the layout
+    /// Asserts that the mode's tracer, on the rules the kernel holds,
+    /// predicts `result` for `packet` (see [`World::disagreement`]).
+    fn agree(&self, packet: &ProbePacket, affinity: M::Affinity, result: &ProbeResult) -> M::Trace {
+        let (trace, what) = M::trace(self, packet, affinity);
+        if let Some(why) = self.disagreement(packet, result, &M::branches(&trace)) {
+            panic!("{what}: {why}");
+        }
+        self.agreements.set(self.agreements.get() + 1);
+        trace
+    }
+
+    /// Why `branches` (a trace of `packet`) do not explain what the kernel
+    /// did with it, if they do not:
+    /// - a reply: every branch delivers with a DNAT, one of them to the pod
+    ///   that answered, masquerading exactly when the pod saw another
+    ///   address than the sender's;
+    /// - a timeout: every branch drops, or (if the mode
     ///   [forwards untranslated](Layout::forwards_untranslated)) every branch
     ///   lets the packet leave untranslated to a destination the node routes
     ///   to the uplink;
-    /// - a refusal: every branch rejects;
-    /// - EPERM on the node's own send: every branch rejects or drops (in OUTPUT).
-    ///
-    /// The trace must have no warnings (everything in the dump modelled).
-    #[allow(clippy::too_many_arguments)]
-    fn agree(
+    /// - a refusal: every branch rejects, or every branch delivers it
+    ///   untranslated to one of the node's own addresses (where nothing
+    ///   listens);
+    /// - EPERM on the node's own send: every branch rejects or drops (in
+    ///   OUTPUT).
+    pub fn disagreement(
         &self,
-        from: &Netns,
-        proto: Proto,
-        src: IpAddr,
-        dst: IpAddr,
-        port: u16,
-        recent: Vec<String>,
+        packet: &ProbePacket,
         result: &ProbeResult,
-    ) -> Trace {
-        let origin = if from.name() == self.topology.node.name() {
-            Origin::FromNode
-        } else {
-            Origin::FromOutside
-        };
-        let protocol = match proto {
-            Proto::Tcp => chainsmith_model::Protocol::Tcp,
-            Proto::Udp => chainsmith_model::Protocol::Udp,
-        };
-        let mut packet = Packet::new(src, dst, protocol, port, origin);
-        packet.recent = recent;
-        let traced = chainsmith_tracer::trace(
-            self.kernel_rules(),
-            &packet,
-            &chainsmith_tracer::Node::new(self.local.clone()),
-        );
-        let verdicts: Vec<String> = traced.outcomes.iter().map(Outcome::summary).collect();
-        let what = format!(
-            "{} {proto:?} {src} -> {dst}:{port} ({origin:?}, affinity lists {:?})",
-            self.label(),
-            packet.recent
-        );
-        assert!(
-            traced.warnings.is_empty(),
-            "{what}: the tracer warned {:?}",
-            traced.warnings
-        );
-        let delivers = |o: &Outcome| matches!(o.verdict, Verdict::Accept | Verdict::Pass);
+        branches: &[Branch],
+    ) -> Option<String> {
+        let verdicts: Vec<&str> = branches.iter().map(|b| b.summary.as_str()).collect();
+        let all = |f: &dyn Fn(&Branch) -> bool| !branches.is_empty() && branches.iter().all(f);
+        let untranslated = |b: &Branch| b.fate == Fate::Passes && b.nat_destination.is_none();
         match result {
             ProbeResult::Reply { pod, peer_ip } => {
-                let pod_ip = self.pod_ip(pod);
-                let to = match pod_ip {
-                    IpAddr::V4(ip) => format!("{ip}:{POD_PORT}"),
-                    IpAddr::V6(ip) => format!("[{ip}]:{POD_PORT}"),
-                };
-                assert!(
-                    traced
-                        .outcomes
-                        .iter()
-                        .all(|o| delivers(o) && o.nat_destination.is_some()),
-                    "{what}: {pod} answered, but not every branch of the tracer delivers: {verdicts:?}"
-                );
-                let Some(outcome) = traced
-                    .outcomes
+                let to = SocketAddr::new(self.pod_ip(pod), POD_PORT).to_string();
+                if !all(&|b| b.fate == Fate::Passes && b.nat_destination.is_some()) {
+                    return Some(format!(
+                        "{pod} answered, but not every branch of the tracer delivers: {verdicts:?}"
+                    ));
+                }
+                let Some(branch) = branches
                     .iter()
-                    .find(|o| o.nat_destination.as_deref() == Some(to.as_str()))
+                    .find(|b| b.nat_destination.as_deref() == Some(to.as_str()))
                 else {
-                    panic!("{what}: the kernel delivered to {pod} ({to}), the tracer says {verdicts:?}");
+                    return Some(format!(
+                        "the kernel delivered to {pod} ({to}), the tracer says {verdicts:?}"
+                    ));
                 };
-                assert_eq!(
-                    outcome.masquerade,
-                    *peer_ip != src,
-                    "{what}: {pod} saw {peer_ip}; the tracer says {verdicts:?} via {:?}",
-                    chains(outcome)
-                );
+                (branch.masquerade != (*peer_ip != packet.src)).then(|| {
+                    format!(
+                        "{pod} saw {peer_ip}; the tracer says {verdicts:?} via {:?}",
+                        branch.chains
+                    )
+                })
             }
             ProbeResult::Timeout => {
-                let dropped = traced.outcomes.iter().all(|o| o.verdict == Verdict::Drop);
-                let leaves = self.layout.forwards_untranslated
-                    && traced
-                        .outcomes
-                        .iter()
-                        .all(|o| delivers(o) && o.nat_destination.is_none())
-                    && self.routes_to_uplink(dst);
-                assert!(
-                    dropped || leaves,
-                    "{what}: timed out, the tracer says {verdicts:?}"
-                );
+                let dropped = all(&|b| b.fate == Fate::Dropped);
+                let leaves = self.mode.forwards_untranslated()
+                    && all(&untranslated)
+                    && self.routes_to_uplink(packet.dst);
+                (!dropped && !leaves).then(|| format!("timed out, the tracer says {verdicts:?}"))
             }
             ProbeResult::Refused => {
-                assert!(
-                    traced.outcomes.iter().all(|o| o.verdict == Verdict::Reject),
-                    "{what}: refused, the tracer says {verdicts:?}"
-                );
+                let rejected = all(&|b| b.fate == Fate::Rejected);
+                let node_local = packet.dst.is_loopback() || self.local.contains(&packet.dst);
+                let closed = node_local && all(&untranslated);
+                (!rejected && !closed).then(|| format!("refused, the tracer says {verdicts:?}"))
             }
-            // A REJECT or DROP in OUTPUT fails the node's own UDP send with EPERM.
-            ProbeResult::Other(error) if origin == Origin::FromNode && error.contains("not permitted") => {
-                assert!(
-                    traced
-                        .outcomes
-                        .iter()
-                        .all(|o| matches!(o.verdict, Verdict::Reject | Verdict::Drop)),
-                    "{what}: {error}, the tracer says {verdicts:?}"
-                );
+            // A REJECT or DROP in OUTPUT fails the node's own send with EPERM.
+            ProbeResult::Other(error) if packet.interface.is_none() && error.contains("not permitted") => {
+                (!all(&|b| matches!(b.fate, Fate::Rejected | Fate::Dropped)))
+                    .then(|| format!("{error}, the tracer says {verdicts:?}"))
             }
-            other => panic!("{what}: {other:?} has no tracer counterpart; the tracer says {verdicts:?}"),
+            other => Some(format!(
+                "{other:?} has no tracer counterpart; the tracer says {verdicts:?}"
+            )),
         }
-        self.agreements.set(self.agreements.get() + 1);
-        traced
-    }
-
-    /// Packets counted, summed, by the rules of `table` in the chains whose
-    /// name starts with `chain` and whose `iptables-save` text holds every
-    /// needle; at least one rule must match.
-    pub fn count_in(&self, netns: &Netns, table: &str, chain: &str, needles: &[&str]) -> u64 {
-        let saved = netns
-            .run(&self.tool("-save"), &["-c", "-t", table])
-            .expect("iptables-save -c");
-        let prefix = format!("-A {chain}");
-        let mut rules = 0;
-        let mut packets = 0;
-        for line in saved.lines() {
-            // `[packets:bytes] -A CHAIN ...`
-            let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
-                continue;
-            };
-            if !rule.starts_with(&prefix) || !needles.iter().all(|n| rule.contains(n)) {
-                continue;
-            }
-            rules += 1;
-            packets += counters
-                .split_once(':')
-                .and_then(|(p, _)| p.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("unreadable counters in {line:?}"));
-        }
-        assert!(
-            rules > 0,
-            "{}: no rule of {table} {chain}* holds {needles:?} in {}:\n{saved}",
-            self.label(),
-            netns.name()
-        );
-        packets
-    }
-
-    /// [`World::count_in`] the node.
-    pub fn count(&self, table: &str, chain: &str, needles: &[&str]) -> u64 {
-        self.count_in(&self.topology.node, table, chain, needles)
     }
 
     /// What the node's kernel holds, for failure messages.
     pub fn dump(&self) -> String {
-        let saved = self
-            .topology
-            .node
-            .run(&self.tool("-save"), &["-c"])
-            .unwrap_or_else(|e| e.to_string());
         let conntrack = self
             .topology
             .node
@@ -884,9 +1350,10 @@ impl World {
             )
             .unwrap_or_else(|e| e.to_string());
         format!(
-            "--- payload\n{}--- kernel ({})\n{saved}--- conntrack\n{conntrack}",
+            "--- payload\n{}--- kernel ({})\n{}--- conntrack\n{conntrack}",
             self.payload,
-            self.label()
+            self.label(),
+            M::kernel_rules_text(self)
         )
     }
 
@@ -964,9 +1431,14 @@ impl World {
         );
         took
     }
+
+    /// How many probes the tracer predicted so far.
+    pub fn agreements(&self) -> usize {
+        self.agreements.get()
+    }
 }
 
-impl Drop for World {
+impl<M: Mode> Drop for World<M> {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             println!(
@@ -985,7 +1457,11 @@ impl Drop for World {
 /// each protocol to `cip:80` all answered, by all three endpoints, which
 /// see pod-d's own address; conntrack holds the DNAT of every flow (see
 /// [`check_conntrack`]). Returns the number of flows, TCP then UDP.
-pub fn check_balancing_from_pod_d(w: &World, cip: IpAddr, probes: [(Proto, usize); 2]) -> Vec<usize> {
+pub fn check_balancing_from_pod_d<M: Mode>(
+    w: &World<M>,
+    cip: IpAddr,
+    probes: [(Proto, usize); 2],
+) -> Vec<usize> {
     let three = set(["pod-a", "pod-b", "pod-c"]);
     let pod_d = w.pod_ns("pod-d");
     for (proto, n) in probes {
@@ -1015,7 +1491,7 @@ pub fn check_balancing_from_pod_d(w: &World, cip: IpAddr, probes: [(Proto, usize
 /// The cluster IP `cip` from outside the cluster CIDR (`! -s CIDR -j
 /// KUBE-MARK-MASQ`): 6 TCP connections from the client and one from the
 /// node, all masqueraded; returns the trace of the node's.
-pub fn check_off_cluster_sources_masqueraded(w: &World, cip: IpAddr) -> Trace {
+pub fn check_off_cluster_sources_masqueraded<M: Mode>(w: &World<M>, cip: IpAddr) -> M::Trace {
     let masq = w.node_pod_side();
     let client = w.probes(&w.topology.client, 6, Proto::Tcp, None, cip, 80);
     let (_, peers) = w.replies("tcp from the client to the cluster IP", &client);
@@ -1028,7 +1504,7 @@ pub fn check_off_cluster_sources_masqueraded(w: &World, cip: IpAddr) -> Trace {
 /// [`shop_cluster`]'s NodePort on the node IP from the client: 20 TCP
 /// connections reach both endpoints, all masqueraded; so does a UDP
 /// exchange, whose trace it returns.
-pub fn check_node_port_from_client(w: &World) -> Trace {
+pub fn check_node_port_from_client<M: Mode>(w: &World<M>) -> M::Trace {
     let (client, node_ip, masq) = (&w.topology.client, w.node_ip(), w.node_pod_side());
     let tcp = w.probes(client, 20, Proto::Tcp, None, node_ip, 30080);
     let (pods, peers) = w.replies("tcp from the client to the NodePort", &tcp);
@@ -1053,7 +1529,7 @@ pub fn check_node_port_from_client(w: &World) -> Trace {
 /// Hairpin through [`hairpin_cluster`]'s cluster IP `cip`: pod-a reaching
 /// itself is masqueraded (it would not accept its own address back), pod-b
 /// is seen as itself.
-pub fn check_hairpin(w: &World, proto: Proto, cip: IpAddr) {
+pub fn check_hairpin<M: Mode>(w: &World<M>, proto: Proto, cip: IpAddr) {
     let r = w.probe(w.pod_ns("pod-a"), proto, None, cip, 80, ANSWER);
     w.expect_reply(
         &format!("{} hairpin pod-a -> own cluster IP", proto.as_str()),
@@ -1072,11 +1548,11 @@ pub fn check_hairpin(w: &World, proto: Proto, cip: IpAddr) {
 
 /// `n` probes from `who` (`from`, bound to `src` if given) to
 /// [`sticky_cluster`]'s cluster IP `cip`: one pod answers them all; returns
-/// its name. The tracer, given the kernel's `-m recent` lists before each
-/// probe, balances the first over the three endpoints and knows the pod of
-/// every later one.
-pub fn check_sticks_to_one_pod(
-    w: &World,
+/// its name. The tracer, given the kernel's affinity state (`-m recent`
+/// lists, `affinity-` sets) before each probe, balances the first over the
+/// three endpoints and knows the pod of every later one.
+pub fn check_sticks_to_one_pod<M: Mode>(
+    w: &World<M>,
     who: &str,
     from: &Netns,
     src: Option<IpAddr>,
@@ -1092,13 +1568,14 @@ pub fn check_sticks_to_one_pod(
         // The first connection is balanced; the kernel's list then holds
         // the source, and the tracer, given it, knows the pod.
         let want = if i == 0 { 3 } else { 1 };
+        let branches = M::branches(&trace);
         assert_eq!(
-            trace.outcomes.len(),
+            branches.len(),
             want,
             "{}: {} #{i} from {who}: the tracer's outcomes {:?}",
             w.label(),
             proto.as_str(),
-            trace.outcomes.iter().map(Outcome::summary).collect::<Vec<_>>()
+            branches.iter().map(|b| &b.summary).collect::<Vec<_>>()
         );
     }
     assert_eq!(
@@ -1117,7 +1594,7 @@ pub fn check_sticks_to_one_pod(
 /// `client_ip:port -> cip:80`, reply tuple from that pod's address and port.
 /// (Two probes may share a source port, and so one flow.) Returns the number
 /// of flows of each protocol, TCP then UDP.
-fn check_conntrack(w: &World, client_ip: IpAddr, cip: IpAddr) -> Vec<usize> {
+fn check_conntrack<M: Mode>(w: &World<M>, client_ip: IpAddr, cip: IpAddr) -> Vec<usize> {
     let mut counts = Vec::new();
     for proto in [Proto::Tcp, Proto::Udp] {
         let mut seen = BTreeMap::new();
