@@ -242,6 +242,12 @@ fn nft_drift_json(drift: &TableDrift) -> serde_json::Value {
 fn describe(drift: &Drift) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    for table in &drift.absent_tables {
+        let _ = writeln!(
+            out,
+            "table {table}: absent: the rules hold no {table} table, so none of its chains or jumps"
+        );
+    }
     for chain in &drift.chains {
         let what = match chain.kind {
             DriftKind::MissingChain => "missing: the chain should exist".to_string(),

@@ -20,7 +20,7 @@ use clap::{Args, ValueEnum};
 use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
 use crate::{narrate, narrate_nft, nft};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum From {
     /// The packet arrives at the node (from another host, or from a pod on it).
     Outside,
@@ -64,10 +64,10 @@ pub struct TraceArgs {
     mode: ModeArg,
     #[command(flatten)]
     layout: LayoutArg,
-    /// nftables mode: the interface a packet from outside arrives on (for
-    /// `iifname` matches of an interface-based local-traffic detector).
-    #[arg(long, value_name = "NAME", default_value = "eth0")]
-    in_interface: String,
+    /// The interface a packet from outside arrives on, for `-i` / `iifname`
+    /// matches (nftables mode: `eth0` unless given).
+    #[arg(long, value_name = "NAME")]
+    in_interface: Option<String>,
     /// Source address.
     #[arg(long)]
     src: IpAddr,
@@ -141,9 +141,11 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         Some(path) => {
             let node = input::load_node(args.node.as_deref())?;
             let text = input::read_text(path)?;
-            let ruleset = Ruleset::from_dump(&text)
-                .with_context(|| format!("{} is not iptables-save or iptables-restore text", path.display()))?
-                .with_builtin_jumps(node.ip_family, layout.builtin_jumps());
+            // Exactly the dump: a node's built-in chains hold whatever jumps
+            // it had, in its spelling and place, or none.
+            let ruleset = Ruleset::from_dump(&text).with_context(|| {
+                format!("{} is not iptables-save or iptables-restore text", path.display())
+            })?;
             (node, ruleset)
         }
         None => {
@@ -167,9 +169,13 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         State::Established => CtState::Established,
     };
     packet.recent = args.affinity.clone();
+    if args.from == From::Outside {
+        packet.in_interface = args.in_interface.clone();
+    }
     let mut ips = local_ips(&node);
     ips.extend(&args.local_ips);
-    let result = trace(&ruleset, &packet, &Node::new(ips));
+    let mut result = trace(&ruleset, &packet, &Node::new(ips));
+    result.warnings.extend(unwalked_tables(&ruleset));
     let text = match args.output {
         Output::Text => narrate::narrate(&result, layout),
         Output::Json => serde_json::to_string_pretty(&result)? + "\n",
@@ -178,6 +184,21 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         .lock()
         .write_all(text.as_bytes())
         .context("cannot write to stdout")
+}
+
+/// Tables of a dump that hold rules the trace does not walk (kube-proxy
+/// writes only filter and nat; raw and mangle belong to other software and
+/// can still drop or mark a packet).
+fn unwalked_tables(ruleset: &Ruleset) -> Vec<String> {
+    ruleset
+        .table_names()
+        .filter(|table| !matches!(*table, "filter" | "nat"))
+        .filter_map(|table| {
+            let rules: usize = ruleset.chains(table).map(|c| c.rules.len()).sum();
+            let held = if rules == 1 { "1 rule" } else { "rules" };
+            (rules > 0).then(|| format!("table {table} holds {held} this trace does not walk"))
+        })
+        .collect()
 }
 
 fn protocol(args: &TraceArgs) -> Result<Protocol> {
@@ -242,7 +263,7 @@ fn run_nftables(args: &TraceArgs) -> Result<()> {
     let (node, table) = nft_table(args)?;
     let origin = match args.from {
         From::Outside => NftOrigin::FromOutside {
-            interface: args.in_interface.clone(),
+            interface: args.in_interface.clone().unwrap_or_else(|| "eth0".to_string()),
         },
         From::Node => NftOrigin::FromNode,
     };

@@ -43,6 +43,9 @@ pub struct ChainDrift {
 /// Every difference, table by table, chain by chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Drift {
+    /// Tables that should hold rules and are not in the actual rules at
+    /// all (a dump of one table): their jumps are listed as missing too.
+    pub absent_tables: Vec<String>,
     /// Chains that differ.
     pub chains: Vec<ChainDrift>,
 }
@@ -50,7 +53,7 @@ pub struct Drift {
 impl Drift {
     /// Nothing differs.
     pub fn is_empty(&self) -> bool {
-        self.chains.is_empty()
+        self.chains.is_empty() && self.absent_tables.is_empty()
     }
 }
 
@@ -86,14 +89,22 @@ fn identity(rule: &ParsedRule) -> String {
 /// filter and nat tables.
 pub fn drift(desired: &Ruleset, actual: &Ruleset) -> Drift {
     let mut chains = Vec::new();
+    let mut absent_tables = Vec::new();
     for table in ["filter", "nat"] {
         let wanted: Vec<_> = desired
             .chains(table)
             .filter(|c| owned(&c.name) || c.policy.is_some())
             .collect();
+        if !wanted.is_empty() && actual.table_names().all(|t| t != table) {
+            absent_tables.push(table.to_string());
+        }
         for chain in &wanted {
-            let Some(present) = actual.chain(table, &chain.name) else {
-                if chain.policy.is_none() {
+            // A built-in chain is absent only with its whole table: none of
+            // the jumps kube-proxy needs in it are there.
+            let present: &[ParsedRule] = match actual.chain(table, &chain.name) {
+                Some(present) => &present.rules,
+                None if chain.policy.is_some() => &[],
+                None => {
                     chains.push(ChainDrift {
                         table: table.to_string(),
                         chain: chain.name.clone(),
@@ -101,13 +112,13 @@ pub fn drift(desired: &Ruleset, actual: &Ruleset) -> Drift {
                         missing: chain.rules.iter().map(|r| r.text.clone()).collect(),
                         extra: Vec::new(),
                     });
+                    continue;
                 }
-                continue;
             };
             let (missing, extra) = if chain.policy.is_some() {
-                jumps_difference(&chain.rules, &present.rules)
+                jumps_difference(&chain.rules, present)
             } else {
-                ordered_difference(&chain.rules, &present.rules)
+                ordered_difference(&chain.rules, present)
             };
             if !missing.is_empty() || !extra.is_empty() {
                 chains.push(ChainDrift {
@@ -131,7 +142,10 @@ pub fn drift(desired: &Ruleset, actual: &Ruleset) -> Drift {
             }
         }
     }
-    Drift { chains }
+    Drift {
+        absent_tables,
+        chains,
+    }
 }
 
 /// Order-sensitive difference of two rule lists.
@@ -216,6 +230,27 @@ mod tests {
         assert_eq!(drift.chains.len(), 1, "{drift:?}");
         assert_eq!(drift.chains[0].kind, DriftKind::ExtraChain);
         assert_eq!(drift.chains[0].chain, "KUBE-SEP-OLD");
+    }
+
+    #[test]
+    fn a_table_absent_from_the_dump_is_named_with_its_jumps() {
+        let desired = Ruleset::from_dump(&format!(
+            "*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n\
+             -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\nCOMMIT\n{PAYLOAD}"
+        ))
+        .expect("payload");
+        let actual = Ruleset::from_dump(SAVED.replace(":KUBE-SEP-OLD - [0:0]\n", "").as_str()).expect("dump");
+        let drift = drift(&desired, &actual);
+        assert_eq!(drift.absent_tables, ["filter"]);
+        let missing: Vec<(&str, &[String])> = drift
+            .chains
+            .iter()
+            .map(|c| (c.chain.as_str(), c.missing.as_slice()))
+            .collect();
+        assert_eq!(missing.len(), 2, "{drift:?}");
+        assert_eq!(missing[0].0, "FORWARD");
+        assert!(missing[0].1[0].contains("-j KUBE-FORWARD"), "{drift:?}");
+        assert_eq!(missing[1].0, "KUBE-FORWARD");
     }
 
     #[test]

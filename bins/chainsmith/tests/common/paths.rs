@@ -402,6 +402,32 @@ fn route_source(from: &Netns, dst: IpAddr) -> IpAddr {
     words[at + 1].parse().expect("source address")
 }
 
+/// The `-m recent` lists of the node's kernel that hold `src` (ClientIP
+/// session affinity recorded by earlier connections).
+fn recent_lists_holding(node: &Netns, src: IpAddr) -> Vec<String> {
+    node.enter(|| {
+        // This thread's namespace (/proc/net would be the process').
+        let dir = "/proc/thread-self/net/xt_recent";
+        let mut lists = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("xt_recent lists") {
+            let entry = entry.expect("xt_recent entry");
+            let text = std::fs::read_to_string(entry.path()).expect("xt_recent list");
+            let holds = text.lines().any(|line| {
+                line.strip_prefix("src=")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    == Some(src)
+            });
+            if holds {
+                lists.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        lists.sort();
+        lists
+    })
+    .expect("enter the node")
+}
+
 /// Every address of a namespace (`ip -o addr show`).
 fn addresses(netns: &Netns) -> Vec<IpAddr> {
     let shown = netns.run("ip", &["-o", "addr", "show"]).expect("ip addr show");
@@ -421,6 +447,22 @@ pub fn chains(outcome: &Outcome) -> Vec<String> {
     let mut chains: Vec<String> = Vec::new();
     for step in &outcome.path {
         let name = format!("{}/{}", step.table, step.chain);
+        if chains.last() != Some(&name) {
+            chains.push(name);
+        }
+    }
+    chains
+}
+
+/// [`chains`] of an outcome in `chainsmith trace --output json`.
+fn json_chains(outcome: &Value) -> Vec<String> {
+    let mut chains: Vec<String> = Vec::new();
+    for step in outcome["path"].as_array().into_iter().flatten() {
+        let name = format!(
+            "{}/{}",
+            step["table"].as_str().unwrap_or_default(),
+            step["chain"].as_str().unwrap_or_default()
+        );
         if chains.last() != Some(&name) {
             chains.push(name);
         }
@@ -570,29 +612,7 @@ impl Mode for Iptables {
         if !w.affinity {
             return Vec::new();
         }
-        w.topology
-            .node
-            .enter(|| {
-                // This thread's namespace (/proc/net would be the process').
-                let dir = "/proc/thread-self/net/xt_recent";
-                let mut lists = Vec::new();
-                for entry in std::fs::read_dir(dir).expect("xt_recent lists") {
-                    let entry = entry.expect("xt_recent entry");
-                    let text = std::fs::read_to_string(entry.path()).expect("xt_recent list");
-                    let holds = text.lines().any(|line| {
-                        line.strip_prefix("src=")
-                            .and_then(|rest| rest.split_whitespace().next())
-                            .and_then(|ip| ip.parse::<IpAddr>().ok())
-                            == Some(src)
-                    });
-                    if holds {
-                        lists.push(entry.file_name().to_string_lossy().into_owned());
-                    }
-                }
-                lists.sort();
-                lists
-            })
-            .expect("enter the node")
+        recent_lists_holding(&w.topology.node, src)
     }
 
     fn trace(w: &World<Self>, packet: &ProbePacket, recent: Vec<String>) -> (Trace, String) {
@@ -827,6 +847,191 @@ pub fn nft_chains(outcome: &chainsmith_nft_tracer::Outcome) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // A running world: topology + rules + echo servers
 
+/// A dump written by hand in the shape operators post from real nodes
+/// (`iptables-save` of some kube-proxy version, other software's chains,
+/// counters, one table, IPv6, ...): loaded whole into the node as it is with
+/// `iptables-restore -c`, nothing compiled and no jump added, and traced by
+/// the real `chainsmith trace --rules` on the same file, which must describe
+/// exactly that dump.
+pub struct Dump {
+    /// The file given to `iptables-restore` and to `trace --rules`.
+    pub file: std::path::PathBuf,
+    pub backend: Backend,
+    /// `chainsmith trace` options beyond the packet's (e.g. `--table nat`).
+    pub trace_args: Vec<String>,
+    /// Warnings the trace may give (substrings): the other software's matches
+    /// the tracer does not model, each of which must be one the kernel did
+    /// not take either for the probes sent.
+    pub allowed_warnings: Vec<&'static str>,
+    /// How the dump reaches the kernel; `None`: `iptables-restore -c`.
+    pub load: Option<fn(&Netns, &str, IpFamily, Backend)>,
+}
+
+impl Mode for Dump {
+    /// `chainsmith trace --output json`.
+    type Trace = Value;
+    /// The `-m recent` lists holding the source.
+    type Affinity = Vec<String>;
+    /// `--probability` is printed with 10 (old kube-proxy: 5) decimals.
+    const BALANCE_TOLERANCE: f64 = 1e-4;
+
+    fn label(&self, family: IpFamily) -> String {
+        let name = self.file.file_name().map(|n| n.to_string_lossy().into_owned());
+        format!(
+            "dump {} {}/{}",
+            name.unwrap_or_default(),
+            family_label(family),
+            self.backend.as_str()
+        )
+    }
+
+    fn compile_args(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    fn node_settings(&self, _family: IpFamily) -> String {
+        String::new()
+    }
+
+    fn install(&self, node: &Netns, payload: &str, family: IpFamily) {
+        if let Some(load) = self.load {
+            return load(node, payload, family, self.backend);
+        }
+        let base = match family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        let restore = format!("{base}-{}-restore", self.backend.as_str());
+        node.run_with_input(&restore, &["-c"], payload.as_bytes())
+            .unwrap_or_else(|e| panic!("{restore} refused {}: {e}", self.file.display()));
+    }
+
+    fn has_affinity(payload: &str) -> bool {
+        payload.contains("-m recent")
+    }
+
+    fn affinity(w: &World<Self>, src: IpAddr) -> Vec<String> {
+        if !w.affinity {
+            return Vec::new();
+        }
+        recent_lists_holding(&w.topology.node, src)
+    }
+
+    fn trace(w: &World<Self>, packet: &ProbePacket, recent: Vec<String>) -> (Value, String) {
+        let file = w.mode.file.to_str().expect("path");
+        let (src, dst, port) = (
+            packet.src.to_string(),
+            packet.dst.to_string(),
+            packet.port.to_string(),
+        );
+        let mut args = vec![
+            "trace",
+            "--rules",
+            file,
+            "--src",
+            &src,
+            "--dst",
+            &dst,
+            "--dport",
+            &port,
+            "--proto",
+            packet.proto.as_str(),
+            "--output",
+            "json",
+        ];
+        match &packet.interface {
+            Some(interface) => args.extend(["--from", "outside", "--in-interface", interface.as_str()]),
+            None => args.extend(["--from", "node"]),
+        }
+        args.extend(w.mode.trace_args.iter().map(String::as_str));
+        let local: Vec<String> = w.local.iter().map(IpAddr::to_string).collect();
+        for ip in &local {
+            args.extend(["--local-ip", ip.as_str()]);
+        }
+        for list in &recent {
+            args.extend(["--affinity", list.as_str()]);
+        }
+        let output = crate::common::chainsmith_in_fixtures(&args);
+        let what = format!(
+            "{} {:?} {} -> {}:{} (from {:?}, affinity lists {recent:?})",
+            w.label(),
+            packet.proto,
+            packet.src,
+            packet.dst,
+            packet.port,
+            packet.interface
+        );
+        assert!(
+            output.status.success(),
+            "{what}: chainsmith {args:?} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let trace: Value = serde_json::from_slice(&output.stdout).expect("trace JSON");
+        for warning in trace["warnings"].as_array().into_iter().flatten() {
+            let warning = warning.as_str().unwrap_or_default();
+            assert!(
+                w.mode
+                    .allowed_warnings
+                    .iter()
+                    .any(|allowed| warning.contains(allowed)),
+                "{what}: the tracer warned {warning:?}"
+            );
+        }
+        (trace, what)
+    }
+
+    fn branches(trace: &Value) -> Vec<Branch> {
+        let outcomes = trace["outcomes"].as_array().cloned().unwrap_or_default();
+        outcomes
+            .iter()
+            .map(|o| {
+                let verdict = o["verdict"].as_str().unwrap_or_default();
+                let nat_destination = o["nat_destination"].as_str().map(str::to_string);
+                let masquerade = o["masquerade"].as_bool().unwrap_or_default();
+                let probability = o["probability"].as_f64().unwrap_or_default();
+                Branch {
+                    probability,
+                    fate: match verdict {
+                        "drop" => Fate::Dropped,
+                        "reject" => Fate::Rejected,
+                        _ => Fate::Passes,
+                    },
+                    summary: format!(
+                        "{verdict} to {nat_destination:?}, masquerade {masquerade} (p={probability})"
+                    ),
+                    nat_destination,
+                    masquerade,
+                    chains: json_chains(o),
+                }
+            })
+            .collect()
+    }
+
+    /// Every dump here leaves untranslated Service traffic to the node's
+    /// routes, as a node does.
+    fn forwards_untranslated(&self) -> bool {
+        true
+    }
+
+    fn kernel_rules_text(w: &World<Self>) -> String {
+        let base = if w.ipv6() { "ip6tables" } else { "iptables" };
+        w.topology
+            .node
+            .run(&format!("{base}-{}-save", w.mode.backend.as_str()), &["-c"])
+            .unwrap_or_else(|e| e.to_string())
+    }
+}
+
+impl World<Dump> {
+    /// Builds the topology with `pods`, puts `node_local` on the node's
+    /// loopback, loads the dump as it is, starts an echo server in every pod.
+    pub fn load(dump: Dump, family: IpFamily, pods: &[&str], node_local: &[IpAddr]) -> World<Dump> {
+        let text = std::fs::read_to_string(&dump.file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dump.file.display()));
+        World::build_with(dump, family, pods, node_local, |_, _| text)
+    }
+}
+
 pub struct World<M: Mode = Iptables> {
     /// Declared first: stopped before the namespaces go.
     pub servers: Vec<EchoServer>,
@@ -1003,6 +1208,21 @@ impl<M: Mode> World<M> {
         node_local: &[IpAddr],
         cluster: impl FnOnce(&Topology) -> Vec<Value>,
     ) -> World<M> {
+        World::build_with(mode, family, pods, node_local, |topology, mode| {
+            let objects = cluster(topology);
+            compile(&mode.compile_args(), &node_yaml(mode, topology, family), &objects)
+        })
+    }
+
+    /// [`World::build`] with the rules `payload` returns for the topology
+    /// instead of a compiled cluster.
+    fn build_with(
+        mode: M,
+        family: IpFamily,
+        pods: &[&str],
+        node_local: &[IpAddr],
+        payload: impl FnOnce(&Topology, &M) -> String,
+    ) -> World<M> {
         let topology = Topology::new(pods).expect("topology");
         // The uplink is where untranslated packets leave to: it must drop
         // them silently, whatever the host's forwarding setting it inherited.
@@ -1022,12 +1242,7 @@ impl<M: Mode> World<M> {
                 .run("ip", &["addr", "add", &host, "dev", "lo"])
                 .expect("address on the node's loopback");
         }
-        let objects = cluster(&topology);
-        let payload = compile(
-            &mode.compile_args(),
-            &node_yaml(&mode, &topology, family),
-            &objects,
-        );
+        let payload = payload(&topology, &mode);
         mode.install(&topology.node, &payload, family);
         let local = addresses(&topology.node);
         let servers = topology
