@@ -44,13 +44,58 @@ impl Example {
 }
 
 /// `--layout`: which of kube-proxy's iptables layouts to write or read.
-#[derive(Debug, Clone, Copy, clap::Args)]
+///
+/// Written by hand rather than derived so that `given` can tell a layout the
+/// user chose from the default: a trace of a dump without `--layout` explains
+/// it in the layout its chains show instead.
+#[derive(Debug, Clone, Copy)]
 pub struct LayoutArg {
-    /// The rule layout: `v1.33` (kube-proxy's current iptables mode) or
-    /// `v1.10` (its 2018 layout: KUBE-FW for every load-balancer IP,
-    /// KUBE-XLB, KUBE-MARK-DROP).
-    #[arg(long, value_name = "LAYOUT", default_value_t = Layout::V1_33)]
+    /// The layout given, or the default (`v1.33`).
     pub layout: Layout,
+    /// Whether `--layout` was given.
+    pub given: bool,
+}
+
+const LAYOUT_ID: &str = "layout";
+
+impl clap::FromArgMatches for LayoutArg {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<LayoutArg, clap::Error> {
+        let given = matches.get_one::<Layout>(LAYOUT_ID).copied();
+        Ok(LayoutArg {
+            layout: given.unwrap_or_default(),
+            given: given.is_some(),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        if let Some(layout) = matches.get_one::<Layout>(LAYOUT_ID) {
+            *self = LayoutArg {
+                layout: *layout,
+                given: true,
+            };
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for LayoutArg {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            clap::Arg::new(LAYOUT_ID)
+                .long("layout")
+                .value_name("LAYOUT")
+                .value_parser(|name: &str| name.parse::<Layout>())
+                .help(
+                    "The rule layout: `v1.33` (kube-proxy's current iptables mode) or `v1.10` (its 2018 \
+                     layout: KUBE-FW for every load-balancer IP, KUBE-XLB, KUBE-MARK-DROP) [default: v1.33; \
+                     for `trace --rules`, the layout the dump's chains show]",
+                ),
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        LayoutArg::augment_args(cmd)
+    }
 }
 
 /// kube-proxy's proxy modes.

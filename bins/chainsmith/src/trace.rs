@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_k8s::Manifests;
-use chainsmith_layout::Layout;
+use chainsmith_layout::{Layout, RuleSketch};
 use chainsmith_model::{NodeConfig, Protocol};
 use chainsmith_nft_tracer::{
     CtState as NftCtState, Node as NftNode, Origin as NftOrigin, Packet as NftPacket, trace as nft_trace,
@@ -14,7 +14,7 @@ use chainsmith_nft_tracer::{
 use chainsmith_nftables::{TABLE_NAME, Table, read_listing, read_transaction};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
-use chainsmith_tracer::{CtState, Node, Origin, Packet, Ruleset, trace};
+use chainsmith_tracer::{CtState, Node, Origin, Packet, Ruleset, Target, trace};
 use clap::{Args, ValueEnum};
 
 use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
@@ -177,7 +177,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     let mut result = trace(&ruleset, &packet, &Node::new(ips));
     result.warnings.extend(unwalked_tables(&ruleset));
     let text = match args.output {
-        Output::Text => narrate::narrate(&result, layout),
+        Output::Text => narrate::narrate(&result, narration_layout(args, &ruleset)),
         Output::Json => serde_json::to_string_pretty(&result)? + "\n",
     };
     std::io::stdout()
@@ -199,6 +199,28 @@ fn unwalked_tables(ruleset: &Ruleset) -> Vec<String> {
             (rules > 0).then(|| format!("table {table} holds {held} this trace does not walk"))
         })
         .collect()
+}
+
+/// The layout to explain chains by: the one compiled, or given with
+/// `--layout`; for a dump without it, the one its chains show, if any.
+fn narration_layout(args: &TraceArgs, ruleset: &Ruleset) -> Option<Layout> {
+    if args.rules.is_none() || args.layout.given {
+        return Some(args.layout.layout);
+    }
+    let rules = ruleset
+        .table_names()
+        .flat_map(|table| ruleset.chains(table))
+        .flat_map(|chain| {
+            chain.rules.iter().map(|rule| RuleSketch {
+                chain: &chain.name,
+                target: match &rule.target {
+                    Target::Chain(to) | Target::Goto(to) => Some(to.as_str()),
+                    _ => None,
+                },
+                comment: rule.comment.as_deref(),
+            })
+        });
+    Layout::recognise(rules)
 }
 
 fn protocol(args: &TraceArgs) -> Result<Protocol> {

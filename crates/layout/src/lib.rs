@@ -12,12 +12,18 @@
 //! Adding a layout is a module here and a variant of [`Layout`]; the renderer,
 //! the sync engine and the binary take whichever they are given.
 //!
+//! Reading works the other way too: [`Layout::recognise`] tells which layout
+//! wrote a ruleset from the chains only one layout writes, and
+//! [`Layout::chain_role`] (or [`Layout::chain_role_in_any_layout`] when the
+//! layout cannot be told) says what a chain is for, for narrated traces.
+//!
 //! Architecture invariant: decides nothing the planner decides (which
 //! endpoints, what is rejected, masqueraded or filtered) beyond what an older
 //! kube-proxy decided differently, and says so where it does (`v1_10`);
 //! spells nothing (the renderer owns the text); knows no Kubernetes object and
 //! no earlier sync.
 
+mod recognise;
 mod v1_10;
 mod v1_33;
 
@@ -27,6 +33,8 @@ use std::str::FromStr;
 use chainsmith_iptables::{BUILTIN_JUMPS, BuiltinJump, CountingSink, Rule, RuleSink, V1_10_JUMPS};
 use chainsmith_naming::{ChainName, ServiceChainKind};
 use chainsmith_planner::{EndpointInfo, EndpointsInRole, NodeContext, ServicePortPlan};
+
+pub use recognise::RuleSketch;
 
 /// A rule layout.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -16,6 +16,11 @@
 //! translate and end it. MARK changes the mark and goes on. A `statistic` rule
 //! forks the walk: with probability p it matches, with 1-p it does not, and both
 //! branches go on independently; every branch is one [`Outcome`].
+//!
+//! A table or built-in chain missing from the ruleset (a dump of the nat table
+//! alone) is walked as the kernel would hold it, empty with policy ACCEPT; the
+//! trace says so in [`Trace::assumptions`], since the answer is only as good as
+//! that guess about the node.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -52,6 +57,10 @@ pub struct Trace {
     /// What the tracer could not model (unknown matches or targets, missing
     /// chains, a packet of the wrong family, the branch bound), each once.
     pub warnings: Vec<String>,
+    /// What the trace took for granted because the ruleset does not say (a
+    /// table or built-in chain absent, taken as empty with policy ACCEPT),
+    /// each once. Not warnings: the walk is exact given these.
+    pub assumptions: Vec<String>,
 }
 
 impl Trace {
@@ -147,6 +156,11 @@ pub struct Step {
     /// For a `statistic` rule: the chance of what happened here (p when the
     /// rule matched, 1-p when it did not).
     pub probability: Option<f64>,
+    /// For [`Action::EndOfChain`] and [`Action::Return`]: the chain the walk
+    /// goes back to (after a `-g`, the caller of the chain that went there);
+    /// `None` when it leaves the built-in chain, whose policy then applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub back_to: Option<String>,
 }
 
 /// What a step did.
@@ -155,6 +169,9 @@ pub struct Step {
 pub enum Action {
     /// The hook entered this built-in chain.
     Enter,
+    /// The hook's built-in chain is not in the ruleset: taken as empty with
+    /// policy ACCEPT (see [`Trace::assumptions`]).
+    Absent,
     /// Jumped to a chain.
     Jump {
         /// The chain.
@@ -213,6 +230,7 @@ pub enum Action {
 /// Traces a packet through a ruleset on a node; see the module documentation.
 pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Trace {
     let mut warnings = Warnings::default();
+    let mut assumptions = Warnings::default();
     if let Some(family) = ruleset.family() {
         for ip in [packet.src, packet.dst] {
             if IpFamily::of(&ip) != family {
@@ -260,6 +278,9 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Trace {
         for warning in run.warnings.list.drain(..) {
             warnings.push(warning);
         }
+        for assumption in run.assumptions.list.drain(..) {
+            assumptions.push(assumption);
+        }
         // Only MAX_BRANCHES outcomes are listed, so only that many more
         // branches are ever taken from the top of the stack: the rest (its
         // bottom, and this branch's earliest forks) need not be kept.
@@ -295,6 +316,7 @@ pub fn trace(ruleset: &Ruleset, packet: &Packet, node: &Node) -> Trace {
         packet: packet.clone(),
         outcomes,
         warnings: warnings.list,
+        assumptions: assumptions.list,
     }
 }
 
@@ -367,6 +389,7 @@ struct Run<'a> {
     budget: Budget,
     path: Vec<Step>,
     warnings: Warnings,
+    assumptions: Warnings,
 }
 
 impl<'a> Run<'a> {
@@ -402,6 +425,7 @@ impl<'a> Run<'a> {
             budget,
             path: Vec::new(),
             warnings: Warnings::default(),
+            assumptions: Warnings::default(),
         }
     }
 
@@ -464,12 +488,29 @@ impl<'a> Run<'a> {
             comment: rule.and_then(|(_, r)| r.comment.clone()),
             action,
             probability: None,
+            back_to: None,
         });
+    }
+
+    /// Records where the last step (an end of chain or a RETURN) leads.
+    fn set_last_back_to(&mut self, frames: &[(&Chain, usize)]) {
+        if let Some(step) = self.path.last_mut() {
+            step.back_to = frames.last().map(|(chain, _)| chain.name.clone());
+        }
     }
 
     fn walk(&mut self, table: &str, hook: &str) -> HookEnd {
         let ruleset = self.ruleset;
         let Some(base) = ruleset.chain(table, hook) else {
+            let absent = if ruleset.table_names().any(|t| t == table) {
+                format!("chain {hook} is not in table {table}: taken as empty with policy ACCEPT")
+            } else {
+                format!(
+                    "table {table} is not in the rules: its built-in chains are taken as empty with policy ACCEPT"
+                )
+            };
+            self.assumptions.push(absent);
+            self.step(table, hook, None, Action::Absent);
             return HookEnd::Continue;
         };
         self.step(table, hook, None, Action::Enter);
@@ -485,6 +526,7 @@ impl<'a> Run<'a> {
                     return self.policy(table, base);
                 }
                 self.step(table, &chain.name, None, Action::EndOfChain);
+                self.set_last_back_to(&frames);
                 continue;
             };
             let index = *next;
@@ -548,6 +590,7 @@ impl<'a> Run<'a> {
                 Target::Return => {
                     self.step(table, &chain.name, here, Action::Return);
                     frames.pop();
+                    self.set_last_back_to(&frames);
                     None
                 }
                 Target::Accept => {
@@ -879,5 +922,110 @@ mod tests {
         assert!(interface_matches("cni0", "cni0"));
         assert!(!interface_matches("cni0", "cni01"));
         assert!(interface_matches("+", "eth0"));
+    }
+}
+
+#[cfg(test)]
+mod assumption_tests {
+    use super::*;
+    use chainsmith_model::Protocol;
+
+    const NAT_ONLY: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-A - [0:0]
+:KUBE-SEP-1 - [0:0]
+:KUBE-SEP-2 - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-A
+-A KUBE-SVC-A -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-1
+-A KUBE-SVC-A -j KUBE-SEP-2
+-A KUBE-SEP-1 -p tcp -m tcp -j DNAT --to-destination 10.244.1.1:8080
+-A KUBE-SEP-2 -p tcp -m tcp -j DNAT --to-destination 10.244.2.1:8080
+COMMIT
+";
+
+    fn packet(dst: &str) -> Packet {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        Packet::new(ip("10.244.3.3"), ip(dst), Protocol::Tcp, 80, Origin::FromOutside)
+    }
+
+    fn dump(text: &str) -> Ruleset {
+        Ruleset::from_dump(text).expect("dump")
+    }
+
+    #[test]
+    fn an_absent_table_is_assumed_empty_and_said_once() {
+        let t = trace(&dump(NAT_ONLY), &packet("10.96.0.10"), &Node::default());
+        assert_eq!(t.outcomes.len(), 2);
+        assert_eq!(
+            t.assumptions,
+            ["table filter is not in the rules: its built-in chains are taken as empty with policy ACCEPT"]
+        );
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        for outcome in &t.outcomes {
+            assert_eq!(outcome.verdict, Verdict::Pass);
+            let absent: Vec<_> = outcome
+                .path
+                .iter()
+                .filter(|s| s.action == Action::Absent)
+                .map(|s| (s.table.as_str(), s.chain.as_str()))
+                .collect();
+            assert_eq!(absent, [("filter", "FORWARD")]);
+        }
+        let json = serde_json::to_value(&t).expect("json");
+        assert_eq!(json["assumptions"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn tables_present_leave_nothing_to_assume() {
+        let both = format!(
+            "{NAT_ONLY}*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        );
+        let t = trace(&dump(&both), &packet("10.96.0.10"), &Node::default());
+        assert!(t.assumptions.is_empty(), "{:?}", t.assumptions);
+        assert!(t.outcomes.iter().all(|o| o.verdict == Verdict::Drop));
+        let json = serde_json::to_value(&t).expect("json");
+        assert_eq!(json["assumptions"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn the_end_of_a_chain_and_return_name_where_the_walk_goes_back_to() {
+        let text = "*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A KUBE-SERVICES -j KUBE-NODEPORTS
+-A POSTROUTING -j KUBE-POSTROUTING
+-A KUBE-POSTROUTING -j RETURN
+COMMIT
+*filter
+:FORWARD ACCEPT [0:0]
+-A FORWARD -j RETURN
+COMMIT
+";
+        let t = trace(&dump(text), &packet("192.0.2.1"), &Node::default());
+        let back: Vec<_> = t.outcomes[0]
+            .path
+            .iter()
+            .filter(|s| matches!(s.action, Action::EndOfChain | Action::Return))
+            .map(|s| (s.chain.as_str(), s.back_to.as_deref()))
+            .collect();
+        assert_eq!(
+            back,
+            [
+                ("KUBE-NODEPORTS", Some("KUBE-SERVICES")),
+                ("KUBE-SERVICES", Some("PREROUTING")),
+                ("FORWARD", None),
+                ("KUBE-POSTROUTING", Some("POSTROUTING")),
+            ]
+        );
+        assert!(t.assumptions.is_empty(), "{:?}", t.assumptions);
     }
 }

@@ -13,8 +13,10 @@
 //! [`Trace`]: for every branch of the `statistic` choices an [`Outcome`] with its
 //! probability, the [`Verdict`], masquerading, the DNAT chosen, the mark, the
 //! session-affinity lists set, and the path of [`Step`]s (each chain entered,
-//! each rule that matched with its text and comment); plus warnings for what
-//! could not be modelled. [`trace_upstream_test`] is upstream's unit-test
+//! each rule that matched with its text and comment, and where each chain
+//! left goes back to); plus warnings for what could not be modelled and the
+//! assumptions made for what the ruleset does not hold (an absent table is
+//! taken as empty with policy ACCEPT). [`trace_upstream_test`] is upstream's unit-test
 //! tracer, which is what the conformance suite's `flows.yaml` files assert.
 //!
 //! Architecture invariant: pure. It knows the rule text and the kernel's
