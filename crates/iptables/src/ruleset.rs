@@ -15,13 +15,20 @@
 //! [`RuleSet::read`] reads one text on its own, an `iptables-save` dump or one
 //! payload. A dump may jump to extension targets the list here does not know
 //! and a partial payload to chains of earlier payloads, so only jumps to a
-//! chain the text itself deleted are refused there.
+//! chain the text itself deleted are refused there. A text read on its own
+//! also says its IP family ([`RuleSet::family`]); one whose lines say two
+//! families is refused, as `ip6tables-restore` refuses an IPv4 address.
+//! [`RuleSet::read_rules_listing`] reads `iptables -S` output, which is one
+//! table's section without its `*table` and `COMMIT` lines.
 
 use std::collections::BTreeMap;
 
-use crate::builtin::is_builtin_chain;
+use chainsmith_model::IpFamily;
+
+use crate::builtin::{builtin_chains, is_builtin_chain};
+use crate::family::{FamilyCheck, FamilyConflict, header_evidence, rule_evidence};
 use crate::footprint::Footprint;
-use crate::read::{ChainLine, Command, Line, ReadError, lines};
+use crate::read::{ChainLine, Command, Line, Numbered, ReadError, ReadProblem, lines, shape_of};
 use crate::section::{Jumps, Section};
 
 /// How a rule set keeps a rule: its text, or something a reader builds
@@ -84,12 +91,14 @@ pub(crate) type Table<R> = BTreeMap<String, Chain<R>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet<R = String> {
     tables: BTreeMap<String, Table<R>>,
+    family: Option<IpFamily>,
 }
 
 impl<R> Default for RuleSet<R> {
     fn default() -> RuleSet<R> {
         RuleSet {
             tables: BTreeMap::new(),
+            family: None,
         }
     }
 }
@@ -101,12 +110,25 @@ impl RuleSet {
     }
 }
 
+/// How a text is read.
+#[derive(Debug, Clone, Copy)]
+enum Mode<'a> {
+    /// A payload on top of what is there: the kernel's checks, nothing more.
+    Apply,
+    /// One text on its own: jumps as written, and one family.
+    Read,
+    /// `iptables -S` output of one table: a section open from the start and
+    /// committed at the end, without `*table` or `COMMIT` lines.
+    Listing(&'a str),
+}
+
 impl<R: RuleLine> RuleSet<R> {
     /// Applies one `iptables-restore --noflush` payload on top of what is
     /// there. On error, the sections committed before the failing one keep
-    /// their effect, as with the real tool.
+    /// their effect, as with the real tool. The family is left as it is: a
+    /// payload is the caller's, who knows which tool it is for.
     pub fn apply(&mut self, payload: &str) -> Result<(), ReadError> {
-        self.load(payload, Jumps::MustExist).map(drop)
+        self.load(payload, Mode::Apply).map(drop)
     }
 
     /// Reads one `iptables-save` dump (with or without `-c` counters) or one
@@ -118,52 +140,141 @@ impl<R: RuleLine> RuleSet<R> {
     /// [`RuleSet::read`], and what the text declared and deleted.
     pub fn read_with_footprint(text: &str) -> Result<(RuleSet<R>, Footprint<R>), ReadError> {
         let mut rules = RuleSet::default();
-        let footprint = rules.load(text, Jumps::AsWritten)?;
+        let footprint = rules.load(text, Mode::Read)?;
         Ok((rules, footprint))
     }
 
-    fn load(&mut self, text: &str, jumps: Jumps) -> Result<Footprint<R>, ReadError> {
+    /// Reads `iptables -S` (or `ip6tables -S`, `iptables -S CHAIN`) output of
+    /// `table`, which that output holds without naming it: `-P CHAIN POLICY`
+    /// sets a built-in chain's policy, `-N CHAIN` creates a user chain, `-A`
+    /// lines are rules as in a dump (a `-c PACKETS BYTES` of `-S -v` stays in
+    /// the rule text, where a rule reader takes it for counters). Jumps are
+    /// kept as written and the family is found as by [`RuleSet::read`]; a
+    /// `*table` or `COMMIT` line is refused, since that is `iptables-save`
+    /// output, to be read with [`RuleSet::read`].
+    ///
+    /// `table` must be one iptables has (filter, nat, mangle, raw, security),
+    /// else the error is [`ReadProblem::UnknownTable`] on line 0.
+    pub fn read_rules_listing(text: &str, table: &str) -> Result<RuleSet<R>, ReadError> {
+        if builtin_chains(table).is_empty() {
+            return Err(ReadError {
+                line: 0,
+                text: String::new(),
+                message: ReadProblem::UnknownTable(table.to_string()),
+            });
+        }
+        let mut rules = RuleSet::default();
+        rules.load(text, Mode::Listing(table))?;
+        Ok(rules)
+    }
+
+    fn load(&mut self, text: &str, mode: Mode) -> Result<Footprint<R>, ReadError> {
+        let jumps = match mode {
+            Mode::Apply => Jumps::MustExist,
+            Mode::Read | Mode::Listing(_) => Jumps::AsWritten,
+        };
+        let mut family = FamilyCheck::default();
         let mut footprint = Footprint::default();
-        let mut open: Option<Section<R>> = None;
-        for (line_no, line) in lines(text) {
-            let fail = |message: String| ReadError {
-                line: line_no,
+        // The open section, with the line of its `*table`.
+        let mut open: Option<(Section<R>, usize)> = None;
+        let mut last_commit = None;
+        let mut last_line = None;
+        if let Mode::Listing(table) = mode {
+            let chains = self.tables.get(table).cloned().unwrap_or_default();
+            open = Some((Section::new(table, chains), 0));
+        }
+        for line in lines(text) {
+            last_line = Some(line);
+            let fail = |message: ReadProblem| ReadError {
+                line: line.number,
+                text: line.written.to_string(),
                 message,
             };
-            let Some(section) = open.as_mut() else {
-                let Line::Table(name) = Line::of(line) else {
-                    return Err(fail(format!("expected a table (\"*name\"), found {line:?}")));
+            let refused = |message: String| fail(ReadProblem::Refused(message));
+            let kind = Line::of(line.body);
+            if let Line::Comment(comment) = kind {
+                if !matches!(mode, Mode::Apply)
+                    && let Some(evidence) = header_evidence(comment)
+                {
+                    family.see(line.number, evidence).map_err(|c| mixed(&line, c))?;
+                }
+                continue;
+            }
+            if let (Mode::Listing(_), Line::Table(_) | Line::Commit) = (mode, &kind) {
+                return Err(refused(
+                    "a `*table` or COMMIT line in `iptables -S` output: this is `iptables-save` \
+                     output, to be read as such"
+                        .to_string(),
+                ));
+            }
+            let Some((section, opened)) = open.as_mut() else {
+                let Line::Table(name) = kind else {
+                    return Err(fail(ReadProblem::OutsideTable {
+                        shape: shape_of(text, line.body),
+                        after_commit: last_commit,
+                    }));
                 };
                 // Edited on a copy: a refused section leaves the table as it was.
                 let chains = self.tables.get(name).cloned().unwrap_or_default();
-                open = Some(Section::new(name, chains));
+                open = Some((Section::new(name, chains), line.number));
                 continue;
             };
-            match Line::of(line) {
+            match kind {
                 Line::Commit => {
-                    section.check_jumps(jumps).map_err(fail)?;
-                    if let Some(section) = open.take() {
+                    section.check_jumps(jumps).map_err(refused)?;
+                    if let Some((section, _)) = open.take() {
                         footprint.record(&section);
                         self.tables.insert(section.table, section.chains);
                     }
+                    last_commit = Some(line.number);
                 }
-                Line::Chain(text) => section.declare(&ChainLine::parse(text).map_err(fail)?),
-                Line::Command(text) => section.run(Command::parse(text).map_err(fail)?).map_err(fail)?,
+                Line::Chain(text) => section.declare(&ChainLine::parse(text).map_err(refused)?),
+                Line::Command(text) => {
+                    if !matches!(mode, Mode::Apply) {
+                        for evidence in rule_evidence(text) {
+                            family.see(line.number, evidence).map_err(|c| mixed(&line, c))?;
+                        }
+                    }
+                    let command = Command::parse(text).map_err(refused)?;
+                    section.run(command).map_err(fail)?;
+                }
                 Line::Table(name) => {
-                    return Err(fail(format!(
-                        "table {name:?} inside table {:?} (COMMIT missing)",
-                        section.table
-                    )));
+                    return Err(fail(ReadProblem::MissingCommit {
+                        table: section.table.clone(),
+                        opened: *opened,
+                        next: Some(name.to_string()),
+                    }));
                 }
+                Line::Comment(_) => {}
             }
         }
         match open {
-            Some(section) => Err(ReadError {
-                line: text.lines().count(),
-                message: format!("table {} without COMMIT", section.table),
-            }),
-            None => Ok(footprint),
+            Some((section, _)) if matches!(mode, Mode::Listing(_)) => {
+                section.check_jumps(jumps).map_err(|message| ReadError {
+                    line: last_line.map_or(0, |l| l.number),
+                    text: last_line.map(|l| l.written.to_string()).unwrap_or_default(),
+                    message: ReadProblem::Refused(message),
+                })?;
+                footprint.record(&section);
+                self.tables.insert(section.table, section.chains);
+            }
+            Some((section, opened)) => {
+                return Err(ReadError {
+                    line: last_line.map_or(opened, |l| l.number),
+                    text: last_line.map(|l| l.written.to_string()).unwrap_or_default(),
+                    message: ReadProblem::MissingCommit {
+                        table: section.table,
+                        opened,
+                        next: None,
+                    },
+                });
+            }
+            None => {}
         }
+        if !matches!(mode, Mode::Apply) {
+            self.family = family.family();
+        }
+        Ok(footprint)
     }
 
     /// The whole state as restore text (tables and chains sorted by name,
@@ -187,7 +298,25 @@ impl<R: RuleLine> RuleSet<R> {
     }
 }
 
+/// The error for a line whose family contradicts an earlier line's.
+fn mixed(line: &Numbered, conflict: Box<FamilyConflict>) -> ReadError {
+    ReadError {
+        line: line.number,
+        text: line.written.to_string(),
+        message: ReadProblem::MixedFamilies(conflict),
+    }
+}
+
 impl<R> RuleSet<R> {
+    /// The IP family the text read says it is for ([`RuleSet::read`],
+    /// [`RuleSet::read_rules_listing`]): the tool of its header comment
+    /// (`# Generated by ip6tables-save ...`), else the family of its address
+    /// literals; `None` when it says neither, and for payloads applied with
+    /// [`RuleSet::apply`], whose family is the caller's to know.
+    pub fn family(&self) -> Option<IpFamily> {
+        self.family
+    }
+
     /// A chain, or `None` if it does not exist (a built-in chain no line
     /// named is empty, with policy ACCEPT).
     pub fn chain(&self, table: &str, chain: &str) -> Option<&Chain<R>> {
@@ -227,6 +356,7 @@ impl<R> RuleSet<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::Shape;
 
     fn rules<'r>(set: &'r RuleSet, table: &str, chain: &str) -> Vec<&'r str> {
         set.chain(table, chain)
@@ -262,9 +392,13 @@ mod tests {
         // B is still referenced by A, so it cannot go.
         let deleted = set.apply("*nat\n:B - [0:0]\n-X B\nCOMMIT\n");
         assert_eq!(error_line(deleted.clone()), Err(4));
-        assert!(deleted.is_err_and(|e| e.message.contains("still referenced by \"-A A -j B\"")));
+        assert!(deleted.is_err_and(|e| {
+            e.message
+                .to_string()
+                .contains("still referenced by \"-A A -j B\"")
+        }));
         let missing = set.apply("*nat\n-A A -j MISSING\nCOMMIT\n");
-        assert!(missing.is_err_and(|e| e.message.contains("missing chain MISSING")));
+        assert!(missing.is_err_and(|e| e.message.to_string().contains("missing chain MISSING")));
         assert_eq!(set, before);
         // A later section that fails leaves the earlier ones applied.
         assert_eq!(
@@ -394,6 +528,256 @@ mod tests {
         let mut again = RuleSet::new();
         again.apply(&written).expect("written back");
         assert_eq!(again, set, "{written}");
+    }
+
+    /// The error of reading `text` on its own: its line, and its display.
+    fn read_error(text: &str) -> (usize, String) {
+        match RuleSet::<String>::read(text) {
+            Ok(_) => panic!("read:\n{text}"),
+            Err(e) => (e.line, e.to_string()),
+        }
+    }
+
+    const V4_RULES: &str = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-A - [0:0]\n\
+        -A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j KUBE-SEP-A\n\
+        -A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 192.168.0.10:6443\nCOMMIT\n";
+    const V6_RULES: &str = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-A - [0:0]\n\
+        -A KUBE-SERVICES -d fd00:10:96::1/128 -p tcp -m tcp --dport 443 -j KUBE-SEP-A\n\
+        -A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination [fd00::10]:6443\nCOMMIT\n";
+
+    #[test]
+    fn the_family_is_the_headers_or_the_addresses() {
+        use chainsmith_model::IpFamily::{V4, V6};
+        let header = |tool: &str| format!("# Generated by {tool} v1.8.9 on Mon Jan  1 00:00:00 2024\n");
+        let cases = [
+            (header("iptables-save") + V4_RULES, Some(V4)),
+            (header("iptables-nft-save") + V4_RULES, Some(V4)),
+            (header("iptables-legacy-save") + V4_RULES, Some(V4)),
+            (header("ip6tables-save") + V6_RULES, Some(V6)),
+            (header("ip6tables-nft-save") + V6_RULES, Some(V6)),
+            (header("ip6tables-legacy-save") + V6_RULES, Some(V6)),
+            (V4_RULES.to_string(), Some(V4)),
+            (V6_RULES.to_string(), Some(V6)),
+            (
+                header("ip6tables-save") + "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n",
+                Some(V6),
+            ),
+            (
+                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n".to_string(),
+                None,
+            ),
+            (
+                "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n\
+                 *filter\nCOMMIT\n"
+                    .to_string(),
+                None,
+            ),
+        ];
+        for (text, family) in cases {
+            let set: RuleSet = RuleSet::read(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(set.family(), family, "{text}");
+        }
+        // A payload's family is its caller's: applying one neither records nor checks it.
+        let mut set = RuleSet::new();
+        set.apply(&(header("ip6tables-save") + V4_RULES))
+            .expect("applied");
+        assert_eq!(set.family(), None);
+    }
+
+    #[test]
+    fn lines_of_different_families_are_refused() {
+        let v6_header_v4_rules = format!("# Generated by ip6tables-save v1.8.9\n{V4_RULES}");
+        assert_eq!(
+            read_error(&v6_header_v4_rules),
+            (
+                5,
+                "line 5 (`-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j KUBE-SEP-A`): \
+                 line 1 says ip6tables-save but line 5 has IPv4 address 10.96.0.1 (-d 10.96.0.1/32)"
+                    .to_string()
+            )
+        );
+        let mixed_rules = V4_RULES.replace("192.168.0.10:6443", "[fd00::10]:6443");
+        let (line, message) = read_error(&mixed_rules);
+        assert_eq!(line, 5);
+        assert!(
+            message.ends_with(
+                "line 4 has IPv4 address 10.96.0.1 (-d 10.96.0.1/32) but line 5 has IPv6 address \
+                 fd00::10 (--to-destination [fd00::10]:6443)"
+            ),
+            "{message}"
+        );
+        // Two dumps of different tools run together.
+        let both =
+            "# Generated by iptables-save\n*filter\nCOMMIT\n# Generated by ip6tables-save\n*mangle\nCOMMIT\n";
+        let (line, message) = read_error(both);
+        assert_eq!(line, 4);
+        assert!(
+            message.contains("line 1 says iptables-save but line 4 says ip6tables-save"),
+            "{message}"
+        );
+        let typed = RuleSet::<String>::read(both).expect_err("mixed");
+        assert!(matches!(typed.message, ReadProblem::MixedFamilies(c) if (c.first_line, c.line) == (1, 4)));
+    }
+
+    #[test]
+    fn a_table_without_commit_looks_truncated() {
+        let (line, message) =
+            read_error("*filter\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j RETURN\n\n");
+        assert_eq!(line, 5);
+        assert_eq!(
+            message,
+            "line 5 (`-A KUBE-SERVICES -j RETURN`): the text ends inside table nat (from line 3) \
+             without its COMMIT: it looks truncated"
+        );
+        let typed = RuleSet::<String>::read("*nat\n").expect_err("truncated");
+        assert_eq!(
+            typed.message,
+            ReadProblem::MissingCommit {
+                table: "nat".to_string(),
+                opened: 1,
+                next: None
+            }
+        );
+        let (line, message) = read_error("*nat\n:A - [0:0]\n*filter\nCOMMIT\n");
+        assert_eq!(line, 3);
+        assert!(
+            message.ends_with("table filter starts inside table nat (from line 1), which has no COMMIT"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn counters_and_comments_are_read_and_errors_quote_lines_as_written() {
+        let dump = "# Generated by iptables-save v1.8.9 on Mon Jan  1 00:00:00 2024\n\
+            # Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n\
+            *nat\n:PREROUTING ACCEPT [3:180]\n:KUBE-SERVICES - [0:0]\n\
+            [12:3456] -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+            COMMIT\n# Completed on Mon Jan  1 00:00:00 2024\n";
+        let set: RuleSet = RuleSet::read(dump).expect("dump");
+        let prerouting = set.chain("nat", "PREROUTING").expect("PREROUTING");
+        assert_eq!(prerouting.counters, (3, 180));
+        assert_eq!(
+            prerouting.rules,
+            ["-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"]
+        );
+        assert_eq!(set.family(), Some(chainsmith_model::IpFamily::V4));
+        let (line, message) = read_error("*nat\n:A - [0:0]\n  [5:300] -A MISSING -j A\nCOMMIT\n");
+        assert_eq!(line, 3);
+        assert_eq!(
+            message,
+            "line 3 (`[5:300] -A MISSING -j A`): chain MISSING does not exist in table nat"
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_iptables_save_output_says_what_to_give() {
+        let cases = [
+            (
+                "-P INPUT ACCEPT\n-N KUBE-SERVICES\n-A INPUT -j KUBE-SERVICES\n",
+                1,
+                Shape::RulesListing,
+                "line 1 (`-P INPUT ACCEPT`): no `*table` line before it. This looks like `iptables -S` \
+                 output, which holds one table without saying which: give `iptables-save` output, or \
+                 say the table (e.g. --table nat)",
+            ),
+            (
+                "-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-A\n-A KUBE-SVC-A -j KUBE-SEP-A\n",
+                1,
+                Shape::Grep,
+                "line 1 (`-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-A`): no `*table` line before it. \
+                 This looks like grep output (rules without their `*table`, chain lines and COMMIT): \
+                 give the whole `iptables-save` output",
+            ),
+            (
+                "dump.txt:-A KUBE-SERVICES -j KUBE-SVC-A\n",
+                1,
+                Shape::GrepPrefixed {
+                    prefix: "dump.txt".to_string(),
+                },
+                "line 1 (`dump.txt:-A KUBE-SERVICES -j KUBE-SVC-A`): no `*table` line before it. It \
+                 starts with `dump.txt:` as grep marks a match, so this looks like grep output: give \
+                 the whole `iptables-save` output",
+            ),
+            (
+                "12:-A KUBE-SERVICES -j KUBE-SVC-A\n",
+                1,
+                Shape::GrepPrefixed {
+                    prefix: "12".to_string(),
+                },
+                "",
+            ),
+            (
+                "dump.txt:3::KUBE-SERVICES - [0:0]\n",
+                1,
+                Shape::GrepPrefixed {
+                    prefix: "dump.txt:3".to_string(),
+                },
+                "",
+            ),
+            (
+                "Chain INPUT (policy ACCEPT)\ntarget     prot opt source               destination\n",
+                1,
+                Shape::Listing,
+                "",
+            ),
+            ("table ip nat {\n}\n", 1, Shape::Nftables, ""),
+            (
+                "*nat\nCOMMIT\n-A KUBE-SERVICES -j X\n",
+                3,
+                Shape::Other,
+                "line 3 (`-A KUBE-SERVICES -j X`): outside any table (the last one ended with COMMIT on \
+                 line 2): each table starts with a `*name` line (`*filter`, `*nat`, ...)",
+            ),
+            ("COMMIT\n", 1, Shape::Other, ""),
+        ];
+        for (text, line, shape, message) in cases {
+            let error = RuleSet::<String>::read(text).expect_err(text);
+            assert_eq!(error.line, line, "{text}");
+            assert!(
+                matches!(&error.message, ReadProblem::OutsideTable { shape: s, .. } if *s == shape),
+                "{text}: {error:?}"
+            );
+            if !message.is_empty() {
+                assert_eq!(error.to_string(), message, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn rules_listings_are_read_with_their_table() {
+        let listing = "-P PREROUTING DROP\n-P OUTPUT ACCEPT\n-N KUBE-SERVICES\n-N KUBE-SVC-A\n\
+            -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+            -A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -j KUBE-SVC-A -c 10 600\n";
+        let set: RuleSet = RuleSet::read_rules_listing(listing, "nat").expect("listing");
+        let prerouting = set.chain("nat", "PREROUTING").expect("PREROUTING");
+        assert_eq!(prerouting.policy.as_deref(), Some("DROP"));
+        assert_eq!(prerouting.rules.len(), 1);
+        assert_eq!(
+            rules(&set, "nat", "KUBE-SERVICES"),
+            ["-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -j KUBE-SVC-A -c 10 600"]
+        );
+        assert!(set.chain("nat", "KUBE-SVC-A").is_some_and(|c| c.rules.is_empty()));
+        assert_eq!(set.family(), Some(chainsmith_model::IpFamily::V4));
+        // `iptables -S CHAIN` of one user chain.
+        let chain: RuleSet =
+            RuleSet::read_rules_listing("-N KUBE-SVC-A\n-A KUBE-SVC-A -j KUBE-SEP-A\n", "nat")
+                .expect("chain");
+        assert_eq!(
+            rules(&chain, "nat", "KUBE-SVC-A"),
+            ["-A KUBE-SVC-A -j KUBE-SEP-A"]
+        );
+
+        let refused =
+            |text: &str, table: &str| RuleSet::<String>::read_rules_listing(text, table).expect_err(text);
+        let unknown = refused("-P INPUT ACCEPT\n", "nta");
+        assert_eq!(unknown.message, ReadProblem::UnknownTable("nta".to_string()));
+        assert_eq!(
+            unknown.to_string(),
+            "unknown table \"nta\": iptables has the tables filter, nat, mangle, raw and security"
+        );
+        assert_eq!(refused("*nat\n-P INPUT ACCEPT\nCOMMIT\n", "nat").line, 1);
+        assert_eq!(refused("-P FORWARD ACCEPT\n", "nat").line, 1);
+        assert_eq!(refused("-A MISSING -j ACCEPT\n", "filter").line, 1);
     }
 
     #[test]

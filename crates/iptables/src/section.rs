@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::builtin::{is_builtin_chain, is_builtin_target};
-use crate::read::{ChainLine, Command};
+use crate::read::{ChainLine, Command, ReadProblem};
 use crate::ruleset::{Chain, RuleLine, Table};
 use crate::tokenize::jump_of;
 
@@ -15,6 +15,18 @@ pub(crate) enum Jumps {
     MustExist,
     /// Only if the text itself deleted that chain.
     AsWritten,
+}
+
+/// Why a command was refused: its rule, or anything else.
+enum Refusal {
+    Rule(String),
+    Other(String),
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Refusal {
+        Refusal::Other(reason)
+    }
 }
 
 /// One `*table ... COMMIT` section being applied to a copy of its table.
@@ -57,10 +69,19 @@ impl<R: RuleLine> Section<R> {
         chain.counters = line.counters;
     }
 
-    pub(crate) fn run(&mut self, command: Command) -> Result<(), String> {
+    /// Runs one command; a rule the rule type refuses is a
+    /// [`ReadProblem::Rule`], anything else refused a [`ReadProblem::Refused`].
+    pub(crate) fn run(&mut self, command: Command) -> Result<(), ReadProblem> {
+        self.run_parsed(command).map_err(|problem| match problem {
+            Refusal::Rule(reason) => ReadProblem::Rule(reason),
+            Refusal::Other(reason) => ReadProblem::Refused(reason),
+        })
+    }
+
+    fn run_parsed(&mut self, command: Command) -> Result<(), Refusal> {
         match command {
             Command::Append { chain, rule } => {
-                let rule = R::from_line(rule)?;
+                let rule = R::from_line(rule).map_err(Refusal::Rule)?;
                 self.chain_mut(&chain)?.rules.push(rule);
             }
             Command::Insert {
@@ -68,35 +89,40 @@ impl<R: RuleLine> Section<R> {
                 position,
                 rule,
             } => {
-                let rule = R::from_line(rule)?;
+                let rule = R::from_line(rule).map_err(Refusal::Rule)?;
                 let rules = &mut self.chain_mut(&chain)?.rules;
                 if position == 0 || position > rules.len() + 1 {
-                    return Err(format!("index {position} out of range in {chain}"));
+                    return Err(Refusal::Other(format!(
+                        "index {position} out of range in {chain}"
+                    )));
                 }
                 rules.insert(position - 1, rule);
             }
             Command::DeleteNumber { chain, number } => {
                 let rules = &mut self.chain_mut(&chain)?.rules;
                 if number == 0 || number > rules.len() {
-                    return Err(format!("no rule {number} in {chain}"));
+                    return Err(Refusal::Other(format!("no rule {number} in {chain}")));
                 }
                 rules.remove(number - 1);
             }
             Command::DeleteRule { chain, rule } => {
-                let wanted = R::from_line(rule)?;
+                let wanted = R::from_line(rule).map_err(Refusal::Rule)?;
                 let rules = &mut self.chain_mut(&chain)?.rules;
                 let position = rules
                     .iter()
                     .position(|r| r.line() == wanted.line())
                     .or_else(|| rules.iter().position(|r| r.same_rule(&wanted)));
                 let Some(position) = position else {
-                    return Err(format!("no such rule in {chain}: {:?}", wanted.line()));
+                    return Err(Refusal::Other(format!(
+                        "no such rule in {chain}: {:?}",
+                        wanted.line()
+                    )));
                 };
                 rules.remove(position);
             }
             Command::NewChain(name) => {
                 if self.chains.contains_key(&*name) || is_builtin_chain(&self.table, &name) {
-                    return Err(format!("chain {name} already exists"));
+                    return Err(Refusal::Other(format!("chain {name} already exists")));
                 }
                 self.declare(&ChainLine {
                     name: &name,
@@ -108,19 +134,19 @@ impl<R: RuleLine> Section<R> {
             Command::Flush(Some(chain)) => self.chain_mut(&chain)?.rules.clear(),
             Command::Policy { chain, policy } => {
                 if !is_builtin_chain(&self.table, &chain) || policy.is_empty() || policy == "-" {
-                    return Err(format!("cannot set policy {policy:?} on {chain}"));
+                    return Err(Refusal::Other(format!("cannot set policy {policy:?} on {chain}")));
                 }
                 self.chain_mut(&chain)?.policy = Some(policy.into_owned());
             }
             Command::DeleteChain(name) => {
                 if is_builtin_chain(&self.table, &name) {
-                    return Err(format!("cannot delete built-in chain {name}"));
+                    return Err(Refusal::Other(format!("cannot delete built-in chain {name}")));
                 }
                 let Some(chain) = self.chains.get(&*name) else {
-                    return Err(format!("cannot delete missing chain {name:?}"));
+                    return Err(Refusal::Other(format!("cannot delete missing chain {name:?}")));
                 };
                 if !chain.rules.is_empty() {
-                    return Err(format!("cannot delete non-empty chain {name}"));
+                    return Err(Refusal::Other(format!("cannot delete non-empty chain {name}")));
                 }
                 self.deleted.extend(self.chains.remove(&*name));
             }

@@ -9,9 +9,17 @@
 //! become the kernel's `value/mask` pair, probabilities are quantised the way
 //! the kernel stores them.
 //!
-//! Nothing here fails on odd input: an option or module the tracer does not
-//! model becomes [`Match::Unknown`] (the rule then never matches, and the trace
-//! says why), an unmodelled target becomes [`Target::Unknown`].
+//! What a rule means is read leniently, its structure strictly. An option or
+//! module the tracer does not model becomes [`Match::Unknown`] (the rule then
+//! never matches, and the trace says why), an unmodelled target becomes
+//! [`Target::Unknown`]: dumps carry other software's rules (`-m set`,
+//! `-m physdev`, `-j CT`, ...). What `iptables-restore` would refuse whatever
+//! the extensions is an error ([`RuleProblem`]): a `-j` without target, an
+//! option without its value, and after the target a word that is neither one
+//! of its options nor an argument of one. The options of the targets the
+//! tracer knows (the verdicts, a chain, `REJECT`, `DNAT`, `SNAT`,
+//! `MASQUERADE`, `MARK`, `CONNMARK`, `LOG`, `REDIRECT`) are known with their
+//! arity; of other targets, `--option [argument]` is accepted.
 
 use std::net::IpAddr;
 
@@ -19,7 +27,7 @@ use chainsmith_iptables::{Word, is_builtin_target, words};
 use chainsmith_model::{parse_cidr_sloppy, parse_ip_sloppy};
 use ipnet::IpNet;
 
-use crate::error::TraceError;
+use crate::error::{RuleProblem, TraceError};
 
 /// A parsed `-A CHAIN ...` line.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,8 +261,9 @@ pub enum Target {
         /// The `--to-source` value.
         to: String,
     },
-    /// A target the tracer does not model (`LOG`, `REDIRECT`, ... or a `-j`
-    /// without value), with its options as written; it is reported and skipped.
+    /// A target the tracer does not model (`LOG`, `REDIRECT`, `CT`, an
+    /// extension it does not know), with its options as written; it is
+    /// reported and skipped.
     Unknown(String),
 }
 
@@ -366,17 +375,172 @@ struct Parser {
     matches: Vec<Match>,
     comment: Option<String>,
     target: Target,
-    /// `(target name, options)` while reading a target with options.
+    /// The name of a target read with its options (`REJECT`, `MARK`, an
+    /// extension), while there is one.
     target_name: Option<String>,
     target_options: Vec<(String, Option<String>)>,
+    /// The target and its options as written so far (`-j DNAT
+    /// --to-destination 10.0.0.5:80`), once there is a target.
+    target_written: Option<String>,
+    /// The name after `-j` or `-g`, for errors.
+    jumped_to: String,
+    /// The words being read follow the target: they must be its options,
+    /// until a match option (`-m`, `-p`, `-s`, ...) starts matches again.
+    in_target: bool,
+    /// Bare words an extension target's last option may still take.
+    spare_arguments: usize,
     module: Option<String>,
     gathered: Option<ModuleOptions>,
 }
 
+/// What the words after a target may be.
+enum TargetOptions {
+    /// The target's options and how many arguments each takes.
+    Known(&'static [(&'static str, usize)]),
+    /// A jump to a chain: no options. An option after it means the name is an
+    /// extension target the tracer does not know, not a chain.
+    Chain,
+    /// An extension target the tracer does not know: `--option [argument]`.
+    Extension,
+}
+
+/// The options of the targets whose spelling the tracer knows, with the
+/// number of arguments each takes.
+fn known_target_options(name: &str) -> Option<&'static [(&'static str, usize)]> {
+    const MARK: &[(&str, usize)] = &[
+        ("--set-xmark", 1),
+        ("--set-mark", 1),
+        ("--or-mark", 1),
+        ("--xor-mark", 1),
+        ("--and-mark", 1),
+    ];
+    Some(match name {
+        "ACCEPT" | "DROP" | "RETURN" => &[],
+        "REJECT" => &[("--reject-with", 1)],
+        "DNAT" => &[("--to-destination", 1), ("--random", 0), ("--persistent", 0)],
+        "SNAT" => &[
+            ("--to-source", 1),
+            ("--random", 0),
+            ("--random-fully", 0),
+            ("--persistent", 0),
+        ],
+        "MASQUERADE" => &[("--to-ports", 1), ("--random", 0), ("--random-fully", 0)],
+        "REDIRECT" => &[("--to-ports", 1), ("--random", 0)],
+        "MARK" => MARK,
+        "CONNMARK" => &[
+            ("--set-xmark", 1),
+            ("--set-mark", 1),
+            ("--or-mark", 1),
+            ("--xor-mark", 1),
+            ("--and-mark", 1),
+            ("--save-mark", 0),
+            ("--restore-mark", 0),
+            ("--nfmask", 1),
+            ("--ctmask", 1),
+            ("--mask", 1),
+        ],
+        "LOG" => &[
+            ("--log-level", 1),
+            ("--log-prefix", 1),
+            ("--log-tcp-sequence", 0),
+            ("--log-tcp-options", 0),
+            ("--log-ip-options", 0),
+            ("--log-uid", 0),
+            ("--log-macdecode", 0),
+        ],
+        _ => return None,
+    })
+}
+
+/// Arguments an option of an unknown extension target may take: one, but
+/// the `SET` target's set options name a set and its flags.
+fn extension_arguments(option: &str) -> usize {
+    match option {
+        "--add-set" | "--del-set" | "--map-set" => 2,
+        _ => 1,
+    }
+}
+
+/// Options of iptables itself (not of a match or target): after a target they
+/// start matches again, as `iptables` allows options in any order.
+fn is_rule_option(word: &Word) -> bool {
+    !word.quoted
+        && matches!(
+            &*word.text,
+            "-m" | "--match"
+                | "-p"
+                | "--protocol"
+                | "-s"
+                | "--source"
+                | "-d"
+                | "--destination"
+                | "-i"
+                | "--in-interface"
+                | "-o"
+                | "--out-interface"
+                | "-f"
+                | "--fragment"
+                | "-c"
+                | "--set-counters"
+                | "-j"
+                | "--jump"
+                | "-g"
+                | "--goto"
+        )
+}
+
+/// Match options that always take a value, in whatever module: without one
+/// the rule is refused rather than kept as an unknown match.
+fn needs_value(option: &str) -> bool {
+    matches!(
+        option,
+        "--dport"
+            | "--destination-port"
+            | "--sport"
+            | "--source-port"
+            | "--dports"
+            | "--destination-ports"
+            | "--sports"
+            | "--source-ports"
+            | "--ports"
+            | "--src-type"
+            | "--dst-type"
+            | "--mark"
+            | "--ctstate"
+            | "--state"
+            | "--nfacct-name"
+            | "--name"
+            | "--seconds"
+            | "--hitcount"
+            | "--mode"
+            | "--probability"
+            | "--every"
+            | "--packet"
+            | "--match-set"
+            | "--limit"
+            | "--limit-burst"
+    )
+}
+
+/// A word that can be a target option's argument: no option, no negation.
+fn can_be_argument(word: &Word) -> bool {
+    !looks_like_option(word) && (word.quoted || word.text != "!")
+}
+
+/// An unquoted word that reads as an option (`--x`, `-x`), not as a value
+/// (`-`, `-1`).
+fn looks_like_option(word: &Word) -> bool {
+    !word.quoted
+        && word.text.len() > 1
+        && word.text.starts_with('-')
+        && !word.text[1..].starts_with(|c: char| c.is_ascii_digit())
+}
+
 impl ParsedRule {
-    /// Parses one rule line. Fails only when the line does not start with
-    /// `-A CHAIN` (or `--append CHAIN`); anything odd after that is kept as
-    /// [`Match::Unknown`] / [`Target::Unknown`].
+    /// Parses one rule line. Fails when the line does not start with
+    /// `-A CHAIN` (or `--append CHAIN`) and on the structure `iptables-restore`
+    /// refuses ([`TraceError::Rule`], see the module documentation); what the
+    /// tracer does not model is kept as [`Match::Unknown`] / [`Target::Unknown`].
     pub fn parse(line: &str) -> Result<ParsedRule, TraceError> {
         let text = line.trim();
         let words: Vec<Word> = words(text).collect();
@@ -392,10 +556,17 @@ impl ParsedRule {
             target: Target::None,
             target_name: None,
             target_options: Vec::new(),
+            target_written: None,
+            jumped_to: String::new(),
+            in_target: false,
+            spare_arguments: 0,
             module: None,
             gathered: None,
         };
-        parser.run(&words[2..]);
+        parser.run(&words[2..]).map_err(|problem| TraceError::Rule {
+            rule: text.to_string(),
+            problem,
+        })?;
         Ok(ParsedRule {
             chain: chain.text.to_string(),
             text: text.to_string(),
@@ -437,10 +608,19 @@ impl ParsedRule {
 }
 
 impl Parser {
-    fn run(&mut self, words: &[Word]) {
+    fn run(&mut self, words: &[Word]) -> Result<(), RuleProblem> {
         let mut negated = false;
         let mut i = 0;
         while let Some(word) = words.get(i) {
+            if self.in_target {
+                let bang_then_option =
+                    !word.quoted && word.text == "!" && words.get(i + 1).is_some_and(is_rule_option);
+                if !is_rule_option(word) && !bang_then_option {
+                    self.target_word(words, &mut i)?;
+                    continue;
+                }
+                self.in_target = false;
+            }
             i += 1;
             let option = &*word.text;
             if option == "!" && !word.quoted {
@@ -450,7 +630,7 @@ impl Parser {
             match option {
                 "-m" | "--match" => {
                     self.end_module();
-                    let name = take_value(words, &mut i, &mut negated).unwrap_or_default();
+                    let name = required_value(words, &mut i, &mut negated, option)?;
                     if matches!(name.as_str(), "recent" | "statistic") {
                         self.gathered = Some(ModuleOptions::default());
                     }
@@ -476,15 +656,30 @@ impl Parser {
                     self.module = Some(name);
                 }
                 "-j" | "--jump" | "-g" | "--goto" => {
+                    let name = match words.get(i) {
+                        Some(w) if w.quoted || !(w.text.starts_with('-') || w.text == "!") => {
+                            w.text.to_string()
+                        }
+                        other => {
+                            return Err(RuleProblem::NoTarget {
+                                option: option.to_string(),
+                                found: other.map(|w| w.text.to_string()),
+                            });
+                        }
+                    };
+                    i += 1;
+                    if let Some(first) = self.target_written.take() {
+                        return Err(RuleProblem::SecondTarget {
+                            first,
+                            second: format!("{option} {name}"),
+                        });
+                    }
                     self.end_module();
                     self.module = None;
-                    match take_value(words, &mut i, &mut negated) {
-                        Some(name) => self.start_target(&name, matches!(option, "-g" | "--goto")),
-                        None => self.target = Target::Unknown(option.to_string()),
-                    }
+                    self.start_target(option, &name);
                 }
                 "-s" | "--source" | "-d" | "--destination" => {
-                    let value = take_value(words, &mut i, &mut negated).unwrap_or_default();
+                    let value = required_value(words, &mut i, &mut negated, option)?;
                     let source = matches!(option, "-s" | "--source");
                     self.matches.push(match parse_net(&value) {
                         Some(net) if source => Match::Source { net, negated },
@@ -493,31 +688,45 @@ impl Parser {
                     });
                 }
                 "-p" | "--protocol" => {
-                    let value = take_value(words, &mut i, &mut negated).unwrap_or_default();
+                    let value = required_value(words, &mut i, &mut negated, option)?;
                     self.matches.push(Match::Protocol {
                         name: normalize_protocol(&value),
                         negated,
                     });
                 }
                 "-i" | "--in-interface" | "-o" | "--out-interface" => {
-                    let name = take_value(words, &mut i, &mut negated).unwrap_or_default();
+                    let name = required_value(words, &mut i, &mut negated, option)?;
                     self.matches.push(if matches!(option, "-i" | "--in-interface") {
                         Match::InInterface { name, negated }
                     } else {
                         Match::OutInterface { name, negated }
                     });
                 }
+                // Counters (`iptables -S -v`, restore input): no match.
+                "-c" | "--set-counters" => {
+                    for _ in 0..2 {
+                        required_value(words, &mut i, &mut negated, option)?;
+                    }
+                }
                 _ if self.target_name.is_some() && self.is_target_option(option) => {
-                    let value = if is_flag(option) {
-                        None
+                    let takes_value = match self.target_options() {
+                        TargetOptions::Known(known) => known.iter().any(|&(o, n)| o == option && n > 0),
+                        TargetOptions::Extension | TargetOptions::Chain => {
+                            !is_flag(option) && next_is_value(words, i)
+                        }
+                    };
+                    let value = if takes_value {
+                        Some(required_value(words, &mut i, &mut negated, option)?)
                     } else {
-                        take_value(words, &mut i, &mut negated)
+                        None
                     };
                     self.target_options.push((option.to_string(), value));
                     self.finish_target();
                 }
                 "--comment" if self.module.as_deref() == Some("comment") => {
-                    let mut comment = take_value(words, &mut i, &mut negated).unwrap_or_default();
+                    let Some(mut comment) = take_value(words, &mut i, &mut negated) else {
+                        return Err(missing_value(option, None));
+                    };
                     // Upstream's hand-written test data leaves multi-word comments
                     // unquoted: the words up to the next option belong to it.
                     if !word_was_quoted(words, i) {
@@ -533,7 +742,11 @@ impl Parser {
                     self.comment = Some(comment);
                 }
                 _ => {
-                    // A flag, a stray word, or an option whose value is missing.
+                    if needs_value(option) && !next_is_value(words, i) {
+                        return Err(missing_value(option, words.get(i)));
+                    }
+                    // A flag, a stray word, or an option of a module the
+                    // tracer does not know, with or without a value.
                     let value = if is_flag(option) || !option.starts_with('-') || !next_is_value(words, i) {
                         None
                     } else {
@@ -547,6 +760,105 @@ impl Parser {
         self.end_module();
         if self.target_name.is_some() {
             self.finish_target();
+        }
+        Ok(())
+    }
+
+    /// What the words after the target may be.
+    fn target_options(&self) -> TargetOptions {
+        match (&self.target, self.target_name.as_deref()) {
+            (_, Some(name)) => {
+                known_target_options(name).map_or(TargetOptions::Extension, TargetOptions::Known)
+            }
+            (Target::Chain(_) | Target::Goto(_), None) => TargetOptions::Chain,
+            (_, None) => TargetOptions::Known(&[]),
+        }
+    }
+
+    /// Reads the word at `i`, which follows the target, with the arguments
+    /// it takes.
+    fn target_word(&mut self, words: &[Word], i: &mut usize) -> Result<(), RuleProblem> {
+        let Some(word) = words.get(*i) else {
+            return Ok(());
+        };
+        *i += 1;
+        let text = word.text.to_string();
+        let name = || self.jumped_to.clone();
+        let stray = |parser: &Parser| RuleProblem::StrayWord {
+            word: text.clone(),
+            after: parser.target_written.clone().unwrap_or_default(),
+            target: name(),
+        };
+        let option = looks_like_option(word);
+        match self.target_options() {
+            TargetOptions::Known(known) if option => {
+                let Some(&(_, arity)) = known.iter().find(|(o, _)| *o == text) else {
+                    return Err(RuleProblem::NotATargetOption {
+                        option: text,
+                        target: name(),
+                        known: known.iter().map(|(o, _)| *o).collect(),
+                    });
+                };
+                let mut arguments = Vec::new();
+                for _ in 0..arity {
+                    match words.get(*i) {
+                        Some(value) if can_be_argument(value) => {
+                            arguments.push(value.text.to_string());
+                            *i += 1;
+                        }
+                        other => return Err(missing_value(&text, other)),
+                    }
+                }
+                self.write_target(&text, &arguments);
+                self.target_options.push((text, arguments.into_iter().next()));
+                self.finish_target();
+            }
+            TargetOptions::Chain if option && text.starts_with("--") => {
+                // A chain takes no options: the name is a target the tracer
+                // does not know (not every extension is in iptables' list).
+                self.target_name = Some(name());
+                return self.extension_option(text);
+            }
+            TargetOptions::Extension if option => return self.extension_option(text),
+            TargetOptions::Extension if self.spare_arguments > 0 => {
+                self.spare_arguments -= 1;
+                self.write_target("", std::slice::from_ref(&text));
+                if let Some((_, value)) = self.target_options.last_mut() {
+                    match value {
+                        Some(value) => {
+                            value.push(' ');
+                            value.push_str(&text);
+                        }
+                        None => *value = Some(text),
+                    }
+                }
+                self.finish_target();
+            }
+            TargetOptions::Known(_) | TargetOptions::Chain | TargetOptions::Extension => {
+                return Err(stray(self));
+            }
+        }
+        Ok(())
+    }
+
+    /// An option of a target the tracer does not know, as written.
+    fn extension_option(&mut self, option: String) -> Result<(), RuleProblem> {
+        self.spare_arguments = extension_arguments(&option);
+        self.write_target(&option, &[]);
+        self.target_options.push((option, None));
+        self.finish_target();
+        Ok(())
+    }
+
+    /// Appends words to the target as written, for errors.
+    fn write_target(&mut self, option: &str, arguments: &[String]) {
+        if let Some(written) = self.target_written.as_mut() {
+            for word in std::iter::once(option).chain(arguments.iter().map(String::as_str)) {
+                if !word.is_empty() {
+                    written.push(' ');
+                    written.push_str(word);
+                }
+            }
         }
     }
 
@@ -697,18 +1009,19 @@ impl Parser {
         self.matches.push(parsed.unwrap_or_else(written));
     }
 
-    fn start_target(&mut self, name: &str, goto: bool) {
+    fn start_target(&mut self, option: &str, name: &str) {
         self.target_options.clear();
         self.target_name = None;
+        self.target_written = Some(format!("{option} {name}"));
+        self.jumped_to = name.to_string();
+        self.in_target = true;
+        self.spare_arguments = 0;
+        let goto = matches!(option, "-g" | "--goto");
         self.target = match name {
             "ACCEPT" => Target::Accept,
             "DROP" => Target::Drop,
             "RETURN" => Target::Return,
-            "REJECT" | "MARK" | "MASQUERADE" | "DNAT" | "SNAT" => {
-                self.target_name = Some(name.to_string());
-                Target::Unknown(name.to_string())
-            }
-            _ if is_builtin_target(name) || name.is_empty() || name.starts_with('-') => {
+            _ if is_builtin_target(name) => {
                 self.target_name = Some(name.to_string());
                 Target::Unknown(name.to_string())
             }
@@ -720,22 +1033,13 @@ impl Parser {
         }
     }
 
+    /// Whether `option`, met among matches after the target, is the target's
+    /// (`iptables` takes options in any order).
     fn is_target_option(&self, option: &str) -> bool {
-        match self.target_name.as_deref() {
-            Some("REJECT") => option == "--reject-with",
-            Some("MARK") => matches!(
-                option,
-                "--set-xmark" | "--set-mark" | "--or-mark" | "--xor-mark" | "--and-mark"
-            ),
-            Some("MASQUERADE") => matches!(option, "--random-fully" | "--random" | "--to-ports"),
-            Some("DNAT") => matches!(option, "--to-destination" | "--random" | "--persistent"),
-            Some("SNAT") => matches!(
-                option,
-                "--to-source" | "--random" | "--random-fully" | "--persistent"
-            ),
-            // Unmodelled targets: every option that is not a match option.
-            Some(_) => option.starts_with("--") && !matches!(option, "--comment"),
-            None => false,
+        match self.target_options() {
+            TargetOptions::Known(known) => known.iter().any(|(o, _)| *o == option),
+            TargetOptions::Extension => option.starts_with("--") && option != "--comment",
+            TargetOptions::Chain => false,
         }
     }
 
@@ -804,6 +1108,26 @@ fn take_value(words: &[Word], i: &mut usize, negated: &mut bool) -> Option<Strin
         *i += 1;
     }
     value
+}
+
+/// [`take_value`] for an option that must have a value.
+fn required_value(
+    words: &[Word],
+    i: &mut usize,
+    negated: &mut bool,
+    option: &str,
+) -> Result<String, RuleProblem> {
+    if !next_is_value(words, *i) {
+        return Err(missing_value(option, words.get(*i)));
+    }
+    take_value(words, i, negated).ok_or_else(|| missing_value(option, None))
+}
+
+fn missing_value(option: &str, found: Option<&Word>) -> RuleProblem {
+    RuleProblem::MissingValue {
+        option: option.to_string(),
+        found: found.map(|w| w.text.to_string()),
+    }
 }
 
 /// Whether the word at `i` (after an optional `!`) can be an option's value.
@@ -1048,11 +1372,164 @@ mod tests {
             parse("-A X -j LOG --log-prefix x").target,
             Target::Unknown("LOG --log-prefix x".into())
         );
-        assert_eq!(parse("-A X -j").target, Target::Unknown("-j".into()));
         assert_eq!(
             parse("-A X -j MASQUERADE --to-ports 80").target,
             Target::Unknown("MASQUERADE --to-ports 80".into())
         );
+    }
+
+    #[test]
+    fn other_softwares_rules_still_load() {
+        let cases = [
+            ("-A FORWARD -m physdev --physdev-is-in -j ACCEPT", "", "ACCEPT"),
+            (
+                "-A cali-INPUT -m set --match-set cali40all-hosts-net src -j RETURN",
+                "-m set",
+                "RETURN",
+            ),
+            (
+                "-A INPUT -m pkttype --pkt-type multicast -j ACCEPT",
+                "-m pkttype",
+                "ACCEPT",
+            ),
+            (
+                "-A PREROUTING -m rpfilter --invert -j DROP",
+                "-m rpfilter",
+                "DROP",
+            ),
+            (
+                "-A INPUT -m limit --limit 5/s --limit-burst 10 -j LOG --log-prefix \"in: \" --log-level 4",
+                "-m limit",
+                "LOG --log-prefix in:  --log-level 4",
+            ),
+            ("-A PREROUTING -j CT --notrack", "", "CT --notrack"),
+            ("-A cali-PREROUTING -j CT --zone 1", "", "CT --zone 1"),
+            (
+                "-A PREROUTING -p tcp -j TPROXY --on-port 15001 --on-ip 127.0.0.1 --tproxy-mark 0x1/0x1",
+                "",
+                "TPROXY --on-port 15001 --on-ip 127.0.0.1 --tproxy-mark 0x1/0x1",
+            ),
+            (
+                "-A POSTROUTING -p udp -j CHECKSUM --checksum-fill",
+                "",
+                "CHECKSUM --checksum-fill",
+            ),
+            (
+                "-A X -j SET --add-set cali-set src --exist",
+                "",
+                "SET --add-set cali-set src --exist",
+            ),
+            ("-A X -j NOTRACK", "", "NOTRACK"),
+            (
+                "-A X -j SOME-EXTENSION --its-option 3",
+                "",
+                "SOME-EXTENSION --its-option 3",
+            ),
+            (
+                "-A X -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff",
+                "",
+                "CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff",
+            ),
+            ("-A X -j ACCEPT -m comment --comment late", "", "ACCEPT"),
+            ("-A X -c 1 2 -j DROP", "", "DROP"),
+        ];
+        for (line, unknown, target) in cases {
+            let rule = ParsedRule::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            if !unknown.is_empty() {
+                assert!(
+                    rule.unknown_matches().any(|m| m.starts_with(unknown)),
+                    "{line}: {rule:?}"
+                );
+            }
+            let written = match &rule.target {
+                Target::Unknown(t) => t.clone(),
+                other => format!("{other:?}").to_uppercase(),
+            };
+            assert_eq!(written, target, "{line}");
+        }
+        assert_eq!(
+            parse("-A X -j ACCEPT -m comment --comment late")
+                .comment
+                .as_deref(),
+            Some("late")
+        );
+        assert!(parse("-A X -c 1 2 -j DROP").matches.is_empty());
+    }
+
+    #[test]
+    fn structure_iptables_restore_refuses_is_an_error() {
+        let problem = |line: &str| match ParsedRule::parse(line) {
+            Err(TraceError::Rule { problem, .. }) => problem.to_string(),
+            other => panic!("{line}: {other:?}"),
+        };
+        let cases = [
+            (
+                "-A KUBE-SERVICES -p tcp -j",
+                "`-j` names no target, but the rule ends there",
+            ),
+            ("-A X -g", "`-g` names no target, but the rule ends there"),
+            (
+                "-A X -j --to-destination 1.2.3.4",
+                "`-j` names no target, but `--to-destination` follows it",
+            ),
+            (
+                "-A KUBE-SEP-X -p tcp -m tcp -j DNAT --to-destination 10.0.0.5:80 // here",
+                "`//` after `-j DNAT --to-destination 10.0.0.5:80` is neither an option of target DNAT nor an argument of one",
+            ),
+            (
+                "-A X -j KUBE-SVC-A here",
+                "`here` after `-j KUBE-SVC-A` is neither an option of target KUBE-SVC-A nor an argument of one",
+            ),
+            (
+                "-A X -j ACCEPT now",
+                "`now` after `-j ACCEPT` is neither an option of target ACCEPT nor an argument of one",
+            ),
+            (
+                "-A X -j REJECT --reject-with icmp-port-unreachable twice",
+                "`twice` after `-j REJECT --reject-with icmp-port-unreachable` is neither an option of target REJECT nor an argument of one",
+            ),
+            (
+                "-A X -j MASQUERADE --random-fully --to-destination 1.2.3.4",
+                "`--to-destination` is not an option of target MASQUERADE (it takes --to-ports, --random, --random-fully)",
+            ),
+            (
+                "-A X -j DROP --reject-with x",
+                "`--reject-with` is not an option of target DROP (it takes none)",
+            ),
+            (
+                "-A X -j CT --notrack on and on",
+                "`and` after `-j CT --notrack on` is neither an option of target CT nor an argument of one",
+            ),
+            (
+                "-A X -p tcp -m tcp --dport",
+                "`--dport` needs a value, but the rule ends there",
+            ),
+            (
+                "-A X -p tcp --dport -j X",
+                "`--dport` needs a value, but `-j` follows it",
+            ),
+            (
+                "-A X -j DNAT --to-destination",
+                "`--to-destination` needs a value, but the rule ends there",
+            ),
+            (
+                "-A X -j MARK --or-mark -m x",
+                "`--or-mark` needs a value, but `-m` follows it",
+            ),
+            ("-A X -d", "`-d` needs a value, but the rule ends there"),
+            ("-A X -m", "`-m` needs a value, but the rule ends there"),
+            (
+                "-A X -m comment --comment",
+                "`--comment` needs a value, but the rule ends there",
+            ),
+            (
+                "-A X -j A -j B",
+                "a second target `-j B`: the rule already has `-j A`",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(problem(line), want, "{line}");
+        }
     }
 
     #[test]
