@@ -114,6 +114,12 @@ pub fn run(args: &DiffArgs) -> Result<bool> {
         (None, false) => bail!("compare with --rules DUMP.txt or --live"),
     };
     let actual = Ruleset::from_dump(&dump).context("the kernel's rules do not parse")?;
+    if let Some(family) = actual.family().filter(|f| *f != node.ip_family) {
+        bail!(
+            "the rules compared are {family} rules; the node is {}",
+            node.ip_family
+        );
+    }
     let found = drift(&desired, &actual);
     let text = match args.output {
         Output::Text => describe(&found),

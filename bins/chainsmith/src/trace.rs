@@ -54,6 +54,10 @@ pub struct TraceArgs {
     /// ruleset` output or `nft -f` input.
     #[arg(long, value_name = "DUMP.txt", conflicts_with = "clusters")]
     rules: Option<PathBuf>,
+    /// The table `--rules` holds when it is `iptables -t TABLE -S` output
+    /// (one table's rules, without the `*table` line `iptables-save` writes).
+    #[arg(long, value_name = "TABLE", requires = "rules")]
+    table: Option<String>,
     /// Cluster manifests to compile (with --node).
     #[arg(value_name = "CLUSTER.yaml")]
     clusters: Vec<PathBuf>,
@@ -143,9 +147,24 @@ pub fn run(args: &TraceArgs) -> Result<()> {
             let text = input::read_text(path)?;
             // Exactly the dump: a node's built-in chains hold whatever jumps
             // it had, in its spelling and place, or none.
-            let ruleset = Ruleset::from_dump(&text).with_context(|| {
-                format!("{} is not iptables-save or iptables-restore text", path.display())
-            })?;
+            let mut ruleset = match &args.table {
+                Some(table) => Ruleset::from_rules_listing(&text, table)
+                    .with_context(|| format!("{} is not `iptables -t {table} -S` output", path.display()))?,
+                None => Ruleset::from_dump(&text).with_context(|| {
+                    format!("{} is not iptables-save or iptables-restore text", path.display())
+                })?,
+            };
+            match ruleset.family() {
+                Some(family) if args.node.is_some() && family != node.ip_family => bail!(
+                    "{} holds {family} rules; the node ({}) is {}",
+                    path.display(),
+                    args.node.as_deref().unwrap_or(path).display(),
+                    node.ip_family
+                ),
+                Some(_) => {}
+                // Nothing in the dump says; the node config does if given.
+                None => ruleset.set_family(args.node.is_some().then_some(node.ip_family)),
+            }
             (node, ruleset)
         }
         None => {

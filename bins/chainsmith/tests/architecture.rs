@@ -349,7 +349,13 @@ fn only_the_applier_runner_starts_processes_and_never_a_shell() {
         for file in rust_files(&dir) {
             let text = std::fs::read_to_string(&file).expect("source");
             let library = text.split("#[cfg(test)]").next().unwrap_or_default();
+            // `-c` is also an iptables option (counters) a reader parses; it
+            // names a shell's command string only where processes start.
+            let starts_processes = library.contains("Command::new") || library.contains("Runner");
             for shell in ["\"sh\"", "\"/bin/sh\"", "\"bash\"", "\"-c\""] {
+                if shell == "\"-c\"" && !starts_processes {
+                    continue;
+                }
                 assert!(
                     !library.contains(shell),
                     "{} names a shell ({shell})",

@@ -33,6 +33,11 @@ use crate::packet::{CtState, Node, Origin, Packet};
 use crate::rule::{Match, ParsedRule, PortField, RecentAction, Target};
 use crate::ruleset::{Chain, Ruleset};
 
+/// Extension targets of other software that end a packet's walk through
+/// the chain (a verdict or a translation of their own); the tracer does not
+/// model them, and must not let a trace past one pass for the kernel's.
+const ENDS_THE_WALK: [&str; 6] = ["NFQUEUE", "QUEUE", "TPROXY", "SYNPROXY", "REDIRECT", "NETMAP"];
+
 /// At most this many branches of `statistic` forks are followed.
 pub const MAX_BRANCHES: usize = 10_000;
 /// Chains deeper than this are not entered (the kernel refuses loops; a dump
@@ -652,10 +657,21 @@ impl<'a> Run<'a> {
                             target: target.clone(),
                         },
                     );
-                    self.warnings.push(format!(
-                        "target {target:?} is not modelled; the walk goes on as if it did nothing: {}",
-                        rule.text
-                    ));
+                    let name = target.split_whitespace().next().unwrap_or_default();
+                    let warning = if ENDS_THE_WALK.contains(&name) {
+                        format!(
+                            "target {name} ends the packet's walk in the kernel (it queues, redirects or \
+                             answers it) and is not modelled: what follows it here is not what the kernel \
+                             does: {}",
+                            rule.text
+                        )
+                    } else {
+                        format!(
+                            "target {target:?} is not modelled; the walk goes on as if it did nothing: {}",
+                            rule.text
+                        )
+                    };
+                    self.warnings.push(warning);
                     None
                 }
             };

@@ -656,6 +656,22 @@ fn unknown_matches_warn_and_do_not_match() {
 }
 
 #[test]
+fn targets_that_end_the_walk_are_not_passed_off_as_doing_nothing() {
+    let rules = Ruleset::from_dump(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n",
+    )
+    .expect("dump");
+    let t = run(&rules, &packet("10.0.0.2", "10.1.1.1", 80, Origin::FromOutside));
+    assert!(
+        t.warnings
+            .iter()
+            .any(|w| w.contains("target REDIRECT ends the packet's walk in the kernel")),
+        "{:?}",
+        t.warnings
+    );
+}
+
+#[test]
 fn branches_are_bounded() {
     // 20 chained coin flips would be a million branches.
     let mut text = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n");
