@@ -363,3 +363,35 @@ fn refused_dumps_are_refused_like_iptables_restore() {
         }
     }
 }
+
+/// An `ip6tables-save` dump with an IPv4 node config: an error naming both,
+/// not a trace warning that every address is of the wrong family.
+#[test]
+fn a_dump_of_the_other_family_than_the_node_is_refused() {
+    let dump = dump_path("node-dumps", "ip6tables-v1.28.txt");
+    let node = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/example/node.yaml");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chainsmith"))
+        .args([
+            "trace",
+            "--node",
+            node.to_str().expect("path"),
+            "--rules",
+            dump.to_str().expect("path"),
+        ])
+        .args([
+            "--src",
+            "2001:db8:1::2",
+            "--dst",
+            "2001:db8:3::10",
+            "--dport",
+            "80",
+        ])
+        .output()
+        .expect("run chainsmith");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "traced across families");
+    assert!(
+        stderr.contains("holds IPv6 rules") && stderr.contains("is IPv4"),
+        "{stderr}"
+    );
+}
