@@ -54,6 +54,40 @@ fn snapshots() -> Vec<(String, Vec<Transaction>)> {
     out
 }
 
+/// The conformance suite's `expected.nft` (and `initial.nft`) files, each a
+/// whole transaction in knftables' dump form.
+fn conformance() -> Vec<(String, Vec<Transaction>)> {
+    let suite = root().join("testdata/conformance-nft");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&suite)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let mut files = vec!["initial.nft".to_string(), "expected.nft".to_string()];
+        if let Ok(steps) = std::fs::read_dir(dir.join("steps")) {
+            let mut steps: Vec<String> = steps
+                .map(|e| format!("steps/{}/expected.nft", e.unwrap().file_name().to_string_lossy()))
+                .collect();
+            steps.sort();
+            files.extend(steps);
+        }
+        for file in &files {
+            let Ok(text) = std::fs::read_to_string(dir.join(file)) else {
+                continue;
+            };
+            if let Ok(tx) = read_transaction(&text, Family::Ip)
+                && !tx.is_empty()
+            {
+                let name = format!("{}/{file}", dir.file_name().unwrap().to_string_lossy());
+                out.push((name, vec![tx]));
+            }
+        }
+    }
+    out
+}
+
 fn listing(netns: &Netns, family: Family) -> String {
     netns
         .run("nft", &["list", "table", family.as_str(), "kube-proxy"])
@@ -105,8 +139,19 @@ fn every_snapshot_transaction_lists_as_nft_f_leaves_it() {
     if !kernel_tests_enabled("every_snapshot_transaction_lists_as_nft_f_leaves_it") {
         return;
     }
-    let all = snapshots();
+    let mut all = snapshots();
     assert!(all.len() >= 25, "only {} snapshot transactions found", all.len());
+    let cases = conformance();
+    assert!(!cases.is_empty(), "no conformance transactions found");
+    all.extend(cases);
+    eprintln!(
+        "comparing {} transactions: {}",
+        all.iter().map(|(_, t)| t.len()).sum::<usize>(),
+        all.iter()
+            .map(|(n, t)| format!("{n} ({})", t.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut failures = String::new();
     for (name, txs) in &all {
         failures += &compare(name, txs);
@@ -204,27 +249,41 @@ delete set ip kube-proxy cluster-ips
     assert!(failures.is_empty(), "{failures}");
 }
 
-/// Not an assertion: how long the largest snapshot takes both ways.
+/// Not an assertion: how long the largest snapshot takes both ways, and then
+/// a one-element change on top of it (where `nft -f` first lists the table).
 #[test]
 fn timing_of_the_large_cluster_snapshot() {
     if !kernel_tests_enabled("timing_of_the_large_cluster_snapshot") {
         return;
     }
     let text = std::fs::read_to_string(root().join("snapshots/large-cluster@ipv4@nftables.snap")).unwrap();
-    let txs = snapshot_transactions(&text).unwrap();
+    let full = snapshot_transactions(&text).unwrap().remove(0);
+    let small = tx("add element ip kube-proxy cluster-ips { 10.96.255.254 }
+delete element ip kube-proxy cluster-ips { 10.96.255.254 }
+");
     let (a, b) = (Netns::new("nltime").unwrap(), Netns::new("nfttime").unwrap());
-    for round in 0..2 {
+    for (what, tx) in [
+        ("full, empty table", &full),
+        ("full again", &full),
+        ("2-op change", &small),
+    ] {
+        let (report, netlink) = a
+            .enter(|| {
+                let mut applier = NetlinkApplier::new().unwrap();
+                let start = Instant::now();
+                let report = applier.apply(tx).unwrap();
+                (report, start.elapsed())
+            })
+            .unwrap();
         let start = Instant::now();
-        let report = netlink_apply(&a, &txs[0]).unwrap();
-        let netlink = start.elapsed();
-        let start = Instant::now();
-        nft_apply(&b, &txs[0].to_text()).unwrap();
+        nft_apply(&b, &tx.to_text()).unwrap();
         let nft = start.elapsed();
         eprintln!(
-            "large-cluster round {round}: {} ops, {} messages, {} bytes: netlink {netlink:?}, nft -f {nft:?}",
-            txs[0].len(),
+            "large-cluster, {what}: {} ops, {} messages, {} bytes: netlink {netlink:?}, nft -f {nft:?}",
+            tx.len(),
             report.messages,
             report.bytes
         );
     }
+    assert_eq!(listing(&a, Family::Ip), listing(&b, Family::Ip));
 }
