@@ -376,3 +376,41 @@ pub fn verdict_attr(b: &mut Batch, ty: u16, verdict: &Verdict) {
     b.close(inner);
     b.close(at);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_maps_back_to_its_op() {
+        let tx = chainsmith_nftables::read_transaction(
+            "add table ip kube-proxy
+add chain ip kube-proxy a
+add rule ip kube-proxy a numgen random mod 2 vmap { 0 : goto a , 1 : goto a }
+flush chain ip kube-proxy a
+",
+            Family::Ip,
+        )
+        .unwrap();
+        let e = encode(&tx, 100).unwrap();
+        // begin 100, table 101, chain 102, anonymous map 103 + elements 104 + rule 105, flush 106, end 107
+        assert_eq!(e.batch.messages, 8);
+        assert_eq!(e.last_seq, 107);
+        let ops: Vec<Option<usize>> = (101..=106).map(|s| e.op_of(s)).collect();
+        assert_eq!(ops, [Some(0), Some(1), Some(2), Some(2), Some(2), Some(3)]);
+    }
+
+    #[test]
+    fn an_unknown_rule_names_its_op_and_sends_nothing() {
+        let tx = chainsmith_nftables::read_transaction(
+            "add table ip kube-proxy\nadd rule ip kube-proxy a tcp dport 22 accept\n",
+            Family::Ip,
+        )
+        .unwrap();
+        let err = encode(&tx, 1).unwrap_err().to_string();
+        assert!(
+            err.starts_with("op 1 (add rule ip kube-proxy a tcp dport 22 accept): not supported yet"),
+            "{err}"
+        );
+    }
+}

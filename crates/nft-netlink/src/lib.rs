@@ -30,6 +30,7 @@ use std::os::fd::AsFd;
 use chainsmith_nftables::Transaction;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 
 use crate::uapi::{NFT_MSG_GETGEN, NLM_F_ACK, NLMSG_ERROR};
 use crate::wire::{Batch, NLMSG_HDRLEN};
@@ -100,8 +101,10 @@ impl NetlinkApplier {
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("open"))?;
         socket.bind_auto().map_err(io("bind"))?;
         socket.connect(&SocketAddr::new(0, 0)).map_err(io("connect"))?;
-        // Room for the errors of a large refused batch.
+        // Room for the errors of a large refused batch, and never a hang.
         let _ = setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &(4 << 20));
+        setsockopt(&socket.as_fd(), sockopt::ReceiveTimeout, &TimeVal::new(60, 0))
+            .map_err(|e| io("set a receive timeout")(e.into()))?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs());
@@ -152,7 +155,9 @@ impl NetlinkApplier {
                 if len < NLMSG_HDRLEN || len > rest.len() {
                     return Err(NetlinkError::Reply(format!("message of length {len}")));
                 }
-                if kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
+                // Answers to an earlier apply (one that failed half-read) are not ours.
+                let ours = seq.wrapping_sub(encoded.first_seq) <= probe.wrapping_sub(encoded.first_seq);
+                if ours && kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
                     let errno = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
                     if seq == probe {
                         return match first_error {
