@@ -6,8 +6,9 @@
 //! sync, tracer, nft-tracer) are
 //! pure: no async runtime, no Kubernetes client, no HTTP, no metrics registry,
 //! no randomness, no processes, files or clocks. Only the translation crate
-//! and the node crate know `k8s-openapi`; only the applier, the node crate and
-//! the binary touch the world.
+//! and the node crate know `k8s-openapi`; only the applier (iptables-restore),
+//! the nft-netlink applier (nf_tables over netlink), the node crate and the
+//! binary touch the world.
 
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
@@ -114,6 +115,12 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-sync",
             "chainsmith-tracer",
         ],
+    ),
+    // nftables mode's edge: applies transactions of the nftables vocabulary
+    // over netlink (I/O, so not pure), knowing nothing of how they were made.
+    (
+        "chainsmith-nft-netlink",
+        &["chainsmith-model", "chainsmith-nftables"],
     ),
     // Test support: the fake API server stands alone, the kernel test kit
     // only knows the iptables and nftables vocabularies.

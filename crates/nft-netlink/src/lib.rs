@@ -1,0 +1,205 @@
+//! Applies a [`Transaction`] to the kernel over netlink: one nfnetlink batch,
+//! all or nothing as `nft -f`, without running `nft` and without listing the
+//! table first (`nft` dumps its whole cache before every transaction; we know
+//! what we wrote).
+//!
+//! - [`NetlinkApplier`]: a `NETLINK_NETFILTER` socket in the calling thread's
+//!   network namespace; [`NetlinkApplier::apply`] sends a transaction and
+//!   says how big it was ([`ApplyReport`]) or which op the kernel refused and
+//!   why ([`NetlinkError::Refused`]).
+//! - The encoding is ours and table-driven: `uapi` holds the kernel's numbers,
+//!   `wire` the netlink framing, `encode` one message per op, `rule` the rule
+//!   forms chainsmith's nftables layout writes, compiled to the expressions
+//!   `nft` generates for them, so the kernel lists both alike. A form it does
+//!   not know is [`NetlinkError::Unsupported`], never a guess.
+//!
+//! Architecture invariant: this crate knows the nftables vocabulary
+//! (`chainsmith-nftables`) and the kernel's nf_tables netlink protocol only.
+//! It does not know Services, the planner or kube-proxy's chain layout, runs
+//! no process and reads no table back: what the table holds is the caller's
+//! model. Start reading at [`NetlinkApplier::apply`].
+
+mod encode;
+mod rule;
+mod uapi;
+mod value;
+mod wire;
+
+use std::os::fd::AsFd;
+
+use chainsmith_nftables::Transaction;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+
+use crate::uapi::{NFT_MSG_GETGEN, NLM_F_ACK, NLMSG_ERROR};
+use crate::wire::{Batch, NLMSG_HDRLEN};
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The socket could not be opened, bound, sized, written or read.
+    #[error("netlink socket: {context}: {source}")]
+    Socket {
+        /// What was being done.
+        context: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The kernel refused an op; nothing of the transaction was applied.
+    #[error("kernel refused op {index} ({op}): {reason}")]
+    Refused {
+        /// The op's index in the transaction.
+        index: usize,
+        /// The op as `nft -f` reads it.
+        op: String,
+        /// The errno text.
+        reason: String,
+    },
+    /// The kernel refused a message of the batch that no op owns.
+    #[error("kernel refused the batch: {0}")]
+    Batch(String),
+    /// An op this crate cannot encode yet; nothing was sent.
+    #[error("op {index} ({op}): {reason}")]
+    Unsupported {
+        /// The op's index in the transaction.
+        index: usize,
+        /// The op as `nft -f` reads it.
+        op: String,
+        /// What is not supported (`not supported yet: RULE ...`).
+        reason: String,
+    },
+    /// The kernel's answer could not be read.
+    #[error("unexpected netlink reply: {0}")]
+    Reply(String),
+}
+
+/// What one [`NetlinkApplier::apply`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Bytes of the batch.
+    pub bytes: usize,
+    /// Netlink messages in it (batch begin and end included).
+    pub messages: usize,
+}
+
+/// A netfilter netlink socket that applies transactions.
+#[derive(Debug)]
+pub struct NetlinkApplier {
+    socket: Socket,
+    seq: u32,
+    sndbuf: usize,
+}
+
+fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> NetlinkError {
+    move |source| NetlinkError::Socket { context, source }
+}
+
+impl NetlinkApplier {
+    /// A socket in the calling thread's current network namespace.
+    pub fn new() -> Result<NetlinkApplier, NetlinkError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("open"))?;
+        socket.bind_auto().map_err(io("bind"))?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(io("connect"))?;
+        // Room for the errors of a large refused batch, and never a hang.
+        let _ = setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &(4 << 20));
+        setsockopt(&socket.as_fd(), sockopt::ReceiveTimeout, &TimeVal::new(60, 0))
+            .map_err(|e| io("set a receive timeout")(e.into()))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs());
+        Ok(NetlinkApplier {
+            socket,
+            seq: u32::try_from(seed & 0x3fff_ffff).unwrap_or(1),
+            sndbuf: 0,
+        })
+    }
+
+    /// Sends the transaction as one nfnetlink batch (all or nothing, as `nft
+    /// -f`); on a kernel refusal returns an error naming the failing op (its
+    /// index and its `nft -f` line) and the errno text. An op this crate
+    /// cannot encode is an error before anything is sent.
+    pub fn apply(&mut self, transaction: &Transaction) -> Result<ApplyReport, NetlinkError> {
+        let encoded = encode::encode(transaction, self.seq)?;
+        self.seq = encoded.last_seq.wrapping_add(2);
+        let bytes = encoded.batch.buf.len();
+        if bytes + 4096 > self.sndbuf {
+            // The whole batch must fit one datagram.
+            let size = (bytes + 65536).max(1 << 20);
+            setsockopt(&self.socket.as_fd(), sockopt::SndBufForce, &size)
+                .or_else(|_| setsockopt(&self.socket.as_fd(), sockopt::SndBuf, &size))
+                .map_err(|e| io("size the send buffer")(e.into()))?;
+            self.sndbuf = size;
+        }
+        self.socket
+            .send(&encoded.batch.buf, 0)
+            .map_err(io("send the batch"))?;
+        // A request after the batch: its answer comes after every error of
+        // the batch, so reading up to it reads them all.
+        let probe = encoded.last_seq.wrapping_add(1);
+        let mut request = Batch::default();
+        request.begin_nft(NFT_MSG_GETGEN, NLM_F_ACK, probe, 0);
+        request.end();
+        self.socket
+            .send(&request.buf, 0)
+            .map_err(io("send the generation request"))?;
+        let mut first_error: Option<NetlinkError> = None;
+        loop {
+            let mut buf = Vec::with_capacity(1 << 16);
+            self.socket.recv(&mut buf, 0).map_err(io("receive"))?;
+            let mut rest = buf.as_slice();
+            while rest.len() >= NLMSG_HDRLEN {
+                let len = u32_at(rest, 0) as usize;
+                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                let seq = u32_at(rest, 8);
+                if len < NLMSG_HDRLEN || len > rest.len() {
+                    return Err(NetlinkError::Reply(format!("message of length {len}")));
+                }
+                // Answers to an earlier apply (one that failed half-read) are not ours.
+                let ours = seq.wrapping_sub(encoded.first_seq) <= probe.wrapping_sub(encoded.first_seq);
+                if ours && kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
+                    let errno = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
+                    if seq == probe {
+                        return match first_error {
+                            Some(error) => Err(error),
+                            None if errno == 0 => Ok(ApplyReport {
+                                bytes,
+                                messages: encoded.batch.messages,
+                            }),
+                            None => Err(NetlinkError::Reply(errno_text(errno))),
+                        };
+                    }
+                    if errno != 0 && first_error.is_none() {
+                        let reason = errno_text(errno);
+                        first_error = Some(match encoded.op_of(seq) {
+                            Some(index) if seq > encoded.first_seq && seq < encoded.last_seq => {
+                                NetlinkError::Refused {
+                                    index,
+                                    op: transaction
+                                        .ops
+                                        .get(index)
+                                        .map(|op| encode::op_text(transaction.family, op))
+                                        .unwrap_or_default(),
+                                    reason,
+                                }
+                            }
+                            _ => NetlinkError::Batch(reason),
+                        });
+                    }
+                }
+                rest = rest.get((len + 3) & !3..).unwrap_or_default();
+                if rest.len() < NLMSG_HDRLEN {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+fn errno_text(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno.saturating_neg()).to_string()
+}
