@@ -2,10 +2,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_iptables::RuleSet;
-use chainsmith_nftables::{Table, read_transaction};
+use chainsmith_nft_netlink::{ApplyReport, NetlinkApplier};
+use chainsmith_nftables::{Table, Transaction, read_transaction};
 use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
 
@@ -39,6 +41,12 @@ pub struct ReplayArgs {
     /// (`add table ...` lines), as a restarted proxier finds it.
     #[arg(long, value_name = "FILE")]
     existing_ruleset: Option<PathBuf>,
+    /// nftables mode: also apply each sync into this network namespace (`ip
+    /// netns` name) with the netlink applier `run` uses (the existing ruleset
+    /// first, if given), and write NN.apply.json: the sync's kind, the time
+    /// the kernel took, the transactions and bytes sent.
+    #[arg(long, value_name = "NAME")]
+    apply_netns: Option<String>,
     /// Syncs (1-based) to force full, as after a failed restore or a flush.
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     full_sync_at: Vec<usize>,
@@ -80,6 +88,9 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         ProxyMode::Iptables => {
             if args.existing_ruleset.is_some() {
                 bail!("--existing-ruleset is an nftables ruleset; give it with --mode nftables");
+            }
+            if args.apply_netns.is_some() {
+                bail!("--apply-netns applies nftables transactions; give it with --mode nftables");
             }
             replay_iptables(args, &clock_ms)
         }
@@ -152,6 +163,10 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
     input::report_diagnostics(engine.context().diagnostics());
     input::report_diagnostics(engine.nft_context().diagnostics());
     let mut kernel = Table::new(family);
+    let mut applier = match &args.apply_netns {
+        Some(name) => Some(NamespaceApplier::open(name)?),
+        None => None,
+    };
     if let Some(path) = &args.existing_ruleset {
         let text = input::read_text(path)?;
         let existing = read_transaction(&text, family).with_context(|| format!("{}", path.display()))?;
@@ -167,6 +182,11 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
             .apply(&existing)
             .with_context(|| format!("{} is not a ruleset the kernel could hold", path.display()))?;
         engine.set_existing(&kernel);
+        if let Some(applier) = &mut applier {
+            applier
+                .apply(&existing)
+                .with_context(|| format!("applying {} in the namespace", path.display()))?;
+        }
     }
     let mut stderr = std::io::stderr().lock();
     for (step, state, now_ms, force_full) in syncs(args, clock_ms) {
@@ -189,6 +209,16 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
         }
         let main = outcome.main.to_text();
         kernel.apply(&outcome.main).with_context(|| refused("main"))?;
+        if let Some(applier) = &mut applier {
+            let kind = match outcome.kind {
+                SyncKind::Full => "full",
+                SyncKind::Partial => "partial",
+            };
+            let report = applier
+                .sync(outcome.cleanup.as_ref(), &outcome.main, kind)
+                .with_context(|| format!("sync {step} ({}) in the namespace", state.display()))?;
+            write(&args.out.join(format!("{step:02}.apply.json")), &report)?;
+        }
         engine.commit(true, true);
         write(&args.out.join(format!("{step:02}.nft")), &main)?;
         let metrics = NftMetrics::new()?;
@@ -211,6 +241,50 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--apply-netns`: the netlink applier in a named network namespace.
+struct NamespaceApplier {
+    netlink: NetlinkApplier,
+    name: String,
+}
+
+impl NamespaceApplier {
+    fn open(name: &str) -> Result<NamespaceApplier> {
+        let path = Path::new("/run/netns").join(name);
+        let netlink = NetlinkApplier::in_netns(&path)
+            .with_context(|| format!("cannot reach network namespace {name} ({})", path.display()))?;
+        Ok(NamespaceApplier {
+            netlink,
+            name: name.to_string(),
+        })
+    }
+
+    fn apply(&mut self, transaction: &Transaction) -> Result<ApplyReport> {
+        self.netlink
+            .apply(transaction)
+            .with_context(|| format!("network namespace {}", self.name))
+    }
+
+    /// Applies one sync (its cleanup transaction first) and returns
+    /// NN.apply.json: the kind, the seconds the kernel took, the
+    /// transactions and bytes sent.
+    fn sync(&mut self, cleanup: Option<&Transaction>, main: &Transaction, kind: &str) -> Result<String> {
+        let started = Instant::now();
+        let mut bytes = 0;
+        let mut transactions = 0;
+        for transaction in cleanup.into_iter().chain([main]) {
+            bytes += self.apply(transaction)?.bytes;
+            transactions += 1;
+        }
+        let report = serde_json::json!({
+            "kind": kind,
+            "apply_seconds": started.elapsed().as_secs_f64(),
+            "transactions": transactions,
+            "bytes": bytes,
+        });
+        Ok(serde_json::to_string_pretty(&report)? + "\n")
+    }
 }
 
 /// Each sync: its number (from 1), its cluster state, its simulated time and

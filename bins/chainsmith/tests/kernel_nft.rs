@@ -619,6 +619,76 @@ featureGates:
     )
 }
 
+/// `nft list table` of the kube-proxy table in `netns`, as the kernel prints it.
+fn listed(netns: &Netns, family: Family) -> String {
+    netns
+        .run("nft", &["list", "table", &family.to_string(), "kube-proxy"])
+        .unwrap_or_else(|e| panic!("nft list table in {}: {e}", netns.name()))
+}
+
+#[test]
+fn replay_into_a_namespace_leaves_what_nft_f_leaves() {
+    if !kernel_tests_enabled("replay_into_a_namespace_leaves_what_nft_f_leaves") {
+        return;
+    }
+    let (mut syncs, mut with_cleanup) = (0, 0);
+    for case in nft_suite::cases() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let initial = case.initial();
+        // B: the netlink applier, through `replay --apply-netns`.
+        let b = Netns::new("nftapply").expect("netns");
+        nft_suite::replay_with(
+            &case.dir.join("node.yaml"),
+            &case.steps,
+            initial.as_deref(),
+            out.path(),
+            &["--apply-netns", b.name()],
+        );
+        // A: `nft -f` of the same files, in order.
+        let a = Netns::new("nftfile").expect("netns");
+        if let Some(initial) = &initial {
+            nft_apply(&a, &std::fs::read_to_string(initial).unwrap()).expect("initial.nft");
+        }
+        for i in 1..=case.steps.len() {
+            let read = |suffix: &str| std::fs::read_to_string(out.path().join(format!("{i:02}.{suffix}")));
+            let cleanup = read("cleanup.nft").ok();
+            if let Some(cleanup) = &cleanup {
+                nft_apply(&a, cleanup).expect("cleanup transaction");
+                with_cleanup += 1;
+            }
+            nft_apply(&a, &read("nft").expect("main transaction")).expect("main transaction");
+            let report: Value =
+                serde_json::from_str(&read("apply.json").expect("NN.apply.json")).expect("JSON");
+            let what = format!("{} sync {i}: {report}", case.name);
+            assert_eq!(
+                report["transactions"],
+                json!(1 + usize::from(cleanup.is_some())),
+                "{what}"
+            );
+            assert!(report["bytes"].as_u64().unwrap_or_default() > 0, "{what}");
+            assert!(
+                report["apply_seconds"].as_f64().is_some_and(|s| s >= 0.0),
+                "{what}"
+            );
+            assert!(
+                matches!(report["kind"].as_str(), Some("full" | "partial")),
+                "{what}"
+            );
+            syncs += 1;
+        }
+        assert_eq!(
+            listed(&b, case.family),
+            listed(&a, case.family),
+            "{}: the namespace replay applied over netlink differs from nft -f of its files",
+            case.name
+        );
+    }
+    println!(
+        "{syncs} syncs ({with_cleanup} with a cleanup transaction) applied over netlink, as nft -f leaves them"
+    );
+    assert!(with_cleanup > 0, "some case deletes stale chains");
+}
+
 #[test]
 fn incremental_equals_full_in_the_kernel() {
     if !kernel_tests_enabled("incremental_equals_full_in_the_kernel") {
@@ -667,6 +737,9 @@ fn incremental_equals_full_in_the_kernel() {
             "--clock".into(),
             clock_text,
         ]);
+        // Namespace N: the same walk through the netlink applier.
+        let netlink = Netns::new("nftwalk").expect("netns");
+        args.extend(["--apply-netns".to_string(), netlink.name().to_string()]);
         args.extend(states.iter().map(|s| path(s)));
         let output = common::chainsmith_in_fixtures(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let log = String::from_utf8_lossy(&output.stderr);
@@ -699,6 +772,11 @@ fn incremental_equals_full_in_the_kernel() {
         assert!(
             stale.is_empty(),
             "stale chains left after the last sync: {stale:?}"
+        );
+        assert_eq!(
+            listed(&netlink, family),
+            listed(&a, family),
+            "{family}: the walk applied over netlink (replay --apply-netns) differs from nft -f of its files"
         );
 
         // Namespace B: one full sync of the last state.

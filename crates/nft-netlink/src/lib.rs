@@ -39,7 +39,7 @@ use crate::wire::{Batch, NLMSG_HDRLEN};
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     /// The socket could not be opened, bound, sized, written or read.
-    #[error("netlink socket: {context}: {source}")]
+    #[error("netlink socket: {context}")]
     Socket {
         /// What was being done.
         context: &'static str,
@@ -112,6 +112,26 @@ impl NetlinkApplier {
             socket,
             seq: u32::try_from(seed & 0x3fff_ffff).unwrap_or(1),
             sndbuf: 0,
+        })
+    }
+
+    /// A socket in the network namespace mounted at `netns` (`ip netns`'s
+    /// `/run/netns/NAME`). A socket stays in the namespace it was opened in,
+    /// so a short-lived thread joins the namespace and opens it there; the
+    /// caller's own namespace never changes.
+    pub fn in_netns(netns: &std::path::Path) -> Result<NetlinkApplier, NetlinkError> {
+        let file = std::fs::File::open(netns).map_err(io("open the network namespace"))?;
+        std::thread::scope(|scope| {
+            let opened = scope.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| io("join the network namespace")(e.into()))?;
+                NetlinkApplier::new()
+            });
+            opened.join().unwrap_or_else(|_| {
+                Err(NetlinkError::Reply(
+                    "the thread opening the socket died".to_string(),
+                ))
+            })
         })
     }
 

@@ -83,6 +83,11 @@ pub fn cases() -> Vec<Case> {
 /// after the one before (upstream moves its stale-chain times 2 s back); the
 /// others run at the same instant.
 pub fn replay(node: &Path, steps: &[PathBuf], initial: Option<&Path>, out: &Path) {
+    replay_with(node, steps, initial, out, &[]);
+}
+
+/// [`replay`] with more `chainsmith replay` arguments (`--apply-netns NAME`).
+pub fn replay_with(node: &Path, steps: &[PathBuf], initial: Option<&Path>, out: &Path, more: &[&str]) {
     let mut now = 0u32;
     let clock: Vec<String> = steps
         .iter()
@@ -103,6 +108,7 @@ pub fn replay(node: &Path, steps: &[PathBuf], initial: Option<&Path>, out: &Path
     if let Some(initial) = initial {
         args.extend(["--existing-ruleset".into(), text(initial)]);
     }
+    args.extend(more.iter().map(|a| a.to_string()));
     args.extend(steps.iter().map(|s| text(&s.join("cluster.yaml"))));
     crate::common::chainsmith_in_fixtures(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
