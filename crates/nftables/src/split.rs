@@ -66,7 +66,8 @@ struct Units {
     /// first operation.
     ops: Vec<Vec<usize>>,
     barrier: Vec<bool>,
-    /// The chain a chain unit rewrites.
+    /// For a chain's unit (declaration, flush and rules), its first
+    /// operation; `None` for every other unit.
     chain: Vec<Option<usize>>,
 }
 
@@ -83,7 +84,6 @@ fn units(tx: &Transaction) -> Units {
         ops: Vec<usize>,
         declared: bool,
         flushes: usize,
-        flush_at: Option<usize>,
         deleted: bool,
         rule_before_flush: bool,
     }
@@ -94,16 +94,9 @@ fn units(tx: &Transaction) -> Units {
             entry.ops.push(i);
             match op {
                 Op::AddChain(_) => entry.declared = true,
-                Op::FlushChain(_) => {
-                    entry.flushes += 1;
-                    entry.flush_at = Some(i);
-                }
+                Op::FlushChain(_) => entry.flushes += 1,
                 Op::DeleteChain(_) => entry.deleted = true,
-                Op::AddRule { .. } => {
-                    if entry.flush_at.is_none() && entry.flushes == 0 {
-                        entry.rule_before_flush = true;
-                    }
-                }
+                Op::AddRule { .. } if entry.flushes == 0 => entry.rule_before_flush = true,
                 _ => {}
             }
         }
