@@ -208,9 +208,10 @@ impl Transaction {
     /// relative to everything, so nothing is deleted while still named.
     ///
     /// Between two pieces the kernel holds a table packets use. In it, every
-    /// chain reachable from a base chain holds all its rules: a chain
-    /// becomes reachable only through a rule or map element added after it
-    /// was written whole. So a packet meets either a Service not written yet
+    /// chain the body writes (declared, flushed at most once, rules after the
+    /// flush: every chain of a sync engine's Service) holds all its rules
+    /// once anything reaches it: it becomes reachable only through a rule or
+    /// map element sent after it, in its piece or a later one. So a packet meets either a Service not written yet
     /// (its map elements are missing) or a Service's complete chains, never
     /// a half-written chain or a dangling verdict.
     ///
@@ -222,7 +223,10 @@ impl Transaction {
     /// Service's chains may for a moment be a mix of old and new chains
     /// (each one whole), and a Service whose elements come in a later piece
     /// still runs on the old rules until then; stale chains are emptied only
-    /// in the tail, after every rule and element that replaced them. That is
+    /// in the tail, after every rule and element that replaced them (between
+    /// two pieces of the tail, a removed Service's leftover element may lead
+    /// to its emptied chain: its packets are not balanced, as they would not
+    /// be once the element is gone). That is
     /// what a sequence of partial syncs would show, but not the single atomic
     /// switch upstream makes, so callers that want upstream's guarantee split
     /// only when the table did not exist before the sync.
