@@ -10,6 +10,8 @@
 //!   exist, deleting a chain still jumped to, deleting a missing element,
 //!   re-adding an element with another value; [`Table::dump`] prints it in
 //!   knftables' dump form;
+//! - [`Transaction::split_leaves_first`]: one large transaction as a
+//!   sequence of small ones that never name what does not exist yet;
 //! - [`read_line`]/[`read_transaction`]: the one reader of that line form, for
 //!   transactions and dumps alike;
 //! - [`read_listing`]: the reader of the kernel's own listing (`nft list
@@ -27,6 +29,7 @@ mod drift;
 mod listing;
 mod op;
 mod read;
+mod split;
 mod table;
 
 pub use canonical::{canonical_key, canonical_rule};

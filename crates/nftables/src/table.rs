@@ -450,7 +450,7 @@ impl Table {
     }
 }
 
-enum Reference<'t> {
+pub(crate) enum Reference<'t> {
     Chain(&'t str),
     Set(&'t str),
 }
@@ -459,7 +459,7 @@ enum Reference<'t> {
 /// The kernel lists anonymous map elements as `0 : goto A, 1 : goto B`
 /// (knftables writes ` , `); names cannot hold a comma, so a trailing one
 /// is the separator.
-fn references(text: &str) -> impl Iterator<Item = Reference<'_>> {
+pub(crate) fn references(text: &str) -> impl Iterator<Item = Reference<'_>> {
     let mut words = text.split(' ').peekable();
     std::iter::from_fn(move || {
         while let Some(word) = words.next() {
