@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_iptables::RuleSet;
-use chainsmith_nft_netlink::{ApplyReport, NetlinkApplier};
+use chainsmith_nft_netlink::{ApplyReport, FIRST_SYNC_PIECE_OPS, NetlinkApplier};
 use chainsmith_nftables::{Table, Transaction, read_transaction};
 use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
@@ -189,6 +189,9 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
         }
     }
     let mut stderr = std::io::stderr().lock();
+    // The namespace has no table until the first sync (unless an existing
+    // ruleset was put there first).
+    let mut into_empty = args.existing_ruleset.is_none();
     for (step, state, now_ms, force_full) in syncs(args, clock_ms) {
         let manifests = read_state(state)?;
         engine.replace_state(&manifests.services, &manifests.endpoint_slices);
@@ -215,9 +218,10 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
                 SyncKind::Partial => "partial",
             };
             let report = applier
-                .sync(outcome.cleanup.as_ref(), &outcome.main, kind)
+                .sync(outcome.cleanup.as_ref(), &outcome.main, kind, into_empty)
                 .with_context(|| format!("sync {step} ({}) in the namespace", state.display()))?;
             write(&args.out.join(format!("{step:02}.apply.json")), &report)?;
+            into_empty = false;
         }
         engine.commit(true, true);
         write(&args.out.join(format!("{step:02}.nft")), &main)?;
@@ -268,12 +272,30 @@ impl NamespaceApplier {
 
     /// Applies one sync (its cleanup transaction first) and returns
     /// NN.apply.json: the kind, the seconds the kernel took, the
-    /// transactions and bytes sent.
-    fn sync(&mut self, cleanup: Option<&Transaction>, main: &Transaction, kind: &str) -> Result<String> {
+    /// transactions and bytes sent. A first sync into a namespace without
+    /// the table goes in pieces, leaves first: nothing there yet can see a
+    /// half-written Service, and the kernel commits small pieces much faster.
+    fn sync(
+        &mut self,
+        cleanup: Option<&Transaction>,
+        main: &Transaction,
+        kind: &str,
+        into_empty: bool,
+    ) -> Result<String> {
         let started = Instant::now();
         let mut bytes = 0;
         let mut transactions = 0;
-        for transaction in cleanup.into_iter().chain([main]) {
+        let pieces = if into_empty {
+            main.split_leaves_first(FIRST_SYNC_PIECE_OPS)
+        } else {
+            Vec::new()
+        };
+        let main_pieces: Vec<&Transaction> = if into_empty {
+            pieces.iter().collect()
+        } else {
+            vec![main]
+        };
+        for transaction in cleanup.into_iter().chain(main_pieces) {
             bytes += self.apply(transaction)?.bytes;
             transactions += 1;
         }

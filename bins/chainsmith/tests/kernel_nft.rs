@@ -689,6 +689,93 @@ fn replay_into_a_namespace_leaves_what_nft_f_leaves() {
     assert!(with_cleanup > 0, "some case deletes stale chains");
 }
 
+/// `services` ClusterIP Services of `endpoints` endpoints each, as a List.
+fn large_cluster(services: usize, endpoints: usize) -> String {
+    let mut items = Vec::new();
+    for i in 0..services {
+        let name = format!("svc{i}");
+        items.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "load"},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+            },
+        }));
+        let addresses: Vec<Value> = (0..endpoints)
+            .map(|e| {
+                json!({
+                    "addresses": [format!("10.{}.{}.{}", 100 + i / 250, i % 250, e + 1)],
+                    "conditions": {"ready": true},
+                    "nodeName": "node-b",
+                })
+            })
+            .collect();
+        items.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-a"), "namespace": "load",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": addresses,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }));
+    }
+    serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": items})).unwrap()
+}
+
+/// A first sync too large for one cheap commit goes into a namespace
+/// without the table in pieces, leaves first; it ends as one `nft -f`.
+#[test]
+fn a_large_first_sync_applied_in_pieces_ends_as_one_nft_f() {
+    if !kernel_tests_enabled("a_large_first_sync_applied_in_pieces_ends_as_one_nft_f") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, cluster, out) = (
+        dir.path().join("node.yaml"),
+        dir.path().join("cluster.json"),
+        dir.path().join("out"),
+    );
+    std::fs::write(&node, node_yaml(false)).unwrap();
+    std::fs::write(&cluster, large_cluster(700, 10)).unwrap();
+    let b = Netns::new("nftpieces").expect("netns");
+    let path = |p: &Path| p.to_str().expect("utf8 path").to_string();
+    let args = [
+        "replay".to_string(),
+        "--mode".into(),
+        "nftables".into(),
+        "--node".into(),
+        path(&node),
+        "--out".into(),
+        path(&out),
+        "--apply-netns".into(),
+        b.name().to_string(),
+        path(&cluster),
+    ];
+    common::chainsmith_in_fixtures(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("01.apply.json")).unwrap()).expect("JSON");
+    let main = std::fs::read_to_string(out.join("01.nft")).unwrap();
+    assert!(
+        report["transactions"].as_u64().unwrap_or_default() >= 2,
+        "{} operations went in one transaction: {report}",
+        main.lines().count()
+    );
+    let a = Netns::new("nftwhole").expect("netns");
+    nft_apply(&a, &main).expect("nft -f of 01.nft");
+    assert_eq!(
+        listed(&b, Family::Ip),
+        listed(&a, Family::Ip),
+        "the pieces over netlink end elsewhere than one nft -f: {report}"
+    );
+    println!(
+        "{} operations in {} netlink transactions: {report}",
+        main.lines().count(),
+        report["transactions"]
+    );
+}
+
 #[test]
 fn incremental_equals_full_in_the_kernel() {
     if !kernel_tests_enabled("incremental_equals_full_in_the_kernel") {

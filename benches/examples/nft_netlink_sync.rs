@@ -1,0 +1,110 @@
+//! nftables mode into a real kernel, side by side (each in a fresh network
+//! namespace this program creates; no packet is sent): what kube-proxy does,
+//! one `nft -f` of the whole first-sync transaction, against chainsmith's
+//! netlink applier sending the same transaction cut leaves first
+//! (`Transaction::split_leaves_first`), then one endpoint changed on the
+//! loaded table, through `nft -f` (which lists the whole table into its
+//! cache first) and through netlink (which does not). Needs root.
+//!
+//! `cargo run --release -p chainsmith-benches --example nft_netlink_sync -- 10000 10 [--no-nft]`
+//! (`--no-nft` skips the one-`nft -f` first sync, 87 s at 10k x 10 here).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use chainsmith_benches::{cluster, node, toggle_endpoint};
+use chainsmith_nft_netlink::NetlinkApplier;
+use chainsmith_nftables::Transaction;
+use chainsmith_sync::NftSyncEngine;
+use chainsmith_testkit::{Netns, nft_apply};
+
+type Error = Box<dyn std::error::Error>;
+
+/// Services' worth of operations per netlink transaction of a first sync.
+const SERVICES_PER_PIECE: usize = 500;
+
+fn netlink(netns: &Netns) -> Result<NetlinkApplier, Error> {
+    Ok(NetlinkApplier::in_netns(
+        &Path::new("/run/netns").join(netns.name()),
+    )?)
+}
+
+/// Sends `pieces` in order over netlink; seconds taken.
+fn send_netlink(applier: &mut NetlinkApplier, pieces: &[Transaction]) -> Result<f64, Error> {
+    let start = Instant::now();
+    for piece in pieces {
+        applier.apply(piece)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn main() -> Result<(), Error> {
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    let numbers: Vec<usize> = words.iter().filter_map(|a| a.parse().ok()).collect();
+    let with_nft = !words.iter().any(|w| w == "--no-nft");
+    let (services, endpoints) = (
+        numbers.first().copied().unwrap_or(2_500),
+        numbers.get(1).copied().unwrap_or(10),
+    );
+    let mut input = cluster(services, endpoints);
+    let mut engine = NftSyncEngine::new(node());
+    engine.replace_state(&input.services, &input.slices);
+    let first = engine.sync(0, false).main;
+    engine.commit(true, true);
+    let per_service = first.len().div_ceil(services.max(1));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{services} services x {endpoints} endpoints: {} operations, {} bytes as nft -f text",
+        first.len(),
+        first.to_text().len()
+    )?;
+
+    // First sync.
+    let whole_nft = if with_nft {
+        let netns = Netns::new("nftwhole")?;
+        let start = Instant::now();
+        nft_apply(&netns, &first.to_text())?;
+        let seconds = start.elapsed().as_secs_f64();
+        writeln!(out, "first sync, one nft -f (kube-proxy): {seconds:.2} s")?;
+        Some(netns)
+    } else {
+        None
+    };
+    let split = Instant::now();
+    let pieces = first.split_leaves_first(SERVICES_PER_PIECE * per_service);
+    let split_ms = split.elapsed().as_secs_f64() * 1e3;
+    let loaded = Netns::new("nftnetlink")?;
+    let mut applier = netlink(&loaded)?;
+    let seconds = send_netlink(&mut applier, &pieces)?;
+    writeln!(
+        out,
+        "first sync, netlink, {} transactions of {SERVICES_PER_PIECE} Services: {seconds:.2} s (split in {split_ms:.0} ms)",
+        pieces.len()
+    )?;
+
+    // One endpoint changed (its readiness flipped), on the loaded table.
+    let slice = input.slices.first_mut().ok_or("no slices")?;
+    *slice = toggle_endpoint(slice);
+    engine.replace_state(&input.services, &input.slices);
+    let compile = Instant::now();
+    let change = engine.sync(1_000, false).main;
+    let compile_ms = compile.elapsed().as_secs_f64() * 1e3;
+    let netlink_ms = send_netlink(&mut applier, std::slice::from_ref(&change))? * 1e3;
+    writeln!(
+        out,
+        "one endpoint changed: {} operations; compile {compile_ms:.2} ms, netlink {netlink_ms:.2} ms",
+        change.len()
+    )?;
+    if let Some(netns) = &whole_nft {
+        let start = Instant::now();
+        nft_apply(netns, &change.to_text())?;
+        writeln!(
+            out,
+            "one endpoint changed, nft -f (kube-proxy): {:.2} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        )?;
+    }
+    Ok(())
+}
