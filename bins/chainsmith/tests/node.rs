@@ -1263,6 +1263,42 @@ fn nftables_mode_follows_churn_and_repairs_the_table() {
     std::thread::sleep(Duration::from_secs(SYNC_PERIOD_SECONDS + 1));
     assert!(!node.log().contains("drifted"), "{}", node.log());
 
+    // Someone points a rule of their own at pod-b's endpoint chain: once it
+    // is stale, its deletion is refused (the chain is in use), logged and
+    // counted, and retried until that rule is gone.
+    let b_chain = format!("shop/web/tcp/p__{}/", node.pod_ip("pod-b", false));
+    let listing = node.nft_table("ip").expect("table");
+    let b_chain = listing
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("chain "))
+        .map(|rest| rest.trim_end_matches(" {").trim_matches('"'))
+        .find(|name| name.starts_with("endpoint-") && name.contains(&b_chain))
+        .expect("pod-b's endpoint chain")
+        .to_owned();
+    let nft = |args: &[&str]| node.topology.node.run("nft", args).expect("nft");
+    nft(&["add", "chain", "ip", "kube-proxy", "outside"]);
+    nft(&["add", "rule", "ip", "kube-proxy", "outside", "jump", &b_chain]);
+    node.api.apply(slice("web", Proto::Tcp, &ips(&node, &["pod-c"])));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
+    node.wait_for("a refused cleanup counted", CONVERGE, || {
+        metric_sample(
+            &node.metrics(),
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+            "IPv4",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+    assert!(
+        node.log().contains("could not delete stale chains"),
+        "{}",
+        node.log()
+    );
+    nft(&["delete", "chain", "ip", "kube-proxy", "outside"]);
+    node.wait_for("the stale chain deleted once free", CONVERGE, || {
+        !node.nft_table("ip").unwrap_or_default().contains(&b_chain)
+    });
+
     // Someone deletes the table: the next periodic check notices and the
     // full sync rebuilds it.
     node.topology
@@ -1270,7 +1306,7 @@ fn nftables_mode_follows_churn_and_repairs_the_table() {
         .run("nft", &["delete", "table", "ip", "kube-proxy"])
         .expect("nft delete table");
     node.wait_for("the table back", CONVERGE, || node.nft_table("ip").is_some());
-    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-b", "pod-c"]);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
     assert!(node.log().contains("drifted"), "{}", node.log());
     assert!(
         metric_sample(&node.metrics(), "chainsmith_drift_detected_total", "IPv4").unwrap_or(0.0) >= 1.0,
@@ -1282,7 +1318,24 @@ fn nftables_mode_follows_churn_and_repairs_the_table() {
     let status = node.terminate();
     assert!(status.success(), "exit status {status}; log:\n{}", node.log());
     assert!(node.nft_table("ip").is_some());
-    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-b", "pod-c"]);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
+
+    // A restart after the endpoints changed meanwhile: the table read at
+    // start lets the first syncs delete the earlier run's stale chains.
+    node.api.apply(slice("web", Proto::Tcp, &ips(&node, &["pod-a"])));
+    node.spawn(false, &["--proxy-mode", "nftables"]);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    let stale = format!("shop/web/tcp/p__{}/", node.pod_ip("pod-c", false));
+    node.wait_for("the earlier run's stale chains deleted", CONVERGE, || {
+        !node.nft_table("ip").unwrap_or_default().contains(&stale)
+    });
+    assert!(
+        node.log().contains("found an existing kube-proxy table"),
+        "{}",
+        node.log()
+    );
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", node.log());
 
     // --cleanup removes it.
     let output = Command::new("ip")
