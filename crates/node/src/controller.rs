@@ -190,7 +190,7 @@ impl NftRules {
     /// Applies a transaction the kernel took to the model too.
     fn follow(&mut self, transaction: &Transaction) {
         if let Some(model) = &mut self.model
-            && let Err(error) = model.apply(transaction)
+            && let Err(error) = model.apply_in_place(transaction)
         {
             tracing::warn!(%error, "the model of the kube-proxy table refused an applied transaction; the next check reads the kernel's");
             self.model = None;
