@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use chainsmith_applier::Backend;
-use chainsmith_k8s::{PROXY_FLAGS, parse_go_duration_ms, proxy_configuration_with_flags};
+use chainsmith_k8s::{PROXY_FLAGS, ProxyMode, parse_go_duration_ms, proxy_configuration_with_flags};
 use chainsmith_node::Settings;
 use chainsmith_sync::PartialSyncMode;
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
@@ -28,8 +28,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Remove every rule and chain kube-proxy's iptables mode installs, then
-    /// exit (as `kube-proxy --cleanup`).
+    /// Remove every rule and chain kube-proxy's iptables mode installs and
+    /// nftables mode's `kube-proxy` tables (ip, ip6), then exit (as
+    /// `kube-proxy --cleanup`).
     #[arg(long)]
     cleanup: bool,
 
@@ -40,9 +41,11 @@ pub struct RunArgs {
     prepare_node: bool,
 
     /// How partial syncs are written: `minimal` (only chains whose content
-    /// changed) or `compat` (exactly what upstream kube-proxy writes).
-    #[arg(long, value_enum, default_value = "minimal")]
-    partial_sync: PartialSync,
+    /// changed, the default) or `compat` (exactly what upstream kube-proxy
+    /// writes). iptables mode only: ignored, with a warning, in nftables mode,
+    /// whose partial syncs are upstream's.
+    #[arg(long, value_enum)]
+    partial_sync: Option<PartialSync>,
 
     /// How often a full resync rewrites every rule (a Go duration).
     #[arg(long, value_name = "DURATION", default_value = "1h")]
@@ -54,7 +57,8 @@ pub struct RunArgs {
     command_timeout: String,
 
     /// The iptables backend; by default the one the kubelet's rules are in,
-    /// else the one `iptables --version` reports.
+    /// else the one `iptables --version` reports. In nftables mode only used
+    /// to remove iptables-mode leftovers at start.
     #[arg(long, value_enum)]
     iptables_backend: Option<BackendArg>,
 
@@ -137,8 +141,8 @@ fn settings(args: &RunArgs) -> Result<Settings> {
     )?;
     let mut settings = Settings::new(proxy);
     settings.partial_sync = match args.partial_sync {
-        PartialSync::Minimal => PartialSyncMode::Minimal,
-        PartialSync::Compat => PartialSyncMode::Compat,
+        None | Some(PartialSync::Minimal) => PartialSyncMode::Minimal,
+        Some(PartialSync::Compat) => PartialSyncMode::Compat,
     };
     settings.full_sync_period_ms = parse_go_duration_ms(&args.full_sync_period)
         .filter(|ms| *ms > 0)
@@ -182,6 +186,9 @@ fn init_logging(json: bool) {
 pub fn run(args: &RunArgs) -> Result<()> {
     init_logging(args.log_json);
     let settings = settings(args)?;
+    if settings.proxy.mode == ProxyMode::Nftables && args.partial_sync.is_some() && !args.cleanup {
+        tracing::warn!("--partial-sync is ignored in nftables mode (its partial syncs are upstream's)");
+    }
     if args.cleanup {
         let deleted = chainsmith_node::cleanup(settings.backend)?;
         tracing::info!(chains_deleted = deleted, "cleanup done");
@@ -196,6 +203,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         commit = env!("CHAINSMITH_GIT_COMMIT"),
         built = env!("CHAINSMITH_BUILD_DATE"),
+        mode = settings.proxy.mode.as_str(),
         config = ?settings.proxy,
         "starting"
     );

@@ -111,6 +111,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "chainsmith-layout",
             "chainsmith-model",
             "chainsmith-naming",
+            "chainsmith-nft-netlink",
+            "chainsmith-nftables",
             "chainsmith-planner",
             "chainsmith-sync",
             "chainsmith-tracer",

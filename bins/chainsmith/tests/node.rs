@@ -184,6 +184,7 @@ impl Node {
              hostnameOverride: {NODE}\nclusterCIDR: {cidrs}\n\
              metricsBindAddress: 127.0.0.1:{METRICS_PORT}\nhealthzBindAddress: 0.0.0.0:{HEALTHZ_PORT}\n\
              iptables:\n  syncPeriod: {SYNC_PERIOD_SECONDS}s\n{min_sync_period}\
+             nftables:\n  syncPeriod: {SYNC_PERIOD_SECONDS}s\n{min_sync_period}\
              conntrack:\n  maxPerCore: 0\n  min: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n"
         );
         std::fs::write(self.path("proxy.yaml"), config).expect("config");
@@ -324,6 +325,14 @@ impl Node {
         self.wait_for(&format!("{ip}:{port} answered by {pods:?}"), CONVERGE, || {
             self.answering(proto, ip, port, 12) == want
         });
+    }
+
+    /// `nft list table FAMILY kube-proxy`, or `None` when there is no such table.
+    fn nft_table(&self, family: &str) -> Option<String> {
+        self.topology
+            .node
+            .run("nft", &["list", "table", family, "kube-proxy"])
+            .ok()
     }
 
     /// `iptables-save` of every table.
@@ -1189,4 +1198,161 @@ fn api_errors_garbage_and_oversized_objects() {
         "the other Services still work"
     );
     assert!(!node.log().contains("panicked"), "{}", node.log());
+}
+
+/// nftables mode end to end: `--proxy-mode nftables` over a file that says
+/// iptables; the table follows churn, carries kube-proxy's nftables metric
+/// names, is rebuilt after someone deletes it, stays on SIGTERM and goes with
+/// `--cleanup`; iptables-mode leftovers go at start.
+#[test]
+fn nftables_mode_follows_churn_and_repairs_the_table() {
+    if !kernel_tests_enabled("nftables_mode_follows_churn_and_repairs_the_table") {
+        return;
+    }
+    let pods = ["pod-a", "pod-b", "pod-c"];
+    let ips = |node: &Node, names: &[&str]| -> Vec<(IpAddr, &'static str)> {
+        names.iter().map(|n| (node.pod_ip(n, false), NODE)).collect()
+    };
+    let web_ip = v4(20);
+    let web = service(
+        "web",
+        json!({"type": "NodePort", "clusterIP": web_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 30080)]}),
+    );
+    let mut node = Node::new(&pods, vec![node_object(false, false), web]);
+    node.api.apply(slice("web", Proto::Tcp, &ips(&node, &["pod-a"])));
+    // What an iptables-mode kube-proxy left behind.
+    node.topology
+        .node
+        .run("iptables-nft", &["-t", "nat", "-N", "KUBE-SERVICES"])
+        .expect("leftover chain");
+    node.spawn(false, &["--proxy-mode", "nftables"]);
+
+    // Start-up: the first sync programs the Service; the leftovers are gone.
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    node.wait_for_pods(Proto::Tcp, IpAddr::V4(Topology::NODE_IPV4), 30080, &["pod-a"]);
+    assert!(node.nft_table("ip").is_some());
+    let rules = node.rules(false);
+    assert!(!rules.contains("KUBE-"), "{rules}");
+
+    // Churn: the endpoints change; the old endpoint chains are deleted later.
+    node.api
+        .apply(slice("web", Proto::Tcp, &ips(&node, &["pod-b", "pod-c"])));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-b", "pod-c"]);
+    let old_chain = format!("shop/web/tcp/p__{}/", node.pod_ip("pod-a", false));
+    node.wait_for("the stale endpoint chain deleted", CONVERGE, || {
+        !node.nft_table("ip").unwrap_or_default().contains(&old_chain)
+    });
+
+    // kube-proxy's nftables-mode metrics, none of iptables mode's.
+    node.wait_for("nftables-mode metrics", CONVERGE, || {
+        let text = node.metrics();
+        [
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+        ]
+        .iter()
+        .all(|needle| text.contains(needle))
+    });
+    let text = node.metrics();
+    assert!(!text.contains("kubeproxy_sync_proxy_rules_iptables"), "{text}");
+    assert_eq!(node.health("/healthz").map(|(code, _)| code), Some(200));
+    // Periodic checks ran and found the table as applied.
+    std::thread::sleep(Duration::from_secs(SYNC_PERIOD_SECONDS + 1));
+    assert!(!node.log().contains("drifted"), "{}", node.log());
+
+    // Someone points a rule of their own at pod-b's endpoint chain: once it
+    // is stale, its deletion is refused (the chain is in use), logged and
+    // counted, and retried until that rule is gone.
+    let b_chain = format!("shop/web/tcp/p__{}/", node.pod_ip("pod-b", false));
+    let listing = node.nft_table("ip").expect("table");
+    let b_chain = listing
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("chain "))
+        .map(|rest| rest.trim_end_matches(" {").trim_matches('"'))
+        .find(|name| name.starts_with("endpoint-") && name.contains(&b_chain))
+        .expect("pod-b's endpoint chain")
+        .to_owned();
+    let nft = |args: &[&str]| node.topology.node.run("nft", args).expect("nft");
+    nft(&["add", "chain", "ip", "kube-proxy", "outside"]);
+    nft(&["add", "rule", "ip", "kube-proxy", "outside", "jump", &b_chain]);
+    node.api.apply(slice("web", Proto::Tcp, &ips(&node, &["pod-c"])));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
+    node.wait_for("a refused cleanup counted", CONVERGE, || {
+        metric_sample(
+            &node.metrics(),
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+            "IPv4",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+    assert!(
+        node.log().contains("could not delete stale chains"),
+        "{}",
+        node.log()
+    );
+    nft(&["delete", "chain", "ip", "kube-proxy", "outside"]);
+    node.wait_for("the stale chain deleted once free", CONVERGE, || {
+        !node.nft_table("ip").unwrap_or_default().contains(&b_chain)
+    });
+
+    // Someone deletes the table: the next periodic check notices and the
+    // full sync rebuilds it.
+    node.topology
+        .node
+        .run("nft", &["delete", "table", "ip", "kube-proxy"])
+        .expect("nft delete table");
+    node.wait_for("the table back", CONVERGE, || node.nft_table("ip").is_some());
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
+    assert!(node.log().contains("drifted"), "{}", node.log());
+    assert!(
+        metric_sample(&node.metrics(), "chainsmith_drift_detected_total", "IPv4").unwrap_or(0.0) >= 1.0,
+        "{}",
+        node.metrics()
+    );
+
+    // SIGTERM: the table stays and keeps answering.
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", node.log());
+    assert!(node.nft_table("ip").is_some());
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
+
+    // A restart after the endpoints changed meanwhile: the table read at
+    // start lets the first syncs delete the earlier run's stale chains.
+    node.api.apply(slice("web", Proto::Tcp, &ips(&node, &["pod-a"])));
+    node.spawn(false, &["--proxy-mode", "nftables"]);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    let stale = format!("shop/web/tcp/p__{}/", node.pod_ip("pod-c", false));
+    node.wait_for("the earlier run's stale chains deleted", CONVERGE, || {
+        !node.nft_table("ip").unwrap_or_default().contains(&stale)
+    });
+    assert!(
+        node.log().contains("found an existing kube-proxy table"),
+        "{}",
+        node.log()
+    );
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", node.log());
+
+    // --cleanup removes it.
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.topology.node.name(),
+            env!("CARGO_BIN_EXE_chainsmith"),
+        ])
+        .args(["run", "--cleanup", "--iptables-backend", "nft"])
+        .output()
+        .expect("run --cleanup");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(node.nft_table("ip").is_none());
+    assert!(node.probe(Proto::Tcp, web_ip, 80).pod().is_none());
 }

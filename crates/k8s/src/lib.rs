@@ -43,7 +43,7 @@ pub use node_object::node_from_k8s;
 pub use proxy_config::{
     ConntrackSettings, DEFAULT_HEALTHZ_PORT, DEFAULT_METRICS_PORT, DetectLocalMode,
     KUBE_PROXY_MIN_SYNC_PERIOD_MS, NodePortAddresses, PROXY_CONFIG_API_VERSION, PROXY_CONFIG_KIND,
-    PROXY_FLAGS, ProxyConfiguration, parse_proxy_configuration, proxy_configuration_with_flags,
+    PROXY_FLAGS, ProxyConfiguration, ProxyMode, parse_proxy_configuration, proxy_configuration_with_flags,
 };
 pub use service::service_from_k8s;
 pub use yaml::MAX_INPUT_BYTES;

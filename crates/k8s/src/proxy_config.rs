@@ -34,10 +34,36 @@ pub const KUBE_PROXY_MIN_SYNC_PERIOD_MS: u64 = 1_000;
 const DEFAULT_CONFIG_SYNC_PERIOD_MS: u64 = 15 * 60_000;
 const DEFAULT_OOM_SCORE_ADJ: i32 = -999;
 
+/// `mode`: which of kube-proxy's Linux modes programs the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// `iptables` (also `""`, kube-proxy's default on Linux).
+    #[default]
+    Iptables,
+    /// `nftables`: table `kube-proxy` in families `ip` and `ip6`.
+    Nftables,
+}
+
+impl ProxyMode {
+    /// The mode as the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Nftables => "nftables",
+        }
+    }
+}
+
 /// A validated kube-proxy configuration with upstream's defaults applied. The
 /// `Default` is what kube-proxy runs with when the file sets nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfiguration {
+    /// `mode` (`--proxy-mode`): `""`/`iptables` (default) or `nftables`. In
+    /// nftables mode `masqueradeBit`, `syncPeriod` and `minSyncPeriod` come
+    /// from the `nftables` section, `masqueradeAll` from either section (or
+    /// `linux`), `localhostNodePorts` is not used, and an unset or empty
+    /// `nodePortAddresses` means the node's primary IPs, as upstream.
+    pub mode: ProxyMode,
     /// `clientConnection.kubeconfig`; `None` (default) = in-cluster config.
     pub kubeconfig: Option<String>,
     /// `hostnameOverride`, trimmed and lower-cased as kube-proxy uses it;
@@ -86,6 +112,7 @@ impl Default for ProxyConfiguration {
     fn default() -> Self {
         let bind_address = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         ProxyConfiguration {
+            mode: ProxyMode::Iptables,
             kubeconfig: None,
             hostname_override: None,
             bind_address,
@@ -229,8 +256,7 @@ struct ProxyFile {
     iptables: Option<IptablesFile>,
     #[allow(dead_code, reason = "another mode's settings")]
     ipvs: Option<Opaque>,
-    #[allow(dead_code, reason = "another mode's settings")]
-    nftables: Option<Opaque>,
+    nftables: Option<NftablesFile>,
     #[allow(dead_code, reason = "another platform's settings")]
     winkernel: Option<Opaque>,
     #[allow(dead_code, reason = "another platform's settings")]
@@ -268,6 +294,16 @@ struct IptablesFile {
     masquerade_all: Option<bool>,
     masquerade_bit: Option<i64>,
     localhost_node_ports: Option<bool>,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+}
+
+/// The `nftables` section (upstream's `KubeProxyNFTablesConfiguration`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NftablesFile {
+    masquerade_all: Option<bool>,
+    masquerade_bit: Option<i64>,
     sync_period: Option<String>,
     min_sync_period: Option<String>,
 }
@@ -346,16 +382,20 @@ fn check_type_meta(meta: Option<TypeMeta>) -> Result<(), Invalid> {
 
 impl ProxyFile {
     fn validate(self) -> Result<ProxyConfiguration, Invalid> {
-        let mut cfg = ProxyConfiguration::default();
-        match self.mode.as_deref() {
-            None | Some("" | "iptables") => {}
+        let mode = match self.mode.as_deref() {
+            None | Some("" | "iptables") => ProxyMode::Iptables,
+            Some("nftables") => ProxyMode::Nftables,
             Some(other) => {
                 let message = format!(
-                    "unsupported mode {other:?}: chainsmith implements kube-proxy's iptables mode (\"\" or iptables)"
+                    "unsupported mode {other:?}: chainsmith implements kube-proxy's iptables and nftables modes (\"\", iptables or nftables)"
                 );
                 return Err(invalid("mode", message));
             }
-        }
+        };
+        let mut cfg = ProxyConfiguration {
+            mode,
+            ..ProxyConfiguration::default()
+        };
         cfg.kubeconfig = self
             .client_connection
             .and_then(|c| c.kubeconfig)
@@ -388,8 +428,14 @@ impl ProxyFile {
             detect_local.bridge_interface,
             detect_local.interface_name_prefix,
         )?;
-        if let Some(list) = self.node_port_addresses {
-            cfg.node_port_addresses = node_port_addresses(&list)?;
+        match self.node_port_addresses {
+            // Upstream's default in nftables mode: the node's primary IPs.
+            Some(list) if cfg.mode == ProxyMode::Nftables && list.is_empty() => {
+                cfg.node_port_addresses = NodePortAddresses::Primary;
+            }
+            None if cfg.mode == ProxyMode::Nftables => cfg.node_port_addresses = NodePortAddresses::Primary,
+            Some(list) => cfg.node_port_addresses = node_port_addresses(&list)?,
+            None => {}
         }
 
         let iptables = self.iptables.unwrap_or(IptablesFile {
@@ -404,22 +450,38 @@ impl ProxyFile {
             masquerade_all: None,
             oom_score_adj: None,
         });
+        let nftables = self.nftables.unwrap_or_default();
         // Go bools cannot tell false from unset: either section turns it on.
-        cfg.masquerade_all =
-            iptables.masquerade_all.unwrap_or(false) || linux.masquerade_all.unwrap_or(false);
-        if let Some(bit) = iptables.masquerade_bit {
+        cfg.masquerade_all = iptables.masquerade_all.unwrap_or(false)
+            || linux.masquerade_all.unwrap_or(false)
+            || (cfg.mode == ProxyMode::Nftables && nftables.masquerade_all.unwrap_or(false));
+        let (section, bit, sync, min) = match cfg.mode {
+            ProxyMode::Iptables => (
+                "iptables",
+                iptables.masquerade_bit,
+                iptables.sync_period.as_deref(),
+                iptables.min_sync_period.as_deref(),
+            ),
+            ProxyMode::Nftables => (
+                "nftables",
+                nftables.masquerade_bit,
+                nftables.sync_period.as_deref(),
+                nftables.min_sync_period.as_deref(),
+            ),
+        };
+        if let Some(bit) = bit {
             cfg.masquerade_bit = match u8::try_from(bit) {
                 Ok(bit) if bit <= 31 => bit,
                 _ => {
                     return Err(invalid(
-                        "iptables.masqueradeBit",
+                        format!("{section}.masqueradeBit"),
                         format!("{bit} is not in 0..=31"),
                     ));
                 }
             };
         }
         cfg.localhost_node_ports = iptables.localhost_node_ports.unwrap_or(true);
-        sync_periods(&mut cfg, &iptables)?;
+        sync_periods(&mut cfg, section, sync, min)?;
         if let Some(ms) = optional_duration("configSyncPeriod", self.config_sync_period.as_deref())? {
             cfg.config_sync_period_ms = ms;
         }
@@ -456,18 +518,23 @@ fn hostname_override(text: Option<String>) -> Result<Option<String>, Invalid> {
 }
 
 /// `syncPeriod` and `minSyncPeriod`, zero meaning the default, and min <= sync.
-fn sync_periods(cfg: &mut ProxyConfiguration, iptables: &IptablesFile) -> Result<(), Invalid> {
-    let sync = optional_duration("iptables.syncPeriod", iptables.sync_period.as_deref())?;
-    let min = optional_duration("iptables.minSyncPeriod", iptables.min_sync_period.as_deref())?;
+fn sync_periods(
+    cfg: &mut ProxyConfiguration,
+    section: &str,
+    sync: Option<&str>,
+    min: Option<&str>,
+) -> Result<(), Invalid> {
+    let sync = optional_duration(&format!("{section}.syncPeriod"), sync)?;
+    let min = optional_duration(&format!("{section}.minSyncPeriod"), min)?;
     cfg.sync_period_ms = sync.unwrap_or(DEFAULT_SYNC_PERIOD_MS);
     cfg.min_sync_period_ms = min;
     let effective_min = min.unwrap_or(KUBE_PROXY_MIN_SYNC_PERIOD_MS);
     if effective_min > cfg.sync_period_ms {
         // Name the key the user set; a short syncPeriod can clash with the default minimum.
         let field = if min.is_some() {
-            "iptables.minSyncPeriod"
+            format!("{section}.minSyncPeriod")
         } else {
-            "iptables.syncPeriod"
+            format!("{section}.syncPeriod")
         };
         let message = format!(
             "minSyncPeriod {} is longer than syncPeriod {}",
@@ -994,6 +1061,28 @@ linux: {conntrack: {min: 5, udpStreamTimeout: 2m}}
     }
 
     #[test]
+    fn nftables_mode_reads_its_own_section() {
+        let cfg = parse(
+            "mode: nftables\niptables: {syncPeriod: 10s, masqueradeBit: 2}\n\
+             nftables: {syncPeriod: 4s, minSyncPeriod: 200ms, masqueradeBit: 5, masqueradeAll: true}\n",
+        );
+        assert_eq!(cfg.mode, ProxyMode::Nftables);
+        assert_eq!(cfg.sync_period_ms, 4_000);
+        assert_eq!(cfg.min_sync_period_ms, Some(200));
+        assert_eq!(cfg.masquerade_bit, 5);
+        assert!(cfg.masquerade_all);
+        // Upstream's nftables-mode default: the primary node IPs.
+        assert_eq!(cfg.node_port_addresses, NodePortAddresses::Primary);
+        assert_eq!(
+            parse("mode: nftables\nnodePortAddresses: [10.0.0.0/8]\n").node_port_addresses,
+            NodePortAddresses::Cidrs(nets(&["10.0.0.0/8"]))
+        );
+        // The other mode's section is type-checked and left alone.
+        let iptables = parse("mode: iptables\nnftables: {syncPeriod: 4s, masqueradeAll: true}\n");
+        assert_eq!(iptables, ProxyConfiguration::default());
+    }
+
+    #[test]
     fn invalid_configs_are_errors_naming_the_field() {
         let cases = [
             ("bogus: 1\n", "proxy.yaml: bogus: unknown field `bogus`"),
@@ -1007,11 +1096,23 @@ linux: {conntrack: {min: 5, udpStreamTimeout: 2m}}
             ),
             (
                 "mode: ipvs\n",
-                "proxy.yaml: mode: unsupported mode \"ipvs\": chainsmith implements kube-proxy's iptables mode",
+                "proxy.yaml: mode: unsupported mode \"ipvs\": chainsmith implements kube-proxy's iptables and nftables modes",
             ),
             (
-                "mode: nftables\n",
-                "proxy.yaml: mode: unsupported mode \"nftables\"",
+                "mode: kernelspace\n",
+                "proxy.yaml: mode: unsupported mode \"kernelspace\"",
+            ),
+            (
+                "mode: nftables\nnftables: {syncPeriod: 1m, localhostNodePorts: true}\n",
+                "proxy.yaml: nftables.localhostNodePorts: unknown field `localhostNodePorts`",
+            ),
+            (
+                "mode: nftables\nnftables: {masqueradeBit: 32}\n",
+                "proxy.yaml: nftables.masqueradeBit: 32 is not in 0..=31",
+            ),
+            (
+                "mode: nftables\nnftables: {syncPeriod: 500ms}\n",
+                "proxy.yaml: nftables.syncPeriod: minSyncPeriod 1s is longer than syncPeriod 500ms",
             ),
             (
                 "iptables: {syncPeriod: 30}\n",

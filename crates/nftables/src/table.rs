@@ -141,6 +141,35 @@ impl Table {
         Ok(())
     }
 
+    /// Applies a transaction the kernel already took, op by op and without
+    /// the copy [`Table::apply`] makes to be all or nothing: its cost follows
+    /// the transaction, not the table. On error the table is left part-way
+    /// (a model that disagrees with the kernel is to be dropped anyway).
+    pub fn apply_in_place(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
+        if tx.family != self.family {
+            return Err(ApplyError {
+                index: 1,
+                text: String::new(),
+                reason: format!(
+                    "a transaction for family {} sent to table of {}",
+                    tx.family, self.family
+                ),
+            });
+        }
+        for (i, op) in tx.ops.iter().enumerate() {
+            if let Err(reason) = self.apply_op(op) {
+                let mut text = String::new();
+                op.write(self.family, &mut text);
+                return Err(ApplyError {
+                    index: i + 1,
+                    text,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn apply_op(&mut self, op: &Op) -> Result<(), String> {
         if let Op::AddTable { comment } = op {
             if !self.exists {
@@ -510,6 +539,22 @@ add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : goto service-A }
         assert_eq!(error.index, 2);
         assert!(error.reason.contains("no chain missing"), "{error}");
         assert_eq!(table, before);
+    }
+
+    #[test]
+    fn in_place_application_ends_where_the_checked_one_does() {
+        let step = tx("add chain ip kube-proxy service-B\n\
+             add element ip kube-proxy service-ips { 172.30.0.2 . tcp . 80 : goto service-B }\n\
+             delete element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 }\n\
+             delete chain ip kube-proxy service-A\n");
+        let (mut checked, mut in_place) = (base(), base());
+        checked.apply(&step).expect("applies");
+        in_place.apply_in_place(&step).expect("applies");
+        assert_eq!(in_place, checked);
+        let error = in_place
+            .apply_in_place(&tx("add rule ip kube-proxy service-B goto missing\n"))
+            .expect_err("missing chain");
+        assert_eq!(error.index, 1);
     }
 
     #[test]

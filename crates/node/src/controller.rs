@@ -10,17 +10,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chainsmith_applier::{Applier, Runner};
 use chainsmith_iptables::BuiltinJump;
-use chainsmith_k8s::KUBE_PROXY_MIN_SYNC_PERIOD_MS;
-use chainsmith_model::{InterfaceAddress, IpFamily, NodeObject, ObjectKey};
+use chainsmith_k8s::{KUBE_PROXY_MIN_SYNC_PERIOD_MS, ProxyMode};
+use chainsmith_model::{
+    Diagnostic, EndpointSlice, InterfaceAddress, IpFamily, NodeConfig, NodeObject, ObjectKey, Service,
+};
 use chainsmith_naming::ChainName;
-use chainsmith_sync::{SyncEngine, SyncKind};
+use chainsmith_nft_netlink::NetlinkApplier;
+use chainsmith_nftables::{DriftKind as NftDriftKind, Family, TABLE_NAME, Table, Transaction, read_listing};
+use chainsmith_planner::ServicePortPlan;
+use chainsmith_sync::{NftSyncEngine, SyncEngine, SyncKind};
 use chainsmith_tracer::{DriftKind, Ruleset, drift};
 use tokio::sync::watch;
 
 use crate::conntrack::{self, UdpFrontends};
 use crate::health::{ProxyHealth, ServiceHealth};
 use crate::inbox::{ADAPTIVE_FACTOR, Changes, Inbox, LastSync, MinInterval, Pacing};
-use crate::metrics::{FinishedSync, Metrics};
+use crate::metrics::{FinishedSync, Metrics, NftFinishedSync};
 use crate::settings::{HostFacts, Settings, node_config};
 
 /// How long kube-proxy waits for the nat and filter canaries to vanish too
@@ -31,22 +36,52 @@ const CANARY_POLL: Duration = Duration::from_millis(100);
 /// The nfacct counters kube-proxy's rules may name.
 pub const NFACCT_COUNTERS: [&str; 2] = ["ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"];
 
-/// One IP family's proxier: its engine, its tools, what it found at start.
+/// One IP family's proxier: its mode's engine and applier ([`Rules`]), what
+/// it found at start.
 pub struct FamilyProxier {
     /// The family.
     pub family: IpFamily,
-    /// Remembers the desired state and writes payloads.
-    pub engine: SyncEngine,
-    /// Runs iptables for this family.
-    pub applier: Applier,
+    /// How this family's rules are written and applied.
+    pub rules: Rules,
     /// Host capabilities of this family.
     pub facts: HostFacts,
     /// UDP Services at the last successful sync (conntrack cleanup runs when
     /// they change).
     udp: Option<UdpFrontends>,
+}
+
+/// The mode-specific half of a family's proxier: everything else (pacing,
+/// health, conntrack, Service health servers, metrics of the changes) is
+/// shared by both modes.
+pub enum Rules {
+    /// kube-proxy's iptables mode: payloads piped to iptables-restore.
+    Iptables(Box<IptablesRules>),
+    /// kube-proxy's nftables mode: transactions sent over netlink.
+    Nftables(Box<NftRules>),
+}
+
+/// iptables mode of one family.
+pub struct IptablesRules {
+    /// Remembers the desired state and writes payloads.
+    pub engine: SyncEngine,
+    /// Runs iptables for this family.
+    pub applier: Applier,
     /// The canary vanished: the next full sync first reports how the kernel's
     /// rules differ from what it is about to write.
     audit_next_full: bool,
+}
+
+/// nftables mode of one family: table `kube-proxy` of family `ip` or `ip6`.
+pub struct NftRules {
+    /// Remembers the desired state and writes transactions.
+    pub engine: NftSyncEngine,
+    /// The netlink socket, opened in the node's namespace at start.
+    pub netlink: NetlinkApplier,
+    /// What the kernel's table should hold: the table read at start with
+    /// every applied transaction applied to it. Compared with the kernel's
+    /// listing every `syncPeriod`; `None` when unknown (a transaction the
+    /// model refused), then the next check only reads the kernel again.
+    model: Option<Table>,
 }
 
 impl FamilyProxier {
@@ -66,13 +101,131 @@ impl FamilyProxier {
         }
         FamilyProxier {
             family,
-            engine,
-            applier,
+            rules: Rules::Iptables(Box::new(IptablesRules {
+                engine,
+                applier,
+                audit_next_full: false,
+            })),
             facts,
             udp: None,
-            audit_next_full: false,
         }
     }
+
+    /// An nftables-mode proxier. The kernel's table is read once now (`nft
+    /// list table` through `runner`), so that the first full sync keeps what
+    /// is still wanted and removes stale chains, as upstream after a restart.
+    pub fn nftables(
+        family: IpFamily,
+        mut engine: NftSyncEngine,
+        netlink: NetlinkApplier,
+        runner: &dyn Runner,
+    ) -> FamilyProxier {
+        let model = match list_table(runner, nft_family(family)) {
+            Ok(table) => {
+                if table.exists() {
+                    tracing::info!(
+                        family = family.as_str(),
+                        chains = table.chain_names().count(),
+                        "found an existing kube-proxy table; the first sync keeps what is still wanted"
+                    );
+                }
+                engine.set_existing(&table);
+                Some(table)
+            }
+            Err(error) => {
+                tracing::warn!(family = family.as_str(), %error, "could not read the existing kube-proxy table; stale chains of an earlier proxier stay");
+                None
+            }
+        };
+        FamilyProxier {
+            family,
+            rules: Rules::Nftables(Box::new(NftRules {
+                engine,
+                netlink,
+                model,
+            })),
+            facts: HostFacts::default(),
+            udp: None,
+        }
+    }
+
+    fn set_service(&mut self, key: &ObjectKey, service: Option<&Service>) {
+        match &mut self.rules {
+            Rules::Iptables(r) => r.engine.set_service(key, service),
+            Rules::Nftables(r) => r.engine.set_service(key, service),
+        };
+    }
+
+    fn set_endpoint_slice(&mut self, key: &ObjectKey, slice: Option<&EndpointSlice>) {
+        match &mut self.rules {
+            Rules::Iptables(r) => r.engine.set_endpoint_slice(key, slice),
+            Rules::Nftables(r) => r.engine.set_endpoint_slice(key, slice),
+        };
+    }
+
+    fn take_diagnostics(&mut self) -> Vec<Diagnostic> {
+        match &mut self.rules {
+            Rules::Iptables(r) => r.engine.take_diagnostics(),
+            Rules::Nftables(r) => r.engine.take_diagnostics(),
+        }
+    }
+
+    fn set_config(&mut self, config: NodeConfig) {
+        match &mut self.rules {
+            Rules::Iptables(r) => r.engine.set_config(config),
+            Rules::Nftables(r) => r.engine.set_config(config),
+        }
+    }
+
+    /// Every programmed Service port's plan.
+    pub fn plans(&self) -> Box<dyn Iterator<Item = &Arc<ServicePortPlan>> + '_> {
+        match &self.rules {
+            Rules::Iptables(r) => Box::new(r.engine.plans()),
+            Rules::Nftables(r) => Box::new(r.engine.state().plans()),
+        }
+    }
+}
+
+impl NftRules {
+    /// Applies a transaction the kernel took to the model too.
+    fn follow(&mut self, transaction: &Transaction) {
+        if let Some(model) = &mut self.model
+            && let Err(error) = model.apply_in_place(transaction)
+        {
+            tracing::warn!(%error, "the model of the kube-proxy table refused an applied transaction; the next check reads the kernel's");
+            self.model = None;
+        }
+    }
+}
+
+/// The nftables family of an IP family.
+pub fn nft_family(family: IpFamily) -> Family {
+    match family {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+/// The kernel's `kube-proxy` table of `family` (`nft list table`, read with
+/// `read_listing`); a table that does not exist is an empty [`Table`].
+pub fn list_table(runner: &dyn Runner, family: Family) -> Result<Table, String> {
+    let output = runner
+        .run("nft", &["list", "table", family.as_str(), TABLE_NAME], None)
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if !output.success() {
+        if output.stderr.contains("No such file or directory") {
+            return Ok(Table::new(family));
+        }
+        return Err(format!(
+            "nft list table {family} {TABLE_NAME} failed: {}",
+            output.stderr.trim()
+        ));
+    }
+    let listing = read_listing(&output.stdout).map_err(|e| format!("cannot read nft's listing: {e}"))?;
+    Ok(listing
+        .table(family)
+        .cloned()
+        .unwrap_or_else(|| Table::new(family)))
 }
 
 /// Everything the sync loop owns.
@@ -117,7 +270,10 @@ impl SyncLoop {
             if wakeup.periodic && !first {
                 self.refresh_interfaces();
                 self.check_canaries();
-                self.read_nfacct();
+                self.check_tables();
+                if self.settings.proxy.mode == ProxyMode::Iptables {
+                    self.read_nfacct();
+                }
             }
             let changed = !wakeup.changes.is_empty();
             let trigger_times = self.absorb(wakeup.changes);
@@ -196,13 +352,13 @@ impl SyncLoop {
         let single_family = self.families.len() == 1;
         for proxier in &mut self.families {
             for (key, service) in &changes.services {
-                proxier.engine.set_service(key, service.as_ref());
+                proxier.set_service(key, service.as_ref());
             }
             for (key, slice) in &changes.slices {
-                proxier.engine.set_endpoint_slice(key, slice.as_ref());
+                proxier.set_endpoint_slice(key, slice.as_ref());
             }
             // A port listed twice: both families see it, one warning is enough.
-            let diagnostics = proxier.engine.take_diagnostics();
+            let diagnostics = proxier.take_diagnostics();
             if proxier.family == IpFamily::V4 || single_family {
                 for diagnostic in diagnostics {
                     tracing::warn!(%diagnostic, "object partly ignored");
@@ -224,7 +380,7 @@ impl SyncLoop {
                 &self.interfaces,
                 proxier.facts,
             );
-            proxier.engine.set_config(config);
+            proxier.set_config(config);
         }
     }
 
@@ -239,10 +395,20 @@ impl SyncLoop {
         }
     }
 
-    /// Syncs one family; returns whether its payload was applied.
+    /// Syncs one family in its mode; returns whether its rules were applied.
     fn sync_family(&mut self, index: usize, now_ms: u64) -> bool {
-        let proxier = &mut self.families[index];
-        let family = proxier.family;
+        match self.families[index].rules {
+            Rules::Iptables(_) => self.sync_iptables(index, now_ms),
+            Rules::Nftables(_) => self.sync_nftables(index, now_ms),
+        }
+    }
+
+    /// Syncs one family in iptables mode; returns whether its payload was applied.
+    fn sync_iptables(&mut self, index: usize, now_ms: u64) -> bool {
+        let family = self.families[index].family;
+        let Rules::Iptables(proxier) = &mut self.families[index].rules else {
+            return false;
+        };
         let jumps = proxier.engine.layout().builtin_jumps();
         let started = Instant::now();
         let outcome = proxier.engine.sync(now_ms, false);
@@ -314,12 +480,112 @@ impl SyncLoop {
         }
     }
 
+    /// Syncs one family in nftables mode: the cleanup transaction (stale
+    /// chains due for deletion) if any, then the main one; returns whether
+    /// the main transaction was applied.
+    fn sync_nftables(&mut self, index: usize, now_ms: u64) -> bool {
+        let family = self.families[index].family;
+        let Rules::Nftables(proxier) = &mut self.families[index].rules else {
+            return false;
+        };
+        let started = Instant::now();
+        let outcome = proxier.engine.sync(now_ms, false);
+        let (kind, counts) = (outcome.kind, outcome.counts);
+        let mut bytes = 0;
+        let cleanup_applied = match &outcome.cleanup {
+            None => true,
+            Some(cleanup) => match proxier.netlink.apply(cleanup) {
+                Ok(report) => {
+                    bytes += report.bytes;
+                    proxier.follow(cleanup);
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        family = family.as_str(),
+                        chains = cleanup.len(),
+                        %error,
+                        "could not delete stale chains; the next sync is full"
+                    );
+                    false
+                }
+            },
+        };
+        // Upstream runs even an empty transaction; over netlink it would be
+        // an empty batch, which changes nothing.
+        let result = if outcome.main.is_empty() {
+            Ok(0)
+        } else {
+            proxier.netlink.apply(&outcome.main).map(|report| report.bytes)
+        };
+        if result.is_ok() {
+            proxier.follow(&outcome.main);
+        }
+        proxier.engine.commit(cleanup_applied, result.is_ok());
+        if let Ok(main_bytes) = result {
+            bytes += main_bytes;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let now = SystemTime::now();
+        self.metrics.nft_sync_done(
+            family,
+            &NftFinishedSync {
+                kind,
+                seconds,
+                counts,
+                batch_bytes: bytes,
+                applied: result.is_ok(),
+                cleanup_failed: !cleanup_applied,
+                now_unix: unix_seconds(now),
+            },
+        );
+        let kind = match kind {
+            SyncKind::Full => "full",
+            SyncKind::Partial => "partial",
+        };
+        match result {
+            Ok(_) => {
+                self.health.updated(family, now);
+                tracing::info!(
+                    family = family.as_str(),
+                    kind,
+                    duration_ms = seconds * 1000.0,
+                    batch_bytes = bytes,
+                    operations = outcome.main.len(),
+                    chains_written = counts.chains_written,
+                    element_changes = counts.element_changes,
+                    chains_flushed_stale = counts.stale_flushed,
+                    chains_deleted = counts.stale_deleted,
+                    services_changed = counts.changed_services,
+                    service_ports = counts.service_ports,
+                    "synced"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(
+                    family = family.as_str(),
+                    kind,
+                    duration_ms = seconds * 1000.0,
+                    operations = outcome.main.len(),
+                    %error,
+                    "sync failed; the previous rules stay and the next sync is full"
+                );
+                false
+            }
+        }
+    }
+
     /// kube-proxy's canary check: the mangle canary gone means someone
     /// flushed the tables; once the nat and filter ones are gone too (or 5 s
     /// passed), the next sync is full and recreates everything.
     fn check_canaries(&mut self) {
-        for proxier in &mut self.families {
-            let family = proxier.family.as_str();
+        for family_proxier in &mut self.families {
+            let ip_family = family_proxier.family;
+            let Rules::Iptables(proxier) = &mut family_proxier.rules else {
+                continue;
+            };
+            let family = ip_family.as_str();
             match proxier.applier.canary_present("mangle") {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -336,9 +602,65 @@ impl SyncLoop {
                 family,
                 "KUBE-PROXY-CANARY is gone: the tables were flushed from outside; full resync"
             );
-            self.metrics.drift_detected(proxier.family);
+            self.metrics.drift_detected(ip_family);
             proxier.engine.force_full_sync();
             proxier.audit_next_full = true;
+        }
+    }
+
+    /// nftables mode's check every `syncPeriod` (upstream has none: a deleted
+    /// table waits for the hourly full sync there): the kernel's table is
+    /// listed and compared with the model of what was applied; on any
+    /// difference the drift is logged, the engine learns what the kernel
+    /// holds and the next sync is full.
+    fn check_tables(&mut self) {
+        for proxier in &mut self.families {
+            let ip_family = proxier.family;
+            let Rules::Nftables(rules) = &mut proxier.rules else {
+                continue;
+            };
+            let family = ip_family.as_str();
+            let actual = match list_table(&*self.runner, nft_family(ip_family)) {
+                Ok(table) => table,
+                Err(error) => {
+                    tracing::warn!(family, %error, "could not check the kube-proxy table");
+                    continue;
+                }
+            };
+            match &rules.model {
+                Some(model) => {
+                    let found = chainsmith_nftables::drift(model, &actual);
+                    if found.is_empty() {
+                        continue;
+                    }
+                    let count = |kind: NftDriftKind| found.objects.iter().filter(|o| o.drift == kind).count();
+                    let examples: Vec<String> = found
+                        .objects
+                        .iter()
+                        .take(5)
+                        .map(|o| format!("{} {}", o.kind, o.name))
+                        .collect();
+                    let table = match found.table {
+                        Some(NftDriftKind::Missing) => "missing",
+                        Some(_) => "unexpected",
+                        None => "present",
+                    };
+                    tracing::warn!(
+                        family,
+                        table,
+                        missing = count(NftDriftKind::Missing),
+                        extra = count(NftDriftKind::Extra),
+                        changed = count(NftDriftKind::Changed),
+                        examples = examples.join(", "),
+                        "the kube-proxy table drifted from what was applied; full resync"
+                    );
+                    self.metrics.drift_detected(ip_family);
+                }
+                None => tracing::info!(family, "the kube-proxy table read again; full resync"),
+            }
+            rules.engine.set_existing(&actual);
+            rules.engine.force_full_sync();
+            rules.model = Some(actual);
         }
     }
 
@@ -357,7 +679,7 @@ impl SyncLoop {
 
     fn clean_conntrack(&mut self, index: usize) {
         let proxier = &mut self.families[index];
-        let frontends = UdpFrontends::of(proxier.engine.plans().map(|plan| &**plan));
+        let frontends = UdpFrontends::of(proxier.plans().map(|plan| &**plan));
         if proxier.udp.as_ref() == Some(&frontends) {
             return;
         }
@@ -384,7 +706,7 @@ impl SyncLoop {
     fn publish_service_health(&self) {
         let mut local: BTreeMap<u16, (ObjectKey, HashSet<IpAddr>)> = BTreeMap::new();
         for proxier in &self.families {
-            for plan in proxier.engine.plans() {
+            for plan in proxier.plans() {
                 let info = plan.info();
                 if info.health_check_node_port == 0 {
                     continue;
@@ -486,5 +808,60 @@ mod tests {
         let text = "{ pkts = 00000000000000000012, bytes = 00000000000000000840 } = ct_state_invalid_dropped_pkts;\n";
         assert_eq!(nfacct_packets(text), Some(12));
         assert_eq!(nfacct_packets("nfacct: No such file or directory"), None);
+    }
+
+    /// Answers `nft` with a fixed exit code and output.
+    struct Nft {
+        code: i32,
+        stdout: &'static str,
+        stderr: &'static str,
+    }
+
+    impl Runner for Nft {
+        fn run(
+            &self,
+            program: &str,
+            args: &[&str],
+            _stdin: Option<&[u8]>,
+        ) -> std::io::Result<chainsmith_applier::CommandOutput> {
+            assert_eq!(
+                (program, args),
+                ("nft", &["list", "table", "ip", "kube-proxy"][..])
+            );
+            Ok(chainsmith_applier::CommandOutput {
+                code: Some(self.code),
+                stdout: self.stdout.into(),
+                stderr: self.stderr.into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_missing_table_lists_as_empty_and_a_listing_is_read() {
+        let missing = Nft {
+            code: 1,
+            stdout: "",
+            stderr: "Error: No such file or directory\nlist table ip kube-proxy\n",
+        };
+        let table = list_table(&missing, Family::Ip).expect("missing is an answer");
+        assert!(!table.exists());
+        let listed = Nft {
+            code: 0,
+            stdout: "table ip kube-proxy {\n\tcomment \"rules for kube-proxy\"\n\tchain service-X-ns/svc/tcp/p {\n\t}\n}\n",
+            stderr: "",
+        };
+        let table = list_table(&listed, Family::Ip).expect("listing");
+        assert!(table.exists());
+        assert_eq!(
+            table.chain_names().collect::<Vec<_>>(),
+            ["service-X-ns/svc/tcp/p"]
+        );
+        let refused = Nft {
+            code: 1,
+            stdout: "",
+            stderr: "Error: Operation not permitted\n",
+        };
+        let error = list_table(&refused, Family::Ip).expect_err("not permitted");
+        assert!(error.contains("Operation not permitted"), "{error}");
     }
 }

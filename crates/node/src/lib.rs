@@ -28,9 +28,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use chainsmith_applier::{Applier, ApplyError, Backend, SystemRunner, Tools};
+use chainsmith_applier::{Applier, ApplyError, Backend, Runner, SystemRunner, Tools};
+use chainsmith_k8s::ProxyMode;
 use chainsmith_model::{IpFamily, NfacctCounters, NodeObject};
-use chainsmith_sync::SyncEngine;
+use chainsmith_nft_netlink::NetlinkApplier;
+use chainsmith_nftables::TABLE_NAME;
+use chainsmith_sync::{NftSyncEngine, SyncEngine};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -40,7 +43,7 @@ use tokio::sync::watch as channel;
 
 pub use settings::Settings;
 
-use controller::{FamilyProxier, NFACCT_COUNTERS, SyncLoop};
+use controller::{FamilyProxier, NFACCT_COUNTERS, SyncLoop, nft_family};
 use health::{ProxyHealth, ServiceHealthServers};
 use inbox::Inbox;
 use metrics::Metrics;
@@ -146,8 +149,11 @@ fn apply_sysctls(settings: &Settings, families: &[IpFamily]) {
         write("net/netfilter/nf_conntrack_udp_timeout_stream", seconds(ms));
     }
     // Localhost NodePorts are DNATed to pods, which the kernel only routes
-    // with route_localnet.
-    if settings.proxy.localhost_node_ports && families.contains(&IpFamily::V4) {
+    // with route_localnet (iptables mode only: nftables mode has none).
+    if settings.proxy.mode == ProxyMode::Iptables
+        && settings.proxy.localhost_node_ports
+        && families.contains(&IpFamily::V4)
+    {
         write("net/ipv4/conf/all/route_localnet", "1".into());
     }
 }
@@ -156,19 +162,25 @@ fn apply_sysctls(settings: &Settings, families: &[IpFamily]) {
 /// for a privileged init container, so that the long-running proxy needs no
 /// write access to `/proc/sys`. Returns the families whose tools work.
 pub fn prepare_node(settings: &Settings) -> Result<Vec<IpFamily>, NodeError> {
-    let backend = settings.backend.or_else(kubelets_backend);
     let interfaces = host::interface_addresses().unwrap_or_else(|error| {
         tracing::warn!(%error, "could not read interface addresses");
         Vec::new()
     });
-    let families: Vec<IpFamily> = address_families(None, &interfaces)
-        .into_iter()
-        .filter(|family| Tools::detect(&settings.runner(), *family, backend).is_ok())
-        .collect();
+    let families: Vec<IpFamily> = match settings.proxy.mode {
+        ProxyMode::Iptables => {
+            let backend = settings.backend.or_else(kubelets_backend);
+            address_families(None, &interfaces)
+                .into_iter()
+                .filter(|family| Tools::detect(&settings.runner(), *family, backend).is_ok())
+                .collect()
+        }
+        ProxyMode::Nftables => address_families(None, &interfaces),
+    };
     if families.is_empty() {
-        return Err(NodeError::NoFamily(
-            "no address family with an address and working iptables tools".into(),
-        ));
+        return Err(NodeError::NoFamily(match settings.proxy.mode {
+            ProxyMode::Iptables => "no address family with an address and working iptables tools".into(),
+            ProxyMode::Nftables => "no address family with an address".into(),
+        }));
     }
     apply_sysctls(settings, &families);
     Ok(families)
@@ -187,9 +199,47 @@ fn kubelets_backend() -> Option<Backend> {
     found
 }
 
-/// Removes everything kube-proxy's iptables mode installs, for every family
-/// whose tools work (`kube-proxy --cleanup`). Returns the chains deleted.
+/// Removes everything kube-proxy's iptables and nftables modes install
+/// (`kube-proxy --cleanup`): the iptables chains and jumps for every family
+/// whose tools work, and table `kube-proxy` in families `ip` and `ip6`.
+/// Returns the iptables chains deleted.
 pub fn cleanup(backend: Option<Backend>) -> Result<usize, NodeError> {
+    let deleted = cleanup_iptables(backend)?;
+    delete_nft_tables(&SystemRunner::default());
+    Ok(deleted)
+}
+
+/// Deletes table `kube-proxy` in families `ip` and `ip6` (`nft delete
+/// table`), as kube-proxy's nftables `CleanupLeftovers`; a table that does
+/// not exist is not an error. Best effort: failures are logged. Returns the
+/// tables deleted.
+pub fn delete_nft_tables(runner: &dyn Runner) -> usize {
+    let mut deleted = 0;
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let family = nft_family(family);
+        match runner.run("nft", &["delete", "table", family.as_str(), TABLE_NAME], None) {
+            Ok(output) if output.success() => {
+                tracing::info!(family = family.as_str(), "deleted nftables table {TABLE_NAME}");
+                deleted += 1;
+            }
+            Ok(output) if output.stderr.contains("No such file or directory") => {}
+            Ok(output) => tracing::warn!(
+                family = family.as_str(),
+                error = output.stderr.trim(),
+                "could not delete nftables table {TABLE_NAME}"
+            ),
+            Err(error) => {
+                tracing::info!(%error, "nft not available; no nftables table to delete");
+                break;
+            }
+        }
+    }
+    deleted
+}
+
+/// Removes everything kube-proxy's iptables mode installs, for every family
+/// whose tools work. Returns the chains deleted.
+pub fn cleanup_iptables(backend: Option<Backend>) -> Result<usize, NodeError> {
     let mut deleted = 0;
     let mut errors = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -253,36 +303,65 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
         tracing::warn!(%error, "could not read interface addresses");
         Vec::new()
     });
-    let nfacct = nfacct_counters(settings.backend);
+    let mode = settings.proxy.mode;
     let mut families = Vec::new();
     let mut skipped = Vec::new();
-    for family in address_families(node.as_ref(), &interfaces) {
-        let tools = match Tools::detect(&settings.runner(), family, settings.backend) {
-            Ok(tools) => tools,
-            Err(error) => {
-                tracing::warn!(family = family.as_str(), %error, "iptables tools do not work; family not proxied");
-                skipped.push(format!("{}: {error}", family.as_str()));
-                continue;
+    match mode {
+        ProxyMode::Iptables => {
+            // A node switching from nftables mode: its table goes, as kube-proxy does.
+            delete_nft_tables(&settings.runner());
+            iptables_proxiers(
+                &settings,
+                &node_name,
+                node.as_ref(),
+                &interfaces,
+                &mut families,
+                &mut skipped,
+            );
+        }
+        ProxyMode::Nftables => {
+            // A node switching from iptables mode: its chains and jumps go.
+            match cleanup_iptables(settings.backend) {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(chains_deleted = deleted, "removed iptables-mode leftovers"),
+                Err(error) => tracing::warn!(%error, "could not remove iptables-mode leftovers"),
             }
-        };
-        let tcp_be_liberal =
-            host::read_sysctl("net/netfilter/nf_conntrack_tcp_be_liberal").is_ok_and(|v| v != "0");
-        let facts = HostFacts {
-            random_fully: tools.random_fully,
-            tcp_be_liberal,
-            nfacct,
-        };
-        tracing::info!(
-            family = family.as_str(),
-            backend = tools.backend.as_str(),
-            version = tools.version,
-            "proxying"
-        );
-        let config = node_config(&settings, family, &node_name, node.as_ref(), &interfaces, facts);
-        let mut engine = SyncEngine::new(config, settings.partial_sync);
-        engine.set_full_sync_period(settings.full_sync_period_ms);
-        let applier = Applier::new(tools, Box::new(settings.runner()));
-        families.push(FamilyProxier::new(family, engine, applier, facts));
+            for family in address_families(node.as_ref(), &interfaces) {
+                let netlink = match NetlinkApplier::new() {
+                    Ok(netlink) => netlink,
+                    Err(error) => {
+                        tracing::warn!(family = family.as_str(), %error, "no nf_tables netlink socket; family not proxied");
+                        skipped.push(format!("{}: {error}", family.as_str()));
+                        continue;
+                    }
+                };
+                tracing::info!(family = family.as_str(), mode = mode.as_str(), "proxying");
+                let config = node_config(
+                    &settings,
+                    family,
+                    &node_name,
+                    node.as_ref(),
+                    &interfaces,
+                    HostFacts::default(),
+                );
+                let mut engine = NftSyncEngine::new(config);
+                engine.set_full_sync_period(settings.full_sync_period_ms);
+                for diagnostic in engine
+                    .context()
+                    .diagnostics()
+                    .iter()
+                    .chain(engine.nft_context().diagnostics())
+                {
+                    tracing::warn!(family = family.as_str(), %diagnostic, "node setting");
+                }
+                families.push(FamilyProxier::nftables(
+                    family,
+                    engine,
+                    netlink,
+                    &settings.runner(),
+                ));
+            }
+        }
     }
     if families.is_empty() {
         let why = if skipped.is_empty() {
@@ -295,7 +374,7 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
     let family_list: Vec<IpFamily> = families.iter().map(|f| f.family).collect();
     apply_sysctls(&settings, &family_list);
 
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::for_mode(mode)?);
     metrics.start_families(&family_list);
     let health_timeout = Duration::from_millis(settings.proxy.sync_period_ms.saturating_mul(2));
     let health = Arc::new(ProxyHealth::new(&family_list, health_timeout, SystemTime::now()));
@@ -382,6 +461,47 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
     // A restore in progress finishes (each table commits atomically anyway).
     let _ = tokio::task::spawn_blocking(move || syncer.join()).await;
     Ok(())
+}
+
+/// iptables mode's proxier of every family whose tools work (`skipped`: why
+/// the others are not).
+fn iptables_proxiers(
+    settings: &Settings,
+    node_name: &str,
+    node: Option<&NodeObject>,
+    interfaces: &[chainsmith_model::InterfaceAddress],
+    families: &mut Vec<FamilyProxier>,
+    skipped: &mut Vec<String>,
+) {
+    let nfacct = nfacct_counters(settings.backend);
+    for family in address_families(node, interfaces) {
+        let tools = match Tools::detect(&settings.runner(), family, settings.backend) {
+            Ok(tools) => tools,
+            Err(error) => {
+                tracing::warn!(family = family.as_str(), %error, "iptables tools do not work; family not proxied");
+                skipped.push(format!("{}: {error}", family.as_str()));
+                continue;
+            }
+        };
+        let tcp_be_liberal =
+            host::read_sysctl("net/netfilter/nf_conntrack_tcp_be_liberal").is_ok_and(|v| v != "0");
+        let facts = HostFacts {
+            random_fully: tools.random_fully,
+            tcp_be_liberal,
+            nfacct,
+        };
+        tracing::info!(
+            family = family.as_str(),
+            backend = tools.backend.as_str(),
+            version = tools.version,
+            "proxying"
+        );
+        let config = node_config(settings, family, node_name, node, interfaces, facts);
+        let mut engine = SyncEngine::new(config, settings.partial_sync);
+        engine.set_full_sync_period(settings.full_sync_period_ms);
+        let applier = Applier::new(tools, Box::new(settings.runner()));
+        families.push(FamilyProxier::new(family, engine, applier, facts));
+    }
 }
 
 /// A `Starting` event on the Node, as kube-proxy records, so that `kubectl

@@ -7,9 +7,10 @@ use prometheus::{
     TextEncoder,
 };
 
+use chainsmith_k8s::ProxyMode;
 use chainsmith_model::IpFamily;
 use chainsmith_naming::ServiceChainKind;
-use chainsmith_sync::{RuleCounts, SyncKind};
+use chainsmith_sync::{NftCounts, RuleCounts, SyncKind};
 
 /// Upstream's sync-duration buckets: 1 ms doubling up to 16.384 s.
 fn sync_buckets() -> Vec<f64> {
@@ -63,6 +64,25 @@ pub struct FinishedSync {
     pub now_unix: f64,
 }
 
+/// What one nftables-mode sync did, for [`Metrics::nft_sync_done`].
+#[derive(Debug, Clone)]
+pub struct NftFinishedSync {
+    /// Full or partial.
+    pub kind: SyncKind,
+    /// From planning to the kernel's answer.
+    pub seconds: f64,
+    /// What the engine decided.
+    pub counts: NftCounts,
+    /// Bytes of the netlink batches sent and taken.
+    pub batch_bytes: usize,
+    /// Whether the main transaction was applied.
+    pub applied: bool,
+    /// Whether the stale-chain cleanup transaction was refused.
+    pub cleanup_failed: bool,
+    /// When it ended, in Unix seconds.
+    pub now_unix: f64,
+}
+
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
@@ -81,6 +101,8 @@ pub struct Metrics {
     restore_failures: IntCounterVec,
     partial_restore_failures: IntCounterVec,
     no_local_endpoints: IntGaugeVec,
+    nft_sync_failures: IntCounterVec,
+    nft_cleanup_failures: IntCounterVec,
     ct_state_invalid_dropped: IntCounter,
     localhost_nodeports_accepted: IntCounter,
     healthz: IntCounterVec,
@@ -103,9 +125,33 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -
     Ok(collector)
 }
 
+/// Registers a metric only when the mode exports it (an unregistered one
+/// still counts, unseen).
+fn register_if<C: Collector + Clone + 'static>(
+    on: bool,
+    registry: &Registry,
+    collector: C,
+) -> prometheus::Result<C> {
+    if on {
+        registry.register(Box::new(collector.clone()))?;
+    }
+    Ok(collector)
+}
+
 impl Metrics {
-    /// Creates and registers every metric, and the process collector.
+    /// Creates and registers every metric of iptables mode, and the process
+    /// collector.
     pub fn new() -> prometheus::Result<Metrics> {
+        Metrics::for_mode(ProxyMode::Iptables)
+    }
+
+    /// Creates and registers the metrics kube-proxy exports in `mode` (its
+    /// iptables rule counts, restore failures and nfacct counters only in
+    /// iptables mode, its nftables failure counters only in nftables mode),
+    /// chainsmith's own, and the process collector.
+    pub fn for_mode(mode: ProxyMode) -> prometheus::Result<Metrics> {
+        let iptables = mode == ProxyMode::Iptables;
+        let nftables = mode == ProxyMode::Nftables;
         let registry = Registry::new();
         let r = &registry;
         let family = &["ip_family"];
@@ -188,7 +234,8 @@ impl Metrics {
                     "Cumulative proxy rules Service changes",
                 )?,
             )?,
-            iptables_total: register(
+            iptables_total: register_if(
+                iptables,
                 r,
                 IntGaugeVec::new(
                     Opts::new(
@@ -198,7 +245,8 @@ impl Metrics {
                     &["table", "ip_family"],
                 )?,
             )?,
-            iptables_last: register(
+            iptables_last: register_if(
+                iptables,
                 r,
                 IntGaugeVec::new(
                     Opts::new(
@@ -208,7 +256,8 @@ impl Metrics {
                     &["table", "ip_family"],
                 )?,
             )?,
-            restore_failures: register(
+            restore_failures: register_if(
+                iptables,
                 r,
                 IntCounterVec::new(
                     Opts::new(
@@ -218,7 +267,8 @@ impl Metrics {
                     family,
                 )?,
             )?,
-            partial_restore_failures: register(
+            partial_restore_failures: register_if(
+                iptables,
                 r,
                 IntCounterVec::new(
                     Opts::new(
@@ -238,14 +288,38 @@ impl Metrics {
                     &["traffic_policy", "ip_family"],
                 )?,
             )?,
-            ct_state_invalid_dropped: register(
+            nft_sync_failures: register_if(
+                nftables,
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                        "Cumulative proxy nftables sync failures",
+                    ),
+                    family,
+                )?,
+            )?,
+            nft_cleanup_failures: register_if(
+                nftables,
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+                        "Cumulative proxy nftables cleanup failures",
+                    ),
+                    family,
+                )?,
+            )?,
+            ct_state_invalid_dropped: register_if(
+                iptables,
                 r,
                 IntCounter::new(
                     "kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
                     "packets dropped by iptables to work around conntrack problems",
                 )?,
             )?,
-            localhost_nodeports_accepted: register(
+            localhost_nodeports_accepted: register_if(
+                iptables,
                 r,
                 IntCounter::new(
                     "kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
@@ -286,7 +360,7 @@ impl Metrics {
             )?,
             payload_bytes: histogram(
                 "chainsmith_sync_payload_bytes",
-                "Size of the iptables-restore payload of one sync",
+                "Size of the iptables-restore payload (nftables mode: of the netlink batches) of one sync",
                 payload_buckets(),
                 &["ip_family", "kind"],
             )?,
@@ -297,7 +371,8 @@ impl Metrics {
                     "Least time from the last sync's start to the next one's: minSyncPeriod, or when unset twice the last sync's duration (at most 1 s)",
                 )?,
             )?,
-            rules_by_chain_kind: register(
+            rules_by_chain_kind: register_if(
+                iptables,
                 r,
                 IntGaugeVec::new(
                     Opts::new(
@@ -329,7 +404,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "chainsmith_drift_detected_total",
-                        "Times the kernel's rules were found changed by someone else (canary gone)",
+                        "Times the kernel's rules were found changed by someone else (iptables: canary gone; nftables: the table differs from what was applied)",
                     ),
                     family,
                 )?,
@@ -425,6 +500,62 @@ impl Metrics {
         self.last_sync.with_label_values(&[f]).set(now_unix);
     }
 
+    /// Records one finished nftables-mode sync.
+    pub fn nft_sync_done(&self, family: IpFamily, sync: &NftFinishedSync) {
+        let NftFinishedSync {
+            kind,
+            seconds,
+            ref counts,
+            batch_bytes,
+            applied,
+            cleanup_failed,
+            now_unix,
+        } = *sync;
+        let f = family.as_str();
+        let kind_label = match kind {
+            SyncKind::Full => "full",
+            SyncKind::Partial => "partial",
+        };
+        self.sync_duration.with_label_values(&[f]).observe(seconds);
+        match kind {
+            SyncKind::Full => self.sync_full_duration.with_label_values(&[f]).observe(seconds),
+            SyncKind::Partial => self
+                .sync_partial_duration
+                .with_label_values(&[f])
+                .observe(seconds),
+        }
+        self.sync_seconds
+            .with_label_values(&[f, kind_label])
+            .observe(seconds);
+        if cleanup_failed {
+            self.nft_cleanup_failures.with_label_values(&[f]).inc();
+        }
+        if !applied {
+            self.nft_sync_failures.with_label_values(&[f]).inc();
+            return;
+        }
+        self.payload_bytes
+            .with_label_values(&[f, kind_label])
+            .observe(batch_bytes as f64);
+        let set = |gauge: &IntGaugeVec, labels: &[&str], value: usize| {
+            gauge
+                .with_label_values(labels)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(
+            &self.no_local_endpoints,
+            &["internal", f],
+            counts.no_local_internal,
+        );
+        set(
+            &self.no_local_endpoints,
+            &["external", f],
+            counts.no_local_external,
+        );
+        set(&self.service_ports, &[f], counts.service_ports);
+        self.last_sync.with_label_values(&[f]).set(now_unix);
+    }
+
     /// A sync was requested (something changed).
     pub fn queued(&self, family: IpFamily, now_unix: f64) {
         self.last_queued
@@ -487,6 +618,8 @@ impl Metrics {
             for counter in [
                 &self.restore_failures,
                 &self.partial_restore_failures,
+                &self.nft_sync_failures,
+                &self.nft_cleanup_failures,
                 &self.drift,
                 &self.conntrack_deleted,
             ] {
@@ -584,6 +717,53 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn nftables_mode_exports_its_own_failure_counters_and_no_iptables_ones() {
+        let metrics = Metrics::for_mode(ProxyMode::Nftables).expect("metrics");
+        metrics.start_families(&[IpFamily::V4]);
+        let sync = NftFinishedSync {
+            kind: SyncKind::Full,
+            seconds: 0.004,
+            counts: NftCounts {
+                no_local_external: 2,
+                service_ports: 3,
+                ..NftCounts::default()
+            },
+            batch_bytes: 2048,
+            applied: true,
+            cleanup_failed: false,
+            now_unix: 1_700_000_000.0,
+        };
+        metrics.nft_sync_done(IpFamily::V4, &sync);
+        let failed = NftFinishedSync {
+            kind: SyncKind::Partial,
+            applied: false,
+            cleanup_failed: true,
+            ..sync
+        };
+        metrics.nft_sync_done(IpFamily::V4, &failed);
+        let text = metrics.encode();
+        for needle in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 2",
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"external\"} 2",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1700000000",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        for absent in [
+            "kubeproxy_sync_proxy_rules_iptables",
+            "kubeproxy_iptables_",
+            "chainsmith_rules",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        let iptables = Metrics::new().expect("metrics").encode();
+        assert!(!iptables.contains("_nftables_"), "{iptables}");
     }
 
     #[test]

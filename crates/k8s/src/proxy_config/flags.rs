@@ -7,6 +7,7 @@ use super::{
 
 /// The flags accepted (without `--`), and the configuration field each sets.
 pub const PROXY_FLAGS: &[(&str, &str)] = &[
+    ("proxy-mode", "mode"),
     ("kubeconfig", "clientConnection.kubeconfig"),
     ("hostname-override", "hostnameOverride"),
     ("bind-address", "bindAddress"),
@@ -97,6 +98,7 @@ fn set(settings: &mut ProxyFile, flag: &str, value: &str) -> Result<(), String> 
                 .get_or_insert_with(Default::default)
                 .kubeconfig = text()
         }
+        "proxy-mode" => settings.mode = text(),
         "hostname-override" => settings.hostname_override = text(),
         "bind-address" => settings.bind_address = text(),
         "healthz-bind-address" => settings.healthz_bind_address = text(),
@@ -268,6 +270,22 @@ mod tests {
         let text = err.to_string();
         assert!(
             text.contains("proxy.yaml") && text.contains("iptables.masqueradeBit"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_proxy_mode_flag_overrides_the_file() {
+        let file = format!("{FILE}mode: iptables\nnftables:\n  syncPeriod: 5s\n  masqueradeBit: 3\n");
+        let cfg = proxy_configuration_with_flags(Some((&file, "proxy.yaml")), &[("proxy-mode", "nftables")])
+            .expect("valid");
+        assert_eq!(cfg.mode, crate::ProxyMode::Nftables);
+        assert_eq!((cfg.sync_period_ms, cfg.masquerade_bit), (5_000, 3));
+        let err = proxy_configuration_with_flags(Some((&file, "proxy.yaml")), &[("proxy-mode", "ipvs")])
+            .expect_err("ipvs");
+        let text = err.to_string();
+        assert!(
+            text.contains("--proxy-mode") && text.contains("\"ipvs\""),
             "{text}"
         );
     }
