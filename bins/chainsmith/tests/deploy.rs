@@ -120,7 +120,9 @@ fn privileged(container: &Container) -> bool {
 
 /// What every flavour's DaemonSet must be: kube-proxy's place on the node,
 /// one privileged init step, an unprivileged proxy.
-fn check_daemonset(ds: &DaemonSet, service_account: &str, config_map: &str) {
+/// `xtables_lock`: iptables mode shares the node's xtables lock; nftables
+/// mode writes over netlink and must not hold it.
+fn check_daemonset(ds: &DaemonSet, service_account: &str, config_map: &str, xtables_lock: bool) {
     let spec = &ds.spec;
     let pod = spec.template.spec.as_ref().expect("pod spec");
     assert_eq!(pod.host_network, Some(true), "the rules are the node's own");
@@ -203,8 +205,9 @@ fn check_daemonset(ds: &DaemonSet, service_account: &str, config_map: &str) {
         .into_iter()
         .map(|m| (m.mount_path, m.read_only.unwrap_or(false)))
         .collect();
-    assert!(
+    assert_eq!(
         mounts.contains(&("/run/xtables.lock".to_owned(), false)),
+        xtables_lock,
         "{mounts:?}"
     );
     assert!(mounts.contains(&("/lib/modules".to_owned(), true)), "{mounts:?}");
@@ -216,7 +219,10 @@ fn check_daemonset(ds: &DaemonSet, service_account: &str, config_map: &str) {
             .and_then(|v| v.host_path.clone())
             .map(|h| h.path)
     };
-    assert_eq!(host_path("xtables-lock").as_deref(), Some("/run/xtables.lock"));
+    assert_eq!(
+        host_path("xtables-lock").as_deref(),
+        xtables_lock.then_some("/run/xtables.lock")
+    );
     assert_eq!(host_path("lib-modules").as_deref(), Some("/lib/modules"));
     let config_volume = volumes
         .iter()
@@ -256,8 +262,9 @@ fn config_map_data(objects: &[Value], name: &str, key: &str) -> String {
 
 /// Runs the init container's command in a fresh network namespace, with the
 /// mounted file at `config_path` holding `config`: it must accept the
-/// configuration and make the node's settings.
-fn run_init_container(ds: &DaemonSet, config_path: &str, config: &str) {
+/// configuration and make the node's settings (`route_localnet` only for
+/// localhost NodePorts, which nftables mode does not have).
+fn run_init_container(ds: &DaemonSet, config_path: &str, config: &str, localhost_node_ports: bool) {
     let netns = Netns::new("deploy").expect("netns");
     // An address, so that the node has an IPv4 family to prepare.
     netns
@@ -310,7 +317,7 @@ fn run_init_container(ds: &DaemonSet, config_path: &str, config: &str) {
     };
     assert_eq!(
         sysctl("net/ipv4/conf/all/route_localnet"),
-        "1",
+        if localhost_node_ports { "1" } else { "0" },
         "localhost NodePorts"
     );
     assert_eq!(
@@ -340,7 +347,7 @@ fn base_objects_are_valid_and_least_privileged() {
     );
     let ds: DaemonSet = object(&objects, "DaemonSet", "chainsmith");
     assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
-    check_daemonset(&ds, "chainsmith", "chainsmith");
+    check_daemonset(&ds, "chainsmith", "chainsmith", true);
 
     let binding: ClusterRoleBinding = object(&objects, "ClusterRoleBinding", "chainsmith");
     assert_eq!(binding.role_ref.name, "chainsmith");
@@ -381,7 +388,7 @@ fn the_replace_kube_proxy_overlay_keeps_kube_proxys_label_and_config() {
         "kubeadm's kube-proxy ConfigMap is used, not a second one"
     );
     let ds: DaemonSet = object(&objects, "DaemonSet", "chainsmith");
-    check_daemonset(&ds, "chainsmith", "kube-proxy");
+    check_daemonset(&ds, "chainsmith", "kube-proxy", true);
     let spec = &ds.spec;
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
     assert_eq!(selector.get("k8s-app").map(String::as_str), Some("kube-proxy"));
@@ -403,7 +410,7 @@ fn the_init_container_accepts_the_base_configuration() {
     let objects = render("deploy/base");
     let ds: DaemonSet = object(&objects, "DaemonSet", "chainsmith");
     let config = config_map_data(&objects, "chainsmith", "config.conf");
-    run_init_container(&ds, "/etc/chainsmith/config.conf", &config);
+    run_init_container(&ds, "/etc/chainsmith/config.conf", &config, true);
 }
 
 #[test]
@@ -419,5 +426,18 @@ fn the_init_container_accepts_kubeadms_kube_proxy_configuration() {
             .expect("fixture");
     let kubeadm: ConfigMap = serde_saphyr::from_str(&text).expect("the fixture is a ConfigMap");
     let config = kubeadm.data.expect("data")["config.conf"].clone();
-    run_init_container(&ds, "/var/lib/kube-proxy/config.conf", &config);
+    run_init_container(&ds, "/var/lib/kube-proxy/config.conf", &config, true);
+}
+
+#[test]
+fn the_nftables_overlay_runs_kube_proxys_nftables_mode_without_the_xtables_lock() {
+    let objects = render("deploy/overlays/nftables");
+    every_object_is_typed(&objects);
+    let ds: DaemonSet = object(&objects, "DaemonSet", "chainsmith");
+    check_daemonset(&ds, "chainsmith", "chainsmith", false);
+    let config = config_map_data(&objects, "chainsmith", "config.conf");
+    assert!(config.contains("\nmode: nftables\n"), "{config}");
+    if kernel_tests_enabled("the_nftables_overlay_runs_kube_proxys_nftables_mode_without_the_xtables_lock") {
+        run_init_container(&ds, "/etc/chainsmith/config.conf", &config, false);
+    }
 }

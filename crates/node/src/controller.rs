@@ -15,7 +15,7 @@ use chainsmith_model::{
     Diagnostic, EndpointSlice, InterfaceAddress, IpFamily, NodeConfig, NodeObject, ObjectKey, Service,
 };
 use chainsmith_naming::ChainName;
-use chainsmith_nft_netlink::NetlinkApplier;
+use chainsmith_nft_netlink::{FIRST_SYNC_PIECE_OPS, NetlinkApplier, NetlinkError};
 use chainsmith_nftables::{DriftKind as NftDriftKind, Family, TABLE_NAME, Table, Transaction, read_listing};
 use chainsmith_planner::ServicePortPlan;
 use chainsmith_sync::{NftSyncEngine, SyncEngine, SyncKind};
@@ -188,6 +188,26 @@ impl FamilyProxier {
 
 impl NftRules {
     /// Applies a transaction the kernel took to the model too.
+    /// Sends a sync's main transaction; returns the bytes sent. Into a
+    /// kernel without the table (a node's first start), a large first sync
+    /// goes in leaves-first pieces: nothing can reach a Service before its
+    /// chains are whole, and the kernel commits small pieces far faster
+    /// than one (its commit grows worse than linearly).
+    fn send_main(&mut self, main: &Transaction) -> Result<usize, NetlinkError> {
+        let into_empty = self.model.as_ref().is_some_and(|table| !table.exists());
+        if !into_empty {
+            let report = self.netlink.apply(main)?;
+            self.follow(main);
+            return Ok(report.bytes);
+        }
+        let mut bytes = 0;
+        for piece in main.split_leaves_first(FIRST_SYNC_PIECE_OPS) {
+            bytes += self.netlink.apply(&piece)?.bytes;
+            self.follow(&piece);
+        }
+        Ok(bytes)
+    }
+
     fn follow(&mut self, transaction: &Transaction) {
         if let Some(model) = &mut self.model
             && let Err(error) = model.apply_in_place(transaction)
@@ -516,11 +536,8 @@ impl SyncLoop {
         let result = if outcome.main.is_empty() {
             Ok(0)
         } else {
-            proxier.netlink.apply(&outcome.main).map(|report| report.bytes)
+            proxier.send_main(&outcome.main)
         };
-        if result.is_ok() {
-            proxier.follow(&outcome.main);
-        }
         proxier.engine.commit(cleanup_applied, result.is_ok());
         if let Ok(main_bytes) = result {
             bytes += main_bytes;
