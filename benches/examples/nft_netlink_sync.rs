@@ -6,23 +6,22 @@
 //! loaded table, through `nft -f` (which lists the whole table into its
 //! cache first) and through netlink (which does not). Needs root.
 //!
-//! `cargo run --release -p chainsmith-benches --example nft_netlink_sync -- 10000 10 [--no-nft]`
-//! (`--no-nft` skips the one-`nft -f` first sync, 87 s at 10k x 10 here).
+//! `cargo run --release -p chainsmith-benches --example nft_netlink_sync -- 10000 10 [OPS] [--no-nft]`
+//! (OPS: operations per netlink transaction of the first sync, default the
+//! applier's `FIRST_SYNC_PIECE_OPS`; `--no-nft` skips the one-`nft -f` first
+//! sync, minutes at 10k x 10).
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
 use chainsmith_benches::{cluster, node, toggle_endpoint};
-use chainsmith_nft_netlink::NetlinkApplier;
+use chainsmith_nft_netlink::{FIRST_SYNC_PIECE_OPS, NetlinkApplier};
 use chainsmith_nftables::Transaction;
 use chainsmith_sync::NftSyncEngine;
 use chainsmith_testkit::{Netns, nft_apply};
 
 type Error = Box<dyn std::error::Error>;
-
-/// Services' worth of operations per netlink transaction of a first sync.
-const SERVICES_PER_PIECE: usize = 500;
 
 fn netlink(netns: &Netns) -> Result<NetlinkApplier, Error> {
     Ok(NetlinkApplier::in_netns(
@@ -52,7 +51,7 @@ fn main() -> Result<(), Error> {
     engine.replace_state(&input.services, &input.slices);
     let first = engine.sync(0, false).main;
     engine.commit(true, true);
-    let per_service = first.len().div_ceil(services.max(1));
+    let piece_ops = numbers.get(2).copied().unwrap_or(FIRST_SYNC_PIECE_OPS);
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -73,14 +72,14 @@ fn main() -> Result<(), Error> {
         None
     };
     let split = Instant::now();
-    let pieces = first.split_leaves_first(SERVICES_PER_PIECE * per_service);
+    let pieces = first.split_leaves_first(piece_ops);
     let split_ms = split.elapsed().as_secs_f64() * 1e3;
     let loaded = Netns::new("nftnetlink")?;
     let mut applier = netlink(&loaded)?;
     let seconds = send_netlink(&mut applier, &pieces)?;
     writeln!(
         out,
-        "first sync, netlink, {} transactions of {SERVICES_PER_PIECE} Services: {seconds:.2} s (split in {split_ms:.0} ms)",
+        "first sync, netlink, {} transactions of at most {piece_ops} operations: {seconds:.2} s (split in {split_ms:.0} ms)",
         pieces.len()
     )?;
 
