@@ -437,6 +437,18 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// The duration histograms both modes share; returns the kind's label.
+    fn observe_duration(&self, f: &str, kind: SyncKind, seconds: f64) -> &'static str {
+        self.sync_duration.with_label_values(&[f]).observe(seconds);
+        let (histogram, label) = match kind {
+            SyncKind::Full => (&self.sync_full_duration, "full"),
+            SyncKind::Partial => (&self.sync_partial_duration, "partial"),
+        };
+        histogram.with_label_values(&[f]).observe(seconds);
+        self.sync_seconds.with_label_values(&[f, label]).observe(seconds);
+        label
+    }
+
     /// Records one finished sync.
     pub fn sync_done(&self, family: IpFamily, sync: &FinishedSync) {
         let FinishedSync {
@@ -448,21 +460,7 @@ impl Metrics {
             now_unix,
         } = *sync;
         let f = family.as_str();
-        let kind_label = match kind {
-            SyncKind::Full => "full",
-            SyncKind::Partial => "partial",
-        };
-        self.sync_duration.with_label_values(&[f]).observe(seconds);
-        match kind {
-            SyncKind::Full => self.sync_full_duration.with_label_values(&[f]).observe(seconds),
-            SyncKind::Partial => self
-                .sync_partial_duration
-                .with_label_values(&[f])
-                .observe(seconds),
-        }
-        self.sync_seconds
-            .with_label_values(&[f, kind_label])
-            .observe(seconds);
+        let kind_label = self.observe_duration(f, kind, seconds);
         self.payload_bytes
             .with_label_values(&[f, kind_label])
             .observe(payload_bytes as f64);
@@ -512,21 +510,7 @@ impl Metrics {
             now_unix,
         } = *sync;
         let f = family.as_str();
-        let kind_label = match kind {
-            SyncKind::Full => "full",
-            SyncKind::Partial => "partial",
-        };
-        self.sync_duration.with_label_values(&[f]).observe(seconds);
-        match kind {
-            SyncKind::Full => self.sync_full_duration.with_label_values(&[f]).observe(seconds),
-            SyncKind::Partial => self
-                .sync_partial_duration
-                .with_label_values(&[f])
-                .observe(seconds),
-        }
-        self.sync_seconds
-            .with_label_values(&[f, kind_label])
-            .observe(seconds);
+        let kind_label = self.observe_duration(f, kind, seconds);
         if cleanup_failed {
             self.nft_cleanup_failures.with_label_values(&[f]).inc();
         }
