@@ -142,6 +142,20 @@ impl NetlinkApplier {
         })
     }
 
+    /// Bounds the wait for the kernel's answer to a batch (60 s unless set):
+    /// a hung transaction becomes an error instead of a hung sync, as
+    /// `--command-timeout` bounds an `nft` or `iptables-restore` process.
+    pub fn with_timeout(self, timeout: std::time::Duration) -> Result<NetlinkApplier, NetlinkError> {
+        let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX).max(1);
+        setsockopt(
+            &self.socket.as_fd(),
+            sockopt::ReceiveTimeout,
+            &TimeVal::new(micros / 1_000_000, micros % 1_000_000),
+        )
+        .map_err(|e| io("set a receive timeout")(e.into()))?;
+        Ok(self)
+    }
+
     /// Sends the transaction as one nfnetlink batch (all or nothing, as `nft
     /// -f`); on a kernel refusal returns an error naming the failing op (its
     /// index and its `nft -f` line) and the errno text. An op this crate

@@ -327,7 +327,8 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
                 Err(error) => tracing::warn!(%error, "could not remove iptables-mode leftovers"),
             }
             for family in address_families(node.as_ref(), &interfaces) {
-                let netlink = match NetlinkApplier::new() {
+                let opened = NetlinkApplier::new().and_then(|n| n.with_timeout(settings.command_timeout));
+                let netlink = match opened {
                     Ok(netlink) => netlink,
                     Err(error) => {
                         tracing::warn!(family = family.as_str(), %error, "no nf_tables netlink socket; family not proxied");
