@@ -7,9 +7,10 @@
 //! the final state. Exits non-zero if a sync failed or the tables differ.
 //! Needs root and a release build of the binary.
 //!
-//! `cargo build --release -p chainsmith && cargo run --release -p chainsmith-benches --example soak -- 10000 10 10 50 [1s]`
+//! `cargo build --release -p chainsmith && cargo run --release -p chainsmith-benches --example soak -- 10000 10 10 50 [1s] [--nftables]`
 //! (services, endpoints per service, minutes, endpoint changes per second,
-//! and optionally `iptables.minSyncPeriod`)
+//! optionally `minSyncPeriod`, and `--nftables` for kube-proxy's nftables
+//! mode instead of iptables mode)
 
 mod node_harness;
 
@@ -61,7 +62,9 @@ fn counter(metrics: &str, name: &str) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut raw: Vec<String> = std::env::args().skip(1).collect();
+    let nftables = raw.iter().any(|a| a == "--nftables");
+    raw.retain(|a| a != "--nftables");
     let args: Vec<usize> = raw.iter().take(4).filter_map(|a| a.parse().ok()).collect();
     let min_sync_period = raw.get(4).cloned();
     let (services, endpoints, minutes, rate) = (
@@ -72,9 +75,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut out = std::io::stdout().lock();
     let mut node = NodeUnderTest::new(services, endpoints, "soak")?;
+    node.nftables = nftables;
+    writeln!(out, "mode: {}", if nftables { "nftables" } else { "iptables" })?;
     if let Some(period) = &min_sync_period {
         node.set_min_sync_period(period)?;
-        writeln!(out, "iptables.minSyncPeriod: {period}")?;
+        writeln!(out, "minSyncPeriod: {period}")?;
     }
     let pid = node.start_proxy()?;
     let Some(first) = node.answered_by("pod-a", pid, Duration::from_secs(900)) else {
@@ -146,19 +151,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Let the last changes reach the kernel.
     std::thread::sleep(Duration::from_secs(5));
     let metrics = node.metrics();
-    let failures = counter(
-        &metrics,
-        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-    );
-    let partial_failures = counter(
-        &metrics,
-        "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
-    );
+    let (failure_metric, partial_failure_metric) = if nftables {
+        (
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+        )
+    } else {
+        (
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+        )
+    };
+    let failures = counter(&metrics, failure_metric);
+    let partial_failures = counter(&metrics, partial_failure_metric);
     let syncs = counter(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_count");
     let programming = "chainsmith_network_programming_duration_seconds";
     writeln!(
         out,
-        "{changes} endpoint changes in {elapsed:.0} s ({:.1}/s); {syncs} syncs, {failures} failed restores, {partial_failures} failed partial restores",
+        "{changes} endpoint changes in {elapsed:.0} s ({:.1}/s); {syncs} syncs, {failures} failed syncs ({failure_metric}), {partial_failures} by {partial_failure_metric}",
         changes as f64 / elapsed
     )?;
     writeln!(

@@ -110,6 +110,8 @@ pub type Tables = Vec<(String, Vec<String>)>;
 
 /// The node, its pods, the API server and (once started) the proxy.
 pub struct NodeUnderTest {
+    /// kube-proxy's nftables mode (`--proxy-mode nftables`) instead of iptables.
+    pub nftables: bool,
     pub topology: Topology,
     pub api: FakeApiServer,
     pub pods: [IpAddr; 2],
@@ -158,6 +160,7 @@ impl NodeUnderTest {
         )?;
         let binary = std::env::var("CHAINSMITH_BIN").unwrap_or_else(|_| "target/release/chainsmith".into());
         Ok(NodeUnderTest {
+            nftables: false,
             topology,
             api,
             pods,
@@ -168,11 +171,14 @@ impl NodeUnderTest {
         })
     }
 
-    /// Sets `iptables.minSyncPeriod` (e.g. `"250ms"`) for the next start.
+    /// Sets `minSyncPeriod` (e.g. `"250ms"`) of both modes for the next start.
     pub fn set_min_sync_period(&self, period: &str) -> std::io::Result<()> {
         let path = self.dir.join("proxy.yaml");
         let config = std::fs::read_to_string(&path)?;
-        std::fs::write(path, format!("{config}iptables:\n  minSyncPeriod: {period}\n"))
+        std::fs::write(
+            path,
+            format!("{config}iptables:\n  minSyncPeriod: {period}\nnftables:\n  minSyncPeriod: {period}\n"),
+        )
     }
 
     /// The `duration_ms` of every logged sync of `kind` (`full`, `partial`).
@@ -193,8 +199,10 @@ impl NodeUnderTest {
             .collect()
     }
 
-    /// Starts `chainsmith run` (nf_tables), its log appended to `chainsmith.log`.
+    /// Starts `chainsmith run` (iptables mode on the nf_tables backend, or
+    /// nftables mode), its log appended to `chainsmith.log`.
     pub fn start_proxy(&mut self) -> Result<u32, Box<dyn std::error::Error>> {
+        let mode = if self.nftables { "nftables" } else { "iptables" };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -208,6 +216,8 @@ impl NodeUnderTest {
                 "run",
                 "--iptables-backend",
                 "nft",
+                "--proxy-mode",
+                mode,
             ])
             .arg(format!("--config={}", self.dir.join("proxy.yaml").display()))
             .arg(format!("--kubeconfig={}", self.dir.join("kubeconfig").display()))
@@ -281,9 +291,15 @@ impl NodeUnderTest {
             .unwrap_or_default()
     }
 
-    /// The node's nat and filter tables, one `(chain, rules)` per chain, sorted
-    /// by chain: what `iptables-save` shows, without its volatile lines.
+    /// The node's rules, one `(object, lines)` per chain (or set), sorted:
+    /// iptables mode's nat and filter tables as `iptables-save` shows them,
+    /// without its volatile lines; nftables mode's `kube-proxy` table as the
+    /// kernel lists it, in one spelling, without element comments (like
+    /// upstream, a sync never rewrites an element whose value is unchanged).
     pub fn tables(&self) -> Result<Tables, Box<dyn std::error::Error>> {
+        if self.nftables {
+            return self.nft_table();
+        }
         let mut chains: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for table in ["filter", "nat"] {
             let dump = self.topology.node.run("iptables-nft-save", &["-t", table])?;
@@ -301,6 +317,35 @@ impl NodeUnderTest {
             }
         }
         Ok(chains.into_iter().collect())
+    }
+}
+
+impl NodeUnderTest {
+    fn nft_table(&self) -> Result<Tables, Box<dyn std::error::Error>> {
+        use chainsmith_nftables::{Family, Op, read_listing};
+        let text = self
+            .topology
+            .node
+            .run("nft", &["list", "table", "ip", "kube-proxy"])?;
+        let listing = read_listing(&text)?;
+        let table = listing.table(Family::Ip).ok_or("no table ip kube-proxy")?;
+        let mut objects: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for op in table.canonical().to_ops() {
+            let (object, op) = match op {
+                Op::AddElement { set, mut element } => {
+                    element.comment = None;
+                    (format!("set {set}"), Op::AddElement { set, element })
+                }
+                Op::AddRule { ref chain, .. } => (format!("chain {chain}"), op),
+                Op::AddChain(ref spec) => (format!("chain {}", spec.name), op),
+                Op::AddSet(ref spec) => (format!("set {}", spec.name), op),
+                op => (String::from("table"), op),
+            };
+            let mut line = String::new();
+            op.write(Family::Ip, &mut line);
+            objects.entry(object).or_default().push(line);
+        }
+        Ok(objects.into_iter().collect())
     }
 }
 
