@@ -206,7 +206,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // The kernel after minutes of partial syncs, against a fresh proxy's
-    // first full sync of the same final state.
+    // first full sync of the same final state. In nftables mode the last
+    // syncs' stale chains are flushed and wait for a sync more than a
+    // second later to be deleted: the periodic one (syncPeriod, 30 s).
+    if nftables {
+        std::thread::sleep(Duration::from_secs(31));
+    }
     let incremental = node.tables()?;
     node.stop_proxy();
     let log_before = node.log().len();
