@@ -208,9 +208,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The kernel after minutes of partial syncs, against a fresh proxy's
     // first full sync of the same final state. In nftables mode the last
     // syncs' stale chains are flushed and wait for a sync more than a
-    // second later to be deleted: the periodic one (syncPeriod, 30 s).
+    // second later to be deleted: the periodic one (syncPeriod, 30 s), which
+    // comes however long the last syncs took.
     if nftables {
-        std::thread::sleep(Duration::from_secs(31));
+        let synced = |log: &str| log.lines().filter(|line| line.contains(" synced ")).count();
+        let before = synced(&node.log());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while synced(&node.log()) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // That sync's transaction, committed.
+        std::thread::sleep(Duration::from_secs(5));
     }
     let incremental = node.tables()?;
     node.stop_proxy();
