@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_iptables::RuleSet;
-use chainsmith_nft_netlink::{ApplyReport, FIRST_SYNC_PIECE_OPS, NetlinkApplier};
+use chainsmith_nft_netlink::{ApplyReport, NetlinkApplier};
 use chainsmith_nftables::{Table, Transaction, read_transaction};
 use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
@@ -273,8 +273,7 @@ impl NamespaceApplier {
     /// Applies one sync (its cleanup transaction first) and returns
     /// NN.apply.json: the kind, the seconds the kernel took, the
     /// transactions and bytes sent. A first sync into a namespace without
-    /// the table goes in pieces, leaves first: nothing there yet can see a
-    /// half-written Service, and the kernel commits small pieces much faster.
+    /// the table goes in pieces ([`NetlinkApplier::apply_main`]).
     fn sync(
         &mut self,
         cleanup: Option<&Transaction>,
@@ -285,20 +284,16 @@ impl NamespaceApplier {
         let started = Instant::now();
         let mut bytes = 0;
         let mut transactions = 0;
-        let pieces = if into_empty {
-            main.split_leaves_first(FIRST_SYNC_PIECE_OPS)
-        } else {
-            Vec::new()
-        };
-        let main_pieces: Vec<&Transaction> = if into_empty {
-            pieces.iter().collect()
-        } else {
-            vec![main]
-        };
-        for transaction in cleanup.into_iter().chain(main_pieces) {
-            bytes += self.apply(transaction)?.bytes;
+        if let Some(cleanup) = cleanup {
+            bytes += self.apply(cleanup)?.bytes;
             transactions += 1;
         }
+        let (main_bytes, main_transactions) = self
+            .netlink
+            .apply_main(main, into_empty, |_| {})
+            .with_context(|| format!("network namespace {}", self.name))?;
+        bytes += main_bytes;
+        transactions += main_transactions;
         let report = serde_json::json!({
             "kind": kind,
             "apply_seconds": started.elapsed().as_secs_f64(),

@@ -142,6 +142,33 @@ impl NetlinkApplier {
         })
     }
 
+    /// Sends a sync's main transaction. Into a kernel without the table (a
+    /// node's first start), it goes in leaves-first pieces of at most
+    /// [`FIRST_SYNC_PIECE_OPS`]: nothing can reach a Service before its
+    /// chains are whole, and the kernel commits small pieces far faster
+    /// than one. `applied` is called with each transaction the kernel took,
+    /// in order (the whole one, or each piece). Returns the bytes and the
+    /// transactions sent.
+    pub fn apply_main(
+        &mut self,
+        main: &Transaction,
+        into_empty: bool,
+        mut applied: impl FnMut(&Transaction),
+    ) -> Result<(usize, usize), NetlinkError> {
+        if !into_empty {
+            let report = self.apply(main)?;
+            applied(main);
+            return Ok((report.bytes, 1));
+        }
+        let (mut bytes, mut transactions) = (0, 0);
+        for piece in main.split_leaves_first(FIRST_SYNC_PIECE_OPS) {
+            bytes += self.apply(&piece)?.bytes;
+            transactions += 1;
+            applied(&piece);
+        }
+        Ok((bytes, transactions))
+    }
+
     /// Bounds the wait for the kernel's answer to a batch (60 s unless set):
     /// a hung transaction becomes an error instead of a hung sync, as
     /// `--command-timeout` bounds an `nft` or `iptables-restore` process.

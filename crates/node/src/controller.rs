@@ -15,7 +15,7 @@ use chainsmith_model::{
     Diagnostic, EndpointSlice, InterfaceAddress, IpFamily, NodeConfig, NodeObject, ObjectKey, Service,
 };
 use chainsmith_naming::ChainName;
-use chainsmith_nft_netlink::{FIRST_SYNC_PIECE_OPS, NetlinkApplier, NetlinkError};
+use chainsmith_nft_netlink::{NetlinkApplier, NetlinkError};
 use chainsmith_nftables::{DriftKind as NftDriftKind, Family, TABLE_NAME, Table, Transaction, read_listing};
 use chainsmith_planner::ServicePortPlan;
 use chainsmith_sync::{NftSyncEngine, SyncEngine, SyncKind};
@@ -187,34 +187,29 @@ impl FamilyProxier {
 }
 
 impl NftRules {
-    /// Applies a transaction the kernel took to the model too.
-    /// Sends a sync's main transaction; returns the bytes sent. Into a
-    /// kernel without the table (a node's first start), a large first sync
-    /// goes in leaves-first pieces: nothing can reach a Service before its
-    /// chains are whole, and the kernel commits small pieces far faster
-    /// than one (its commit grows worse than linearly).
+    /// Sends a sync's main transaction (in pieces into a kernel without the
+    /// table); the model follows each transaction the kernel took.
     fn send_main(&mut self, main: &Transaction) -> Result<usize, NetlinkError> {
         let into_empty = self.model.as_ref().is_some_and(|table| !table.exists());
-        if !into_empty {
-            let report = self.netlink.apply(main)?;
-            self.follow(main);
-            return Ok(report.bytes);
-        }
-        let mut bytes = 0;
-        for piece in main.split_leaves_first(FIRST_SYNC_PIECE_OPS) {
-            bytes += self.netlink.apply(&piece)?.bytes;
-            self.follow(&piece);
-        }
+        let NftRules { netlink, model, .. } = self;
+        let (bytes, _) = netlink.apply_main(main, into_empty, |applied| follow(model, applied))?;
         Ok(bytes)
     }
 
+    /// Applies a transaction the kernel took to the model too.
     fn follow(&mut self, transaction: &Transaction) {
-        if let Some(model) = &mut self.model
-            && let Err(error) = model.apply_in_place(transaction)
-        {
-            tracing::warn!(%error, "the model of the kube-proxy table refused an applied transaction; the next check reads the kernel's");
-            self.model = None;
-        }
+        follow(&mut self.model, transaction);
+    }
+}
+
+/// Keeps the model of the applied table in step with what the kernel took;
+/// a transaction the model refuses makes it unknown.
+fn follow(model: &mut Option<Table>, transaction: &Transaction) {
+    if let Some(table) = model
+        && let Err(error) = table.apply_in_place(transaction)
+    {
+        tracing::warn!(%error, "the model of the kube-proxy table refused an applied transaction; the next check reads the kernel's");
+        *model = None;
     }
 }
 
