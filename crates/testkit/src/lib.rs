@@ -196,6 +196,37 @@ pub(crate) fn join_netns(path: &str) -> Result<(), CommandError> {
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| CommandError(format!("setns({path}): {e}")))
 }
 
+/// Makes SIGINT, SIGTERM and SIGHUP delete every namespace this process
+/// created before it exits (with 128 + the signal's number), so a measuring
+/// program stopped by hand or by a timeout leaves nothing behind. Drop does
+/// not run when a signal ends a process. Call it first thing in `main`,
+/// before any other thread starts: the signals are blocked in the calling
+/// thread, threads started later inherit that, and one thread waits for them.
+pub fn remove_own_namespaces_on_signals() -> Result<(), CommandError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| CommandError(format!("cannot block signals: {e}")))?;
+    std::thread::spawn(move || {
+        let signal = signals.wait().map_or(1, |signal| signal as i32);
+        let own = format!("-{}-", std::process::id());
+        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("cs-") && name.contains(&own) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
+        std::process::exit(128 + signal);
+    });
+    Ok(())
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace drops its tables, links and conntrack entries.
