@@ -4,9 +4,12 @@
 //! netlink applier sending the same transaction cut leaves first
 //! (`Transaction::split_leaves_first`), then one endpoint changed on the
 //! loaded table, through `nft -f` (which lists the whole table into its
-//! cache first) and through netlink (which does not). Needs root.
+//! cache first) and through netlink (which does not). With `--restart`, a
+//! restarted proxy's first full sync over the loaded table, as one
+//! transaction and cut leaves first, each into its own loaded namespace.
+//! Needs root.
 //!
-//! `cargo run --release -p chainsmith-benches --example nft_netlink_sync -- 10000 10 [OPS] [--no-nft]`
+//! `cargo run --release -p chainsmith-benches --example nft_netlink_sync -- 10000 10 [OPS] [--no-nft] [--restart]`
 //! (OPS: operations per netlink transaction of the first sync, default the
 //! applier's `FIRST_SYNC_PIECE_OPS`; `--no-nft` skips the one-`nft -f` first
 //! sync, minutes at 10k x 10).
@@ -17,9 +20,9 @@ use std::time::Instant;
 
 use chainsmith_benches::{cluster, node, toggle_endpoint};
 use chainsmith_nft_netlink::{FIRST_SYNC_PIECE_OPS, NetlinkApplier};
-use chainsmith_nftables::Transaction;
+use chainsmith_nftables::{Family, Transaction, drift};
 use chainsmith_sync::NftSyncEngine;
-use chainsmith_testkit::{Netns, nft_apply};
+use chainsmith_testkit::{Netns, nft_apply, nft_list_table};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -41,7 +44,9 @@ fn send_netlink(applier: &mut NetlinkApplier, pieces: &[Transaction]) -> Result<
 fn main() -> Result<(), Error> {
     let words: Vec<String> = std::env::args().skip(1).collect();
     let numbers: Vec<usize> = words.iter().filter_map(|a| a.parse().ok()).collect();
+    chainsmith_testkit::remove_own_namespaces_on_signals()?;
     let with_nft = !words.iter().any(|w| w == "--no-nft");
+    let with_restart = words.iter().any(|w| w == "--restart");
     let (services, endpoints) = (
         numbers.first().copied().unwrap_or(2_500),
         numbers.get(1).copied().unwrap_or(10),
@@ -104,6 +109,58 @@ fn main() -> Result<(), Error> {
             "one endpoint changed, nft -f (kube-proxy): {:.2} ms",
             start.elapsed().as_secs_f64() * 1e3
         )?;
+    }
+    if with_restart {
+        restart(&mut out, &loaded, &pieces, &change, &input, piece_ops)?;
+    }
+    Ok(())
+}
+
+/// A restarted proxy's first full sync over the loaded table (`loaded`,
+/// which took `first` then `change`), one transaction there, and cut leaves
+/// first into a second namespace loaded the same way; both must end equal.
+fn restart(
+    out: &mut impl Write,
+    loaded: &Netns,
+    first: &[Transaction],
+    change: &Transaction,
+    input: &chainsmith_benches::Cluster,
+    piece_ops: usize,
+) -> Result<(), Error> {
+    let existing = nft_list_table(loaded, Family::Ip)?;
+    let mut restarted = NftSyncEngine::new(node());
+    restarted.set_existing(&existing);
+    restarted.replace_state(&input.services, &input.slices);
+    let full = restarted.sync(2_000, false).main;
+    let pieces = full.split_leaves_first(piece_ops);
+    let mut model = existing.clone();
+    for piece in &pieces {
+        model.apply_in_place(piece)?;
+    }
+    let mut whole = existing;
+    whole.apply_in_place(&full)?;
+    if !drift(&whole, &model).is_empty() {
+        return Err("the pieces leave another table than the whole transaction".into());
+    }
+    let second = Netns::new("nftrestart")?;
+    let mut second_applier = netlink(&second)?;
+    send_netlink(&mut second_applier, first)?;
+    send_netlink(&mut second_applier, std::slice::from_ref(change))?;
+    let split_seconds = send_netlink(&mut second_applier, &pieces)?;
+    let whole_seconds = send_netlink(&mut netlink(loaded)?, std::slice::from_ref(&full))?;
+    writeln!(
+        out,
+        "restart, first full sync over the loaded table ({} operations): one transaction {whole_seconds:.2} s, \
+         {} transactions leaves first {split_seconds:.2} s",
+        full.len(),
+        pieces.len()
+    )?;
+    let (a, b) = (
+        nft_list_table(loaded, Family::Ip)?,
+        nft_list_table(&second, Family::Ip)?,
+    );
+    if !drift(&a, &b).is_empty() {
+        return Err("the kernel's tables differ after the restart".into());
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use node_harness::{NodeUnderTest, p50_p99_max, resident_kib, slice};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    chainsmith_testkit::remove_own_namespaces_on_signals()?;
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let (services, endpoints, rounds) = (
         args.first().copied().unwrap_or(1000),

@@ -62,6 +62,7 @@ fn counter(metrics: &str, name: &str) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    chainsmith_testkit::remove_own_namespaces_on_signals()?;
     let mut raw: Vec<String> = std::env::args().skip(1).collect();
     let nftables = raw.iter().any(|a| a == "--nftables");
     raw.retain(|a| a != "--nftables");

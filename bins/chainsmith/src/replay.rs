@@ -290,7 +290,7 @@ impl NamespaceApplier {
         }
         let (main_bytes, main_transactions) = self
             .netlink
-            .apply_main(main, into_empty, |_| {})
+            .apply_main(main, into_empty)
             .with_context(|| format!("network namespace {}", self.name))?;
         bytes += main_bytes;
         transactions += main_transactions;

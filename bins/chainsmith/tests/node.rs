@@ -1202,7 +1202,7 @@ fn api_errors_garbage_and_oversized_objects() {
 
 /// nftables mode end to end: `--proxy-mode nftables` over a file that says
 /// iptables; the table follows churn, carries kube-proxy's nftables metric
-/// names, is rebuilt after someone deletes it, stays on SIGTERM and goes with
+/// names, is rebuilt after someone deletes or edits it, stays on SIGTERM and goes with
 /// `--cleanup`; iptables-mode leftovers go at start.
 #[test]
 fn nftables_mode_follows_churn_and_repairs_the_table() {
@@ -1313,6 +1313,29 @@ fn nftables_mode_follows_churn_and_repairs_the_table() {
         "{}",
         node.metrics()
     );
+
+    // Someone empties the Service's chain: an edit, not a deletion, noticed
+    // by the same check (someone else committed) and repaired.
+    let drifts = node.log().matches("drifted").count();
+    let listing = node.nft_table("ip").expect("table");
+    let service_chain = listing
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("chain "))
+        .map(|rest| rest.trim_end_matches(" {").trim_matches('"'))
+        .find(|name| name.starts_with("service-") && name.contains("shop/web/tcp/p"))
+        .expect("web's service chain")
+        .to_owned();
+    nft(&["flush", "chain", "ip", "kube-proxy", &service_chain]);
+    node.wait_for("the edit repaired", CONVERGE, || {
+        node.log().matches("drifted").count() > drifts
+            && node
+                .nft_table("ip")
+                .unwrap_or_default()
+                .split(&format!("chain {service_chain} {{"))
+                .nth(1)
+                .is_some_and(|rest| rest.split('}').next().unwrap_or_default().contains("goto"))
+    });
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-c"]);
 
     // SIGTERM: the table stays and keeps answering.
     let status = node.terminate();

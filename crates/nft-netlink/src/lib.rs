@@ -32,7 +32,9 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
-use crate::uapi::{NFT_MSG_GETGEN, NLM_F_ACK, NLMSG_ERROR};
+use crate::uapi::{
+    NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, NFT_MSG_NEWGEN, NFTA_GEN_ID, NLM_F_ACK, NLMSG_ERROR,
+};
 use crate::wire::{Batch, NLMSG_HDRLEN};
 
 /// At most this many ops in one transaction of a first full sync into a
@@ -96,6 +98,10 @@ pub struct NetlinkApplier {
     socket: Socket,
     seq: u32,
     sndbuf: usize,
+    /// The ruleset generation [`NetlinkApplier::others_committed`] last
+    /// read, and the transactions this socket committed since; `None`
+    /// before the first read, or after an apply whose outcome is unknown.
+    watch: Option<(u32, u32)>,
 }
 
 fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> NetlinkError {
@@ -119,6 +125,7 @@ impl NetlinkApplier {
             socket,
             seq: u32::try_from(seed & 0x3fff_ffff).unwrap_or(1),
             sndbuf: 0,
+            watch: None,
         })
     }
 
@@ -146,25 +153,20 @@ impl NetlinkApplier {
     /// node's first start), it goes in leaves-first pieces of at most
     /// [`FIRST_SYNC_PIECE_OPS`]: nothing can reach a Service before its
     /// chains are whole, and the kernel commits small pieces far faster
-    /// than one. `applied` is called with each transaction the kernel took,
-    /// in order (the whole one, or each piece). Returns the bytes and the
-    /// transactions sent.
+    /// than one. Returns the bytes and the transactions sent; a refused
+    /// piece stops there, leaving the pieces before it applied.
     pub fn apply_main(
         &mut self,
         main: &Transaction,
         into_empty: bool,
-        mut applied: impl FnMut(&Transaction),
     ) -> Result<(usize, usize), NetlinkError> {
         if !into_empty {
-            let report = self.apply(main)?;
-            applied(main);
-            return Ok((report.bytes, 1));
+            return Ok((self.apply(main)?.bytes, 1));
         }
         let (mut bytes, mut transactions) = (0, 0);
         for piece in main.split_leaves_first(FIRST_SYNC_PIECE_OPS) {
             bytes += self.apply(&piece)?.bytes;
             transactions += 1;
-            applied(&piece);
         }
         Ok((bytes, transactions))
     }
@@ -183,11 +185,79 @@ impl NetlinkApplier {
         Ok(self)
     }
 
+    /// The namespace's nf_tables ruleset generation (`nft list ruleset`'s
+    /// "generation"): every committed transaction raises it by one, whoever
+    /// sent it and whichever table it changed.
+    pub fn generation(&mut self) -> Result<u32, NetlinkError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut request = Batch::default();
+        request.begin_nft(NFT_MSG_GETGEN, 0, seq, 0);
+        request.end();
+        self.socket
+            .send(&request.buf, 0)
+            .map_err(io("send the generation request"))?;
+        let newgen = (NFNL_SUBSYS_NFTABLES << 8) | u16::from(NFT_MSG_NEWGEN);
+        loop {
+            let mut buf = Vec::with_capacity(1 << 16);
+            self.socket.recv(&mut buf, 0).map_err(io("receive"))?;
+            let mut rest = buf.as_slice();
+            while rest.len() >= NLMSG_HDRLEN {
+                let len = u32_at(rest, 0) as usize;
+                if len < NLMSG_HDRLEN || len > rest.len() {
+                    return Err(NetlinkError::Reply(format!("message of length {len}")));
+                }
+                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                // Answers to an earlier request that failed half-read are skipped.
+                if u32_at(rest, 8) == seq {
+                    if kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
+                        let errno = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
+                        return Err(NetlinkError::Reply(errno_text(errno)));
+                    }
+                    if kind == newgen {
+                        return generation_id(&rest[..len])
+                            .ok_or_else(|| NetlinkError::Reply("a generation without its id".to_string()));
+                    }
+                }
+                rest = rest.get((len + 3) & !3..).unwrap_or_default();
+            }
+        }
+    }
+
+    /// Whether anyone but this socket committed an nf_tables transaction in
+    /// the namespace since the previous call (true on the first call, and
+    /// after an apply whose outcome is unknown); from now on it watches
+    /// again. One netlink round trip: a caller that knows what it wrote
+    /// needs to read the table back only when this says so.
+    pub fn others_committed(&mut self) -> Result<bool, NetlinkError> {
+        let now = self.generation()?;
+        let others = self.watch.is_none_or(|(seen, own)| now.wrapping_sub(seen) != own);
+        self.watch = Some((now, 0));
+        Ok(others)
+    }
+
     /// Sends the transaction as one nfnetlink batch (all or nothing, as `nft
     /// -f`); on a kernel refusal returns an error naming the failing op (its
     /// index and its `nft -f` line) and the errno text. An op this crate
     /// cannot encode is an error before anything is sent.
     pub fn apply(&mut self, transaction: &Transaction) -> Result<ApplyReport, NetlinkError> {
+        let result = self.send_batch(transaction);
+        match &result {
+            Ok(_) => {
+                if let Some((_, own)) = &mut self.watch {
+                    *own += 1;
+                }
+            }
+            // Refused or never sent: the kernel committed nothing.
+            Err(NetlinkError::Refused { .. } | NetlinkError::Batch(_) | NetlinkError::Unsupported { .. }) => {
+            }
+            // The batch may or may not have been committed.
+            Err(NetlinkError::Socket { .. } | NetlinkError::Reply(_)) => self.watch = None,
+        }
+        result
+    }
+
+    fn send_batch(&mut self, transaction: &Transaction) -> Result<ApplyReport, NetlinkError> {
         let encoded = encode::encode(transaction, self.seq)?;
         self.seq = encoded.last_seq.wrapping_add(2);
         let bytes = encoded.batch.buf.len();
@@ -262,6 +332,24 @@ impl NetlinkApplier {
             }
         }
     }
+}
+
+/// `NFTA_GEN_ID` of a `NFT_MSG_NEWGEN` message (big-endian, after the
+/// netlink and nfgenmsg headers).
+fn generation_id(message: &[u8]) -> Option<u32> {
+    let mut attrs = message.get(NLMSG_HDRLEN + 4..)?;
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == NFTA_GEN_ID && len == 8 {
+            return Some(u32::from_be_bytes([attrs[4], attrs[5], attrs[6], attrs[7]]));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    None
 }
 
 fn u32_at(buf: &[u8], at: usize) -> u32 {

@@ -27,7 +27,10 @@ pub const NFT_MSG_NEWSET: u8 = 9;
 pub const NFT_MSG_DELSET: u8 = 11;
 pub const NFT_MSG_NEWSETELEM: u8 = 12;
 pub const NFT_MSG_DELSETELEM: u8 = 14;
+pub const NFT_MSG_NEWGEN: u8 = 15;
 pub const NFT_MSG_GETGEN: u8 = 16;
+
+pub const NFTA_GEN_ID: u16 = 1;
 
 pub const NFTA_TABLE_NAME: u16 = 1;
 pub const NFTA_TABLE_FLAGS: u16 = 2;

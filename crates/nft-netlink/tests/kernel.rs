@@ -1,7 +1,8 @@
 //! The netlink applier against `nft -f` in real kernels: every nftables
 //! snapshot transaction (syncs of a replay in turn) applied both ways in two
 //! fresh network namespaces must leave the same `nft list table`; a refused
-//! transaction changes nothing and names its op; incremental ops work.
+//! transaction changes nothing and names its op; incremental ops work; the
+//! ruleset generation tells commits by others from its own.
 
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
@@ -286,4 +287,68 @@ delete element ip kube-proxy cluster-ips { 10.96.255.254 }
         );
     }
     assert_eq!(listing(&a, Family::Ip), listing(&b, Family::Ip));
+}
+
+#[test]
+fn commits_by_others_are_noticed_and_its_own_are_not() {
+    if !kernel_tests_enabled("commits_by_others_are_noticed_and_its_own_are_not") {
+        return;
+    }
+    let netns = Netns::new("nlgen").unwrap();
+    let mut applier = NetlinkApplier::in_netns(std::path::Path::new(&netns.path())).unwrap();
+    assert!(
+        applier.others_committed().unwrap(),
+        "nothing was watched before the first call"
+    );
+    assert!(
+        !applier.others_committed().unwrap(),
+        "nothing happened in between"
+    );
+
+    let before = applier.generation().unwrap();
+    applier.apply(&tx(BASE)).unwrap();
+    applier
+        .apply(&tx("add element ip kube-proxy cluster-ips { 10.96.0.3 }\n"))
+        .unwrap();
+    assert_eq!(
+        applier.generation().unwrap(),
+        before.wrapping_add(2),
+        "one per commit"
+    );
+    let refused = applier.apply(&tx("add rule ip kube-proxy services jump nowhere\n"));
+    assert!(
+        matches!(refused, Err(NetlinkError::Refused { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        !applier.others_committed().unwrap(),
+        "its own two commits and a refusal"
+    );
+
+    // Another table, another program: still a commit in this namespace.
+    netns.run("nft", &["add", "table", "ip", "someone-else"]).unwrap();
+    assert!(applier.others_committed().unwrap());
+    assert!(!applier.others_committed().unwrap());
+
+    // Someone else's commit between two of its own.
+    applier
+        .apply(&tx("add element ip kube-proxy cluster-ips { 10.96.0.4 }\n"))
+        .unwrap();
+    netns
+        .run(
+            "nft",
+            &[
+                "delete",
+                "element",
+                "ip",
+                "kube-proxy",
+                "cluster-ips",
+                "{ 10.96.0.4 }",
+            ],
+        )
+        .unwrap();
+    applier
+        .apply(&tx("add element ip kube-proxy cluster-ips { 10.96.0.5 }\n"))
+        .unwrap();
+    assert!(applier.others_committed().unwrap());
 }

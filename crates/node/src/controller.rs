@@ -77,11 +77,9 @@ pub struct NftRules {
     pub engine: NftSyncEngine,
     /// The netlink socket, opened in the node's namespace at start.
     pub netlink: NetlinkApplier,
-    /// What the kernel's table should hold: the table read at start with
-    /// every applied transaction applied to it. Compared with the kernel's
-    /// listing every `syncPeriod`; `None` when unknown (a transaction the
-    /// model refused), then the next check only reads the kernel again.
-    model: Option<Table>,
+    /// The kernel has no `kube-proxy` table (as last read): the next full
+    /// sync goes in pieces.
+    table_absent: bool,
 }
 
 impl FamilyProxier {
@@ -120,7 +118,7 @@ impl FamilyProxier {
         netlink: NetlinkApplier,
         runner: &dyn Runner,
     ) -> FamilyProxier {
-        let model = match list_table(runner, nft_family(family)) {
+        let table_absent = match list_table(runner, nft_family(family)) {
             Ok(table) => {
                 if table.exists() {
                     tracing::info!(
@@ -130,11 +128,11 @@ impl FamilyProxier {
                     );
                 }
                 engine.set_existing(&table);
-                Some(table)
+                !table.exists()
             }
             Err(error) => {
                 tracing::warn!(family = family.as_str(), %error, "could not read the existing kube-proxy table; stale chains of an earlier proxier stay");
-                None
+                false
             }
         };
         FamilyProxier {
@@ -142,7 +140,7 @@ impl FamilyProxier {
             rules: Rules::Nftables(Box::new(NftRules {
                 engine,
                 netlink,
-                model,
+                table_absent,
             })),
             facts: HostFacts::default(),
             udp: None,
@@ -187,29 +185,13 @@ impl FamilyProxier {
 }
 
 impl NftRules {
-    /// Sends a sync's main transaction (in pieces into a kernel without the
-    /// table); the model follows each transaction the kernel took.
+    /// Sends a sync's main transaction, in pieces into a kernel without the
+    /// table.
     fn send_main(&mut self, main: &Transaction) -> Result<usize, NetlinkError> {
-        let into_empty = self.model.as_ref().is_some_and(|table| !table.exists());
-        let NftRules { netlink, model, .. } = self;
-        let (bytes, _) = netlink.apply_main(main, into_empty, |applied| follow(model, applied))?;
-        Ok(bytes)
-    }
-
-    /// Applies a transaction the kernel took to the model too.
-    fn follow(&mut self, transaction: &Transaction) {
-        follow(&mut self.model, transaction);
-    }
-}
-
-/// Keeps the model of the applied table in step with what the kernel took;
-/// a transaction the model refuses makes it unknown.
-fn follow(model: &mut Option<Table>, transaction: &Transaction) {
-    if let Some(table) = model
-        && let Err(error) = table.apply_in_place(transaction)
-    {
-        tracing::warn!(%error, "the model of the kube-proxy table refused an applied transaction; the next check reads the kernel's");
-        *model = None;
+        let sent = self.netlink.apply_main(main, self.table_absent);
+        // Even a refused piece leaves the ones before it: the table exists.
+        self.table_absent = false;
+        Ok(sent?.0)
     }
 }
 
@@ -512,7 +494,6 @@ impl SyncLoop {
             Some(cleanup) => match proxier.netlink.apply(cleanup) {
                 Ok(report) => {
                     bytes += report.bytes;
-                    proxier.follow(cleanup);
                     true
                 }
                 Err(error) => {
@@ -621,10 +602,12 @@ impl SyncLoop {
     }
 
     /// nftables mode's check every `syncPeriod` (upstream has none: a deleted
-    /// table waits for the hourly full sync there): the kernel's table is
-    /// listed and compared with the model of what was applied; on any
-    /// difference the drift is logged, the engine learns what the kernel
-    /// holds and the next sync is full.
+    /// table waits for the hourly full sync there). One netlink round trip
+    /// tells whether anyone else committed nf_tables changes in this
+    /// namespace since the last check; only then is the kernel's table listed
+    /// and compared with what the engine wrote. On any difference the drift
+    /// is logged, the engine learns what the kernel holds and the next sync
+    /// is full.
     fn check_tables(&mut self) {
         for proxier in &mut self.families {
             let ip_family = proxier.family;
@@ -632,6 +615,13 @@ impl SyncLoop {
                 continue;
             };
             let family = ip_family.as_str();
+            match rules.netlink.others_committed() {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(error) => {
+                    tracing::warn!(family, %error, "could not read the ruleset generation; listing the table")
+                }
+            }
             let actual = match list_table(&*self.runner, nft_family(ip_family)) {
                 Ok(table) => table,
                 Err(error) => {
@@ -639,40 +629,51 @@ impl SyncLoop {
                     continue;
                 }
             };
-            match &rules.model {
-                Some(model) => {
-                    let found = chainsmith_nftables::drift(model, &actual);
-                    if found.is_empty() {
-                        continue;
-                    }
-                    let count = |kind: NftDriftKind| found.objects.iter().filter(|o| o.drift == kind).count();
-                    let examples: Vec<String> = found
-                        .objects
-                        .iter()
-                        .take(5)
-                        .map(|o| format!("{} {}", o.kind, o.name))
-                        .collect();
-                    let table = match found.table {
-                        Some(NftDriftKind::Missing) => "missing",
-                        Some(_) => "unexpected",
-                        None => "present",
-                    };
-                    tracing::warn!(
-                        family,
-                        table,
-                        missing = count(NftDriftKind::Missing),
-                        extra = count(NftDriftKind::Extra),
-                        changed = count(NftDriftKind::Changed),
-                        examples = examples.join(", "),
-                        "the kube-proxy table drifted from what was applied; full resync"
-                    );
-                    self.metrics.drift_detected(ip_family);
-                }
-                None => tracing::info!(family, "the kube-proxy table read again; full resync"),
+            rules.table_absent = !actual.exists();
+            if rules.engine.full_sync_pending() {
+                // The next sync rewrites everything anyway; it only needs to
+                // know what the kernel holds now.
+                rules.engine.set_existing(&actual);
+                continue;
             }
+            let expected = match rules.engine.expected_table() {
+                Ok(expected) => expected,
+                Err(error) => {
+                    tracing::warn!(family, %error, "could not build the expected kube-proxy table; full resync");
+                    rules.engine.set_existing(&actual);
+                    rules.engine.force_full_sync();
+                    continue;
+                }
+            };
+            let found = chainsmith_nftables::drift(&expected, &actual);
+            drop(expected);
+            if found.is_empty() {
+                continue;
+            }
+            let count = |kind: NftDriftKind| found.objects.iter().filter(|o| o.drift == kind).count();
+            let examples: Vec<String> = found
+                .objects
+                .iter()
+                .take(5)
+                .map(|o| format!("{} {}", o.kind, o.name))
+                .collect();
+            let table = match found.table {
+                Some(NftDriftKind::Missing) => "missing",
+                Some(_) => "unexpected",
+                None => "present",
+            };
+            tracing::warn!(
+                family,
+                table,
+                missing = count(NftDriftKind::Missing),
+                extra = count(NftDriftKind::Extra),
+                changed = count(NftDriftKind::Changed),
+                examples = examples.join(", "),
+                "the kube-proxy table drifted from what was applied; full resync"
+            );
+            self.metrics.drift_detected(ip_family);
             rules.engine.set_existing(&actual);
             rules.engine.force_full_sync();
-            rules.model = Some(actual);
         }
     }
 

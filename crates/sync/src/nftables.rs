@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Service};
 use chainsmith_naming::nft::{NftObjectKind, is_service_chain};
 use chainsmith_nft_layout::{ElementMap, NftContext, OwnChain, PortObjects, setup};
-use chainsmith_nftables::{ChainSpec, Element, Op, SetKind, Table, Transaction};
+use chainsmith_nftables::{ApplyError, ChainSpec, Element, Op, SetKind, Table, Transaction};
 use chainsmith_planner::{NodeContext, ServicePortPlan};
 use std::sync::Arc;
 
@@ -228,6 +228,41 @@ impl NftSyncEngine {
     /// Requests a full sync next time.
     pub fn force_full_sync(&mut self) {
         self.needs_full = true;
+    }
+
+    /// Whether the next sync is full whatever changed (at start, after a
+    /// refused transaction or a changed node configuration).
+    pub fn full_sync_pending(&self) -> bool {
+        self.needs_full || !self.synced_once
+    }
+
+    /// The table the kernel holds once every transaction this engine wrote
+    /// was applied: the fixed objects, every port's chains, affinity sets
+    /// and elements, and the flushed stale chains that wait for deletion.
+    /// Meaningful when no full sync is pending. Built on demand (as a full
+    /// sync into an empty table, from the spelled objects the engine keeps
+    /// anyway) so that a drift check needs no second copy of the table
+    /// between checks.
+    pub fn expected_table(&mut self) -> Result<Table, ApplyError> {
+        let family = self.nft.family();
+        // A full sync into an empty kernel writes everything; the engine's
+        // own view of the kernel is put back untouched.
+        let known = std::mem::take(&mut self.known);
+        let owners = std::mem::take(&mut self.owners);
+        let synced_once = std::mem::replace(&mut self.synced_once, true);
+        let base_chains_recreated = std::mem::replace(&mut self.base_chains_recreated, true);
+        let mut everything = Transaction::new(family);
+        let _ = self.write_full(&[], &mut everything, &mut NftCounts::default());
+        self.known = known;
+        self.owners = owners;
+        self.synced_once = synced_once;
+        self.base_chains_recreated = base_chains_recreated;
+        for name in self.stale.keys() {
+            everything.push(Op::AddChain(ChainSpec::regular(name.clone())));
+        }
+        let mut table = Table::new(family);
+        table.apply_in_place(&everything)?;
+        Ok(table)
     }
 
     /// Chains recorded as stale, with the time they became stale.

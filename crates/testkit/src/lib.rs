@@ -197,13 +197,14 @@ pub(crate) fn join_netns(path: &str) -> Result<(), CommandError> {
 }
 
 /// Makes SIGINT, SIGTERM and SIGHUP delete every namespace this process
-/// created before it exits (with 128 + the signal's number), so a measuring
+/// created, and stop the processes left inside them, before it exits (with 128 + the signal's number), so a measuring
 /// program stopped by hand or by a timeout leaves nothing behind. Drop does
 /// not run when a signal ends a process. Call it first thing in `main`,
 /// before any other thread starts: the signals are blocked in the calling
 /// thread, threads started later inherit that, and one thread waits for them.
 pub fn remove_own_namespaces_on_signals() -> Result<(), CommandError> {
-    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signal::{SigSet, Signal, kill};
+    use nix::unistd::Pid;
     let mut signals = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         signals.add(signal);
@@ -214,13 +215,45 @@ pub fn remove_own_namespaces_on_signals() -> Result<(), CommandError> {
     std::thread::spawn(move || {
         let signal = signals.wait().map_or(1, |signal| signal as i32);
         let own = format!("-{}-", std::process::id());
-        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("cs-") && name.contains(&own) {
-                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
-                }
+        let names: Vec<String> = std::fs::read_dir("/var/run/netns")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("cs-") && name.contains(&own))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A process still inside (a proxy under test) would keep its
+        // namespace alive after `ip netns del`; the program's other threads
+        // run on meanwhile and may start another, so look again until none.
+        for _ in 0..5 {
+            let pids: Vec<Pid> = names
+                .iter()
+                .filter_map(|name| host("ip", &["netns", "pids", name]).ok())
+                .flat_map(|out| {
+                    out.lines()
+                        .filter_map(|l| l.trim().parse().ok())
+                        .collect::<Vec<i32>>()
+                })
+                .map(Pid::from_raw)
+                .collect();
+            if pids.is_empty() {
+                break;
             }
+            for pid in &pids {
+                let _ = kill(*pid, Signal::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while std::time::Instant::now() < deadline && pids.iter().any(|pid| kill(*pid, None).is_ok()) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            for pid in &pids {
+                let _ = kill(*pid, Signal::SIGKILL);
+            }
+        }
+        for name in &names {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
         std::process::exit(128 + signal);
     });

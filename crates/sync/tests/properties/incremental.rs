@@ -351,6 +351,17 @@ fn run_nftables(config: &NodeConfig, start: &Cluster, steps: &[Step]) -> Result<
         }
         apply("main", &outcome.main)?;
         engine.commit(true, true);
+        // The node's drift check compares the kernel with what the engine
+        // says it holds: nothing may differ, stale chains included.
+        let expected = engine
+            .expected_table()
+            .map_err(|e| TestCaseError::fail(format!("nftables step {n}: expected_table: {e}")))?;
+        let drift = chainsmith_nftables::drift(&expected, &kernel);
+        if !drift.is_empty() {
+            return Err(TestCaseError::fail(format!(
+                "nftables step {n}: the engine's expected table differs from the applied one: {drift:?}"
+            )));
+        }
         let want = comparable(&full_nft_table(&services, &slices, &config));
         let got = comparable(&kernel);
         if let Some((line, w, g)) = first_difference(&want, &got) {
