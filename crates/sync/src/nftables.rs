@@ -403,25 +403,48 @@ impl NftSyncEngine {
     ) -> (KnownUpdate, Vec<String>, Vec<String>) {
         setup(&self.nft, !self.base_chains_recreated, main);
         let plans: Vec<Arc<ServicePortPlan>> = self.state.plans().cloned().collect();
-        let mut desired: BTreeMap<ElementMap, BTreeMap<String, Option<String>>> = BTreeMap::new();
-        let mut active_chains = BTreeSet::new();
-        let mut active_sets = BTreeSet::new();
-        let mut rules = Vec::new();
-        let mut owners: HashMap<(ElementMap, String), Owners> = HashMap::new();
         counts.changed_services = plans
             .iter()
             .map(|p| p.info().service())
             .collect::<BTreeSet<_>>()
             .len();
+        // What outlives the sync is built first, the transaction after it:
+        // kept apart, the transaction's short-lived strings fill pages of
+        // their own, which the allocator can hand back once it is sent
+        // (interleaved, they pinned most of a first sync's peak).
+        let mut active_chains = BTreeSet::new();
+        let mut active_sets = BTreeSet::new();
+        let mut elements: BTreeMap<ElementMap, BTreeMap<String, Option<String>>> =
+            ElementMap::ALL.into_iter().map(|map| (map, BTreeMap::new())).collect();
+        let mut owners: HashMap<(ElementMap, String), Owners> = HashMap::new();
+        let mut all_objects = Vec::with_capacity(plans.len());
         for plan in &plans {
             let objects = self.objects_of(plan);
-            let known = &self.known;
-            // Chains the cleanup transaction deletes are gone for the main one.
-            let exists = |chain: &String| {
-                known.chains.as_ref().is_some_and(|c| c.contains(chain)) && !due.contains(chain)
-            };
+            active_chains.extend(objects.chains.iter().map(|chain| chain.name.clone()));
+            active_sets.extend(objects.affinity_sets.iter().map(|set| set.name.clone()));
+            for (map, element) in &objects.elements {
+                // The last port wanting an element decides its value.
+                elements
+                    .entry(*map)
+                    .or_default()
+                    .insert(element.key.clone(), element.value.clone());
+                owners
+                    .entry((*map, element.key.clone()))
+                    .or_default()
+                    .push((Arc::clone(plan), element.clone()));
+            }
+            all_objects.push(objects);
+        }
+        self.owners = owners;
+
+        let mut desired: BTreeMap<ElementMap, BTreeMap<String, Option<String>>> = BTreeMap::new();
+        let mut rules = Vec::new();
+        let known = &self.known;
+        // Chains the cleanup transaction deletes are gone for the main one.
+        let exists =
+            |chain: &String| known.chains.as_ref().is_some_and(|c| c.contains(chain)) && !due.contains(chain);
+        for objects in &all_objects {
             for chain in &objects.chains {
-                active_chains.insert(chain.name.clone());
                 // An endpoint chain's content follows from its name and whether
                 // affinity is on, so one found at start-up is kept as it is.
                 let kept = !self.synced_once
@@ -434,19 +457,14 @@ impl NftSyncEngine {
                 }
             }
             for set in &objects.affinity_sets {
-                active_sets.insert(set.name.clone());
                 main.push(Op::AddSet(set.clone()));
             }
             for (map, element) in &objects.elements {
                 counts.element_changes += ensure(main, known, &mut desired, *map, element);
-                owners
-                    .entry((*map, element.key.clone()))
-                    .or_default()
-                    .push((Arc::clone(plan), element.clone()));
             }
             main.ops.append(&mut rules);
         }
-        self.owners = owners;
+        drop(desired);
 
         let known = &self.known;
         let mut newly_stale = Vec::new();
@@ -462,7 +480,7 @@ impl NftSyncEngine {
             }
         }
         for map in ElementMap::ALL {
-            let wanted = desired.get(&map);
+            let wanted = elements.get(&map);
             for key in known.elements.get(&map).into_iter().flat_map(BTreeMap::keys) {
                 if !wanted.is_some_and(|w| w.contains_key(key)) {
                     counts.element_changes += 1;
@@ -479,10 +497,6 @@ impl NftSyncEngine {
             .filter(|name| active_chains.contains(*name))
             .cloned()
             .collect();
-        let mut elements = desired;
-        for map in ElementMap::ALL {
-            elements.entry(map).or_default();
-        }
         let update = KnownUpdate::Replace {
             chains: active_chains,
             affinity_sets: active_sets,
