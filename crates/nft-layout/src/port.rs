@@ -81,6 +81,18 @@ pub fn endpoint_chain_base(plan: &ServicePortPlan, endpoint: &EndpointInfo) -> S
 impl PortObjects {
     /// Spells the planner's decisions for one port.
     pub fn of(plan: &ServicePortPlan, ctx: &NftContext) -> PortObjects {
+        Self::spell(plan, ctx, true)
+    }
+
+    /// [`PortObjects::of`] without the chains' rules (each chain's `rules`
+    /// is empty): its names, sets and elements are what a sync engine keeps
+    /// between syncs; the rules, most of the text, are spelled again when a
+    /// chain is written.
+    pub fn without_rules(plan: &ServicePortPlan, ctx: &NftContext) -> PortObjects {
+        Self::spell(plan, ctx, false)
+    }
+
+    fn spell(plan: &ServicePortPlan, ctx: &NftContext, with_rules: bool) -> PortObjects {
         let info = plan.info();
         let protocol = info.protocol.as_iptables();
         let f = ctx.family().as_str();
@@ -136,17 +148,20 @@ impl PortObjects {
         let mut chains: Vec<OwnChain> = endpoints
             .iter()
             .map(|ep| {
-                let mut rules = vec![(
-                    format!("{f} saddr {} jump {MARK_FOR_MASQUERADE}", ep.info.ip_text()),
-                    None,
-                )];
-                if affinity.is_some() {
-                    rules.push((format!("update @{} {{ {f} saddr }}", ep.affinity), None));
+                let mut rules = Vec::new();
+                if with_rules {
+                    rules.push((
+                        format!("{f} saddr {} jump {MARK_FOR_MASQUERADE}", ep.info.ip_text()),
+                        None,
+                    ));
+                    if affinity.is_some() {
+                        rules.push((format!("update @{} {{ {f} saddr }}", ep.affinity), None));
+                    }
+                    rules.push((
+                        format!("meta l4proto {protocol} dnat to {}", ep.info.endpoint()),
+                        None,
+                    ));
                 }
-                rules.push((
-                    format!("meta l4proto {protocol} dnat to {}", ep.info.endpoint()),
-                    None,
-                ));
                 OwnChain {
                     name: ep.chain.clone(),
                     kind: NftObjectKind::Endpoint,
@@ -171,8 +186,11 @@ impl PortObjects {
             })
         };
         let balance = |name: &String, members: &mut dyn Iterator<Item = &EndpointInfo>| {
-            let members: Vec<&Endpoint<'_>> = members.filter_map(endpoint_of).collect();
             let mut rules = Vec::new();
+            if !with_rules {
+                return rules;
+            }
+            let members: Vec<&Endpoint<'_>> = members.filter_map(endpoint_of).collect();
             if Some(name) == Some(internal_chain)
                 && let Some(rule) = &masquerade_internal
             {
@@ -212,26 +230,28 @@ impl PortObjects {
         }
         if plan.routes_external() {
             let mut rules = Vec::new();
-            if info.external_policy_local {
-                if let Some(pods) = ctx.pod_source() {
+            if with_rules {
+                if info.external_policy_local {
+                    if let Some(pods) = ctx.pod_source() {
+                        rules.push((
+                            format!("{pods} goto {service_chain}"),
+                            Some("short-circuit pod traffic".to_string()),
+                        ));
+                    }
                     rules.push((
-                        format!("{pods} goto {service_chain}"),
-                        Some("short-circuit pod traffic".to_string()),
+                        format!("fib saddr type local jump {MARK_FOR_MASQUERADE}"),
+                        Some("masquerade local traffic".to_string()),
                     ));
+                    rules.push((
+                        format!("fib saddr type local goto {service_chain}"),
+                        Some("short-circuit local traffic".to_string()),
+                    ));
+                } else {
+                    rules.push((format!("jump {MARK_FOR_MASQUERADE}"), None));
                 }
-                rules.push((
-                    format!("fib saddr type local jump {MARK_FOR_MASQUERADE}"),
-                    Some("masquerade local traffic".to_string()),
-                ));
-                rules.push((
-                    format!("fib saddr type local goto {service_chain}"),
-                    Some("short-circuit local traffic".to_string()),
-                ));
-            } else {
-                rules.push((format!("jump {MARK_FOR_MASQUERADE}"), None));
-            }
-            if plan.serves_external() {
-                rules.push((format!("goto {external_policy_chain}"), None));
+                if plan.serves_external() {
+                    rules.push((format!("goto {external_policy_chain}"), None));
+                }
             }
             chains.push(OwnChain {
                 name: external_chain.clone(),
@@ -250,7 +270,11 @@ impl PortObjects {
             chains.push(OwnChain {
                 name: firewall_chain.clone(),
                 kind: NftObjectKind::Firewall,
-                rules: vec![(format!("{f} saddr != {{ {} }} drop", sources.join(" , ")), None)],
+                rules: if with_rules {
+                    vec![(format!("{f} saddr != {{ {} }} drop", sources.join(" , ")), None)]
+                } else {
+                    Vec::new()
+                },
                 uses_affinity: false,
             });
         }

@@ -1,5 +1,5 @@
 //! Properties of one compile (a full-sync payload): consistent, one family,
-//! deterministic.
+//! deterministic; the nftables port objects the engine keeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +8,7 @@ use chainsmith_iptables::{RuleSet, words};
 use chainsmith_layout::Layout;
 use chainsmith_model::{EndpointSlice, IpFamily, IpNet, NodeConfig, Service};
 use chainsmith_naming::ChainName;
+use chainsmith_nft_layout::{NftContext, PortObjects};
 use chainsmith_planner::{Plan, PortKey};
 use chainsmith_restore::normalize::{consistency_errors, first_difference};
 use chainsmith_restore::render_plan;
@@ -307,5 +308,28 @@ proptest! {
         same_text("input reordered", &once, &render(&reordered))?;
         prop_assert_eq!(&plan.diagnostics, &reordered.diagnostics);
         same_text("sync engine's full sync", &once, &engine_full_payload(&services, &slices, &node))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(crate::cases(128))]
+
+    /// What the nftables engine keeps between syncs, `PortObjects::without_rules`,
+    /// is `PortObjects::of` with every chain's rules left out, and nothing else.
+    #[test]
+    fn port_objects_without_rules_differ_only_by_the_rules(
+        cluster in cluster(),
+        node in any_node_config(),
+    ) {
+        let (services, slices) = cluster.materialize();
+        let plan = Plan::compile(&services, &slices, &node);
+        let ctx = NftContext::new(&plan.ctx);
+        for port in &plan.ports {
+            let mut full = PortObjects::of(port, &ctx);
+            for chain in &mut full.chains {
+                chain.rules.clear();
+            }
+            prop_assert_eq!(full, PortObjects::without_rules(port, &ctx));
+        }
     }
 }
