@@ -12,8 +12,9 @@
 //! methods ([`FakeApiServer::apply`], [`FakeApiServer::delete`]) and switch
 //! faults on and off at run time: dropped watch connections, outages, garbage
 //! answers, a resource the server does not have (`404`, as an older
-//! cluster answers for ServiceCIDRs). [`FakeApiServer::requests`] and [`FakeApiServer::open_watches`] let
-//! a test check what the client did (relisted, reconnected).
+//! cluster answers for ServiceCIDRs), slow answers for one resource.
+//! [`FakeApiServer::requests`] and [`FakeApiServer::open_watches`] let a test
+//! check what the client did (relisted, reconnected).
 //!
 //! What it is not: there is no authentication or authorisation, no writes over
 //! HTTP but creates (POST; no update, patch or delete), no validation or defaulting of objects beyond the server-set
@@ -316,6 +317,17 @@ impl FakeApiServer {
     #[track_caller]
     pub fn set_served(&self, kind: &str, served: bool) {
         self.shared.set_served(crate::served(kind), served);
+    }
+
+    /// Answers every request for `kind` only after `delay` (zero: at once
+    /// again), as a slow API server does; applies to requests received
+    /// afterwards.
+    ///
+    /// # Panics
+    /// If `kind` is not served.
+    #[track_caller]
+    pub fn set_delay(&self, kind: &str, delay: Duration) {
+        self.shared.set_delay(crate::served(kind), delay);
     }
 
     /// How often watches that allow bookmarks get one (default 1 s); applies

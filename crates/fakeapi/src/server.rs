@@ -2,7 +2,7 @@
 //! routes GETs (and the Events a proxy POSTs) to the [`Store`], streams
 //! watches and plays the faults.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     bookmark_interval_ms: AtomicU64,
     /// Resources answered with `404` as if the API server lacked them.
     not_served: Mutex<BTreeSet<Kind>>,
+    /// How long requests for a resource wait before they are answered.
+    delays: Mutex<BTreeMap<Kind, Duration>>,
 }
 
 impl Shared {
@@ -63,6 +65,7 @@ impl Shared {
             garbage: AtomicBool::new(false),
             bookmark_interval_ms: AtomicU64::new(1000),
             not_served: Mutex::new(BTreeSet::new()),
+            delays: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -134,6 +137,24 @@ impl Shared {
         }
         drop(not_served);
         self.drop_watches();
+    }
+
+    pub(crate) fn set_delay(&self, kind: Kind, delay: Duration) {
+        let mut delays = self.delays.lock().unwrap_or_else(PoisonError::into_inner);
+        if delay.is_zero() {
+            delays.remove(&kind);
+        } else {
+            delays.insert(kind, delay);
+        }
+    }
+
+    fn delay(&self, path: &str) -> Option<Duration> {
+        let kind = Route::parse(path)?.kind;
+        self.delays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&kind)
+            .copied()
     }
 
     fn served(&self, kind: Kind) -> bool {
@@ -251,6 +272,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
             }));
         }
         None => {}
+    }
+    if let Some(delay) = shared.delay(request.uri().path()) {
+        tokio::time::sleep(delay).await;
     }
     if request.method() == Method::POST {
         let path = request.uri().path().to_owned();

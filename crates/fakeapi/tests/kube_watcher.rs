@@ -884,6 +884,7 @@ fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
 /// off, every request for them is the `404` an older API server answers, a
 /// watcher reports it and retries, and switched on again (an upgrade) a
 /// watcher that had listed resumes its watch, one that never could lists.
+/// Their answers can be made slow.
 #[tokio::test]
 async fn service_cidrs_are_served_or_not_found() {
     let server = FakeApiServer::start_local();
@@ -933,7 +934,7 @@ async fn service_cidrs_are_served_or_not_found() {
     )
     .await;
     // A watcher starting now cannot even list.
-    let late = Observer::start(api, watcher::Config::default(), Quick);
+    let late = Observer::start(api.clone(), watcher::Config::default(), Quick);
     eventually(
         "404s for the list",
         || not_found(&late, "failed to perform initial object list") >= 2,
@@ -943,6 +944,16 @@ async fn service_cidrs_are_served_or_not_found() {
     // Other resources are unaffected.
     let services: Api<Service> = Api::all(client);
     assert!(services.list(&ListParams::default()).await.is_ok());
+
+    // A slow answer for one resource only.
+    server.set_delay("ServiceCIDR", Duration::from_millis(600));
+    let started = Instant::now();
+    let _ = api.list(&ListParams::default()).await;
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    let started = Instant::now();
+    services.list(&ListParams::default()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(600));
+    server.set_delay("ServiceCIDR", Duration::ZERO);
 
     server.apply(service_cidr("extra", &["10.98.0.0/16"]));
     server.set_served("ServiceCIDR", true);
