@@ -1461,8 +1461,11 @@ fn nftables_mode_follows_service_cidrs() {
         &unallocated.to_string(),
         "counter",
     ]);
+    // The ServiceCIDRs are listed last, long after the rest.
+    node.api.set_delay("ServiceCIDR", Duration::from_secs(3));
     node.spawn(false, &["--proxy-mode", "nftables"]);
     node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    node.api.set_delay("ServiceCIDR", Duration::ZERO);
 
     // The first sync waited for the ServiceCIDRs' list: the union reached the
     // engine before it, so it needed no second full sync.
