@@ -1,11 +1,12 @@
 //! The node proxy behind `chainsmith run`: what replaces kube-proxy on a node.
 //!
 //! [`run`] watches the API server (Services, EndpointSlices, this node's Node
-//! and, in nftables mode, ServiceCIDRs; [`watch`]), hands changes to a sync loop on its own thread ([`inbox`],
-//! [`controller`]) that keeps one sync engine per IP family and applies their
-//! payloads, and serves `/metrics` ([`metrics`]), `/healthz`, `/livez` and one
-//! health server per `healthCheckNodePort` ([`health`]). After syncs that
-//! change UDP Services it deletes stale conntrack entries ([`conntrack`]).
+//! and, in nftables mode, ServiceCIDRs; [`watch`]), hands changes to a sync
+//! loop on its own thread ([`inbox`], [`controller`]) that keeps one sync
+//! engine per IP family and applies their payloads, and serves `/metrics`
+//! ([`metrics`]), `/healthz`, `/livez` and one health server per
+//! `healthCheckNodePort` ([`health`]). After syncs that change UDP Services
+//! it deletes stale conntrack entries ([`conntrack`]).
 //! SIGTERM stops it and leaves the rules in place; [`cleanup`] removes them.
 //!
 //! Architecture invariant: this crate wires the stages together and owns the

@@ -177,7 +177,8 @@ impl Watchers {
         let mut relisting: Option<HashSet<ObjectKey>> = None;
         // For an optional resource: the API server answered 404 last.
         let mut not_served = false;
-        // The first sync waits for this resource's first list.
+        // The first sync waits for this resource until its first list (or,
+        // for an optional resource, its first error).
         let mut holds_first_sync = true;
         let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(event) = stream.next().await {
