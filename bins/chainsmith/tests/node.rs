@@ -119,6 +119,16 @@ fn slice(service: &str, proto: Proto, endpoints: &[(IpAddr, &str)]) -> Value {
     })
 }
 
+/// A ServiceCIDR (cluster-scoped).
+fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "ServiceCIDR",
+        "metadata": {"name": name},
+        "spec": {"cidrs": cidrs},
+    })
+}
+
 // ---------------------------------------------------------------------------
 // The node under test
 
@@ -875,8 +885,10 @@ fn prometheus_scrapes_the_sync_metrics() {
             && e["regarding"]["name"] == NODE),
         "{events:#?}"
     );
-    // deploy/'s ClusterRole grants exactly what this run asked for.
-    assert_cluster_role_matches_requests(&node.api.requests());
+    // deploy/'s ClusterRole grants exactly what this run asked for; only
+    // nftables mode reads ServiceCIDRs (upstream's iptables proxier ignores
+    // them), and its test checks that permission.
+    assert_cluster_role_matches_requests(&node.api.requests(), &["servicecidrs"]);
 }
 
 /// Every query of deploy/monitoring/grafana-dashboard.json with its panel's
@@ -950,8 +962,10 @@ fn rbac_request(request: &str) -> Option<(String, String, String)> {
 
 /// Every request the binary made is allowed by deploy/base/rbac.yaml's
 /// ClusterRole, and every permission there was used: least privilege in
-/// both directions.
-fn assert_cluster_role_matches_requests(requests: &[String]) {
+/// both directions. `other_mode` names the resources only the other proxy
+/// mode reads: this run must not have asked for them, and their permissions
+/// are the only ones it may leave unused.
+fn assert_cluster_role_matches_requests(requests: &[String], other_mode: &[&str]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/rbac.yaml");
     let text = std::fs::read_to_string(&path).expect("deploy/base/rbac.yaml");
     let role = text
@@ -989,9 +1003,17 @@ fn assert_cluster_role_matches_requests(requests: &[String]) {
             granted.contains(&needed),
             "{request} needs {needed:?}, which the ClusterRole lacks"
         );
+        assert!(
+            !other_mode.contains(&needed.1.as_str()),
+            "{request}: this proxy mode does not read {}",
+            needed.1
+        );
         used.insert(needed);
     }
-    let unused: Vec<_> = granted.difference(&used).collect();
+    let unused: Vec<_> = granted
+        .difference(&used)
+        .filter(|(_, resource, _)| !other_mode.contains(&resource.as_str()))
+        .collect();
     assert!(
         unused.is_empty(),
         "the ClusterRole grants what the binary never uses: {unused:?}"
@@ -1378,4 +1400,225 @@ fn nftables_mode_follows_churn_and_repairs_the_table() {
     );
     assert!(node.nft_table("ip").is_none());
     assert!(node.probe(Proto::Tcp, web_ip, 80).pod().is_none());
+}
+
+/// The `cluster-ips-check` rule that drops traffic to unallocated Service
+/// addresses, as `nft list table` shows it.
+fn unallocated_drop_rule(table: &str) -> Option<String> {
+    table
+        .lines()
+        .map(str::trim)
+        .find(|line| line.contains("Drop traffic to unallocated ClusterIPs"))
+        .map(str::to_owned)
+}
+
+/// The packets the uplink namespace has seen for `ip`: what the node did not
+/// drop goes out on its default route, to the uplink.
+fn count_at_uplink(node: &Node, ip: IpAddr) -> u64 {
+    let chain = node
+        .topology
+        .uplink
+        .run("nft", &["list", "chain", "ip", "seen", "in"])
+        .expect("nft list chain");
+    let line = chain
+        .lines()
+        .find(|line| line.contains(&ip.to_string()))
+        .unwrap_or_else(|| panic!("no counter for {ip}:\n{chain}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "packets")
+        .unwrap_or_else(|| panic!("{line}"));
+    words[at + 1].parse().expect("packet count")
+}
+
+/// nftables mode reads the cluster's ServiceCIDR objects: the first sync
+/// already drops traffic to their unallocated addresses (the rule holds the
+/// table's family only), the rule follows every change of the objects (an
+/// invalid CIDR is named in a warning and left out), and with the last object
+/// gone the traffic is forwarded again. Real packets show where the drop
+/// happens; the periodic check finds the kernel's table as applied throughout.
+#[test]
+fn nftables_mode_follows_service_cidrs() {
+    if !kernel_tests_enabled("nftables_mode_follows_service_cidrs") {
+        return;
+    }
+    let web_ip = v4(20);
+    let unallocated = v4(30);
+    let web = service(
+        "web",
+        json!({"type": "ClusterIP", "clusterIP": web_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 0)]}),
+    );
+    let kubernetes = service_cidr("kubernetes", &["198.51.100.0/26", "2001:db8:3::/112"]);
+    let mut node = Node::new(&["pod-a"], vec![node_object(false, false), web, kubernetes]);
+    let a = node.pod_ip("pod-a", false);
+    node.api.apply(slice("web", Proto::Tcp, &[(a, NODE)]));
+    let uplink = |args: &[&str]| {
+        node.topology.uplink.run("nft", args).expect("nft in the uplink");
+    };
+    uplink(&["add", "table", "ip", "seen"]);
+    uplink(&[
+        "add",
+        "chain",
+        "ip",
+        "seen",
+        "in",
+        "{",
+        "type",
+        "filter",
+        "hook",
+        "prerouting",
+        "priority",
+        "0",
+        ";",
+        "}",
+    ]);
+    uplink(&[
+        "add",
+        "rule",
+        "ip",
+        "seen",
+        "in",
+        "ip",
+        "daddr",
+        &unallocated.to_string(),
+        "counter",
+    ]);
+    // The ServiceCIDRs are listed last, long after the rest.
+    node.api.set_delay("ServiceCIDR", Duration::from_secs(3));
+    node.spawn(false, &["--proxy-mode", "nftables"]);
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    node.api.set_delay("ServiceCIDR", Duration::ZERO);
+
+    // The first sync waited for the ServiceCIDRs' list: the union reached the
+    // engine before it, so it needed no second full sync.
+    let log = node.log();
+    let changed = log.find("Service CIDRs changed").expect("the union logged");
+    let first_sync = log.find(" synced ").expect("a sync logged");
+    assert!(changed < first_sync, "{log}");
+    let table = node.nft_table("ip").expect("table");
+    assert_eq!(
+        unallocated_drop_rule(&table).as_deref(),
+        Some("ip daddr 198.51.100.0/26 drop comment \"Drop traffic to unallocated ClusterIPs\""),
+        "{table}"
+    );
+    assert!(node.nft_table("ip6").is_none(), "an IPv4 node: no ip6 table");
+    // An unallocated address in the range goes nowhere: the node drops it.
+    assert_eq!(node.probe(Proto::Tcp, unallocated, 80), ProbeResult::Timeout);
+    assert_eq!(count_at_uplink(&node, unallocated), 0);
+    // The Service itself still answers, and a wrong port of it is rejected.
+    assert_eq!(node.probe(Proto::Tcp, web_ip, 81), ProbeResult::Refused);
+    assert_eq!(node.answering(Proto::Tcp, web_ip, 80, 3).len(), 1);
+
+    // A ServiceCIDR grows: the rule follows.
+    node.api.apply(service_cidr(
+        "kubernetes",
+        &["198.51.100.0/26", "198.51.100.96/27", "2001:db8:3::/112"],
+    ));
+    let follows = |node: &Node, want: &str| {
+        node.wait_for(&format!("the drop rule to read {want}"), CONVERGE, || {
+            unallocated_drop_rule(&node.nft_table("ip").unwrap_or_default())
+                .is_some_and(|rule| rule.starts_with(&format!("ip daddr {want} drop")))
+        });
+    };
+    follows(&node, "{ 198.51.100.0/26, 198.51.100.96/27 }");
+    // A second object, one of its CIDRs invalid: named, ignored, the rest used.
+    node.api
+        .apply(service_cidr("extra", &["198.51.100.160/27", "198.51.100.0/33"]));
+    follows(&node, "{ 198.51.100.0/26, 198.51.100.96/27, 198.51.100.160/27 }");
+    let warning = "ServiceCIDR extra: spec.cidrs[1]: invalid CIDR \"198.51.100.0/33\" (ignored)";
+    assert!(node.log().contains(warning), "{}", node.log());
+    // The first object goes: its ranges are no longer dropped.
+    node.api.delete("ServiceCIDR", None, "kubernetes");
+    follows(&node, "198.51.100.160/27");
+    node.wait_for("the unallocated address forwarded again", CONVERGE, || {
+        let _ = node.probe(Proto::Tcp, unallocated, 80);
+        count_at_uplink(&node, unallocated) > 0
+    });
+    // The last one goes: no drop rule at all.
+    node.api.delete("ServiceCIDR", None, "extra");
+    node.wait_for("the drop rule gone", CONVERGE, || {
+        node.nft_table("ip").is_some_and(|table| {
+            table.contains("cluster-ips-check") && unallocated_drop_rule(&table).is_none()
+        })
+    });
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    // The periodic checks compared the kernel's table with what was applied.
+    std::thread::sleep(Duration::from_secs(SYNC_PERIOD_SECONDS + 1));
+    assert!(!node.log().contains("drifted"), "{}", node.log());
+    assert_eq!(
+        metric_sample(
+            &node.metrics(),
+            "chainsmith_watch_errors_total",
+            "resource=\"servicecidrs\""
+        ),
+        Some(0.0)
+    );
+    assert!(!node.log().contains("panicked"), "{}", node.log());
+    // deploy/'s ClusterRole grants exactly what this run asked for.
+    assert_cluster_role_matches_requests(&node.api.requests(), &[]);
+}
+
+/// An API server without ServiceCIDRs (before Kubernetes 1.33): the node in
+/// nftables mode says so once, counts no watch error, syncs and follows churn
+/// as usual without the drop rule, and once the API server serves them (an
+/// upgrade) reads them without a restart.
+#[test]
+fn nftables_mode_without_service_cidrs_in_the_api_syncs_normally() {
+    if !kernel_tests_enabled("nftables_mode_without_service_cidrs_in_the_api_syncs_normally") {
+        return;
+    }
+    let web_ip = v4(21);
+    let web = service(
+        "web",
+        json!({"type": "ClusterIP", "clusterIP": web_ip.to_string(), "ports": [service_port(Proto::Tcp, 80, 0)]}),
+    );
+    let kubernetes = service_cidr("kubernetes", &["198.51.100.0/26"]);
+    let mut node = Node::new(
+        &["pod-a", "pod-b"],
+        vec![node_object(false, false), web, kubernetes],
+    );
+    node.api.set_served("ServiceCIDR", false);
+    let (a, b) = (node.pod_ip("pod-a", false), node.pod_ip("pod-b", false));
+    node.api.apply(slice("web", Proto::Tcp, &[(a, NODE)]));
+    node.spawn(false, &["--proxy-mode", "nftables"]);
+
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-a"]);
+    node.api.apply(slice("web", Proto::Tcp, &[(b, NODE)]));
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-b"]);
+    let table = node.nft_table("ip").expect("table");
+    assert!(table.contains("cluster-ips-check"), "{table}");
+    assert_eq!(unallocated_drop_rule(&table), None, "{table}");
+    // The watcher keeps asking (an upgrade is picked up), quietly.
+    let lists = |node: &Node| {
+        node.api
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /apis/networking.k8s.io/v1/servicecidrs?"))
+            .count()
+    };
+    node.wait_for("the ServiceCIDR list retried", CONVERGE, || lists(&node) >= 3);
+    let warning = "ServiceCIDRs are not served by this API server";
+    assert_eq!(node.log().matches(warning).count(), 1, "{}", node.log());
+    assert_eq!(
+        metric_sample(
+            &node.metrics(),
+            "chainsmith_watch_errors_total",
+            "resource=\"servicecidrs\""
+        ),
+        Some(0.0)
+    );
+    assert!(!node.log().contains("watch failed"), "{}", node.log());
+    assert_eq!(node.health("/healthz").map(|(code, _)| code), Some(200));
+
+    // The API server is upgraded: the next retry lists the ServiceCIDR
+    // (its backoff is at most 30 s, as client-go's).
+    node.api.set_served("ServiceCIDR", true);
+    node.wait_for("the drop rule after the upgrade", Duration::from_secs(90), || {
+        unallocated_drop_rule(&node.nft_table("ip").unwrap_or_default())
+            .is_some_and(|rule| rule.starts_with("ip daddr 198.51.100.0/26 drop"))
+    });
+    node.wait_for_pods(Proto::Tcp, web_ip, 80, &["pod-b"]);
+    assert_eq!(node.log().matches(warning).count(), 1, "{}", node.log());
+    assert!(!node.log().contains("panicked"), "{}", node.log());
 }

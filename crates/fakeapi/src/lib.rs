@@ -3,16 +3,18 @@
 //! [`FakeApiServer`] serves the list + watch protocol over plain HTTP on a
 //! loopback (or any given) listener, well enough that kube-rs's
 //! `kube::runtime::watcher` runs against it unmodified: Services,
-//! EndpointSlices and Nodes (and events.k8s.io Events, which a client may
-//! create with POST), cluster-wide or per namespace, with resource
+//! EndpointSlices, Nodes and ServiceCIDRs (and events.k8s.io Events, which a
+//! client may create with POST), cluster-wide or per namespace, with resource
 //! versions, label and field selectors, paginated lists (`limit`/`continue`,
 //! consistent snapshots), watch events with the API server's selector
 //! transitions, bookmarks, `timeoutSeconds`, and `410 Expired` after
 //! [`FakeApiServer::compact`]. Tests change the objects with synchronous
 //! methods ([`FakeApiServer::apply`], [`FakeApiServer::delete`]) and switch
 //! faults on and off at run time: dropped watch connections, outages, garbage
-//! answers. [`FakeApiServer::requests`] and [`FakeApiServer::open_watches`] let
-//! a test check what the client did (relisted, reconnected).
+//! answers, a resource the server does not have (`404`, as an older
+//! cluster answers for ServiceCIDRs), slow answers for one resource.
+//! [`FakeApiServer::requests`] and [`FakeApiServer::open_watches`] let a test
+//! check what the client did (relisted, reconnected).
 //!
 //! What it is not: there is no authentication or authorisation, no writes over
 //! HTTP but creates (POST; no update, patch or delete), no validation or defaulting of objects beyond the server-set
@@ -179,15 +181,16 @@ impl FakeApiServer {
 
     /// Creates or replaces an object (a full Kubernetes object: `kind`,
     /// `metadata.name`, and `metadata.namespace` for Services and
-    /// EndpointSlices, `default` if absent). Sets `resourceVersion`, and on
+    /// EndpointSlices, `default` if absent; Nodes and ServiceCIDRs are
+    /// cluster-scoped). Sets `resourceVersion`, and on
     /// creation `uid` and `creationTimestamp` (a replacement keeps them).
     /// Watches see ADDED or MODIFIED; an update that changes nothing is
     /// skipped as the API server skips it (no new version, no event). Returns
     /// the stored object.
     ///
     /// # Panics
-    /// If the object is not a Service, EndpointSlice or Node (`kind`, and
-    /// `apiVersion` if given) or has no name.
+    /// If the object is not a Service, EndpointSlice, Node or ServiceCIDR
+    /// (`kind`, and `apiVersion` if given) or has no name.
     #[track_caller]
     pub fn apply(&self, object: Value) -> Value {
         let result = self.shared.store().apply(object);
@@ -225,8 +228,8 @@ impl FakeApiServer {
         }
     }
 
-    /// Deletes an object (`kind` is `Service`, `EndpointSlice` or `Node`;
-    /// `namespace` is ignored for Nodes). Watches see DELETED with its last
+    /// Deletes an object (`kind` is `Service`, `EndpointSlice`, `Node` or
+    /// `ServiceCIDR`; `namespace` is ignored for the cluster-scoped ones). Watches see DELETED with its last
     /// state. Returns that state, or `None` if there was no such object.
     ///
     /// # Panics
@@ -302,6 +305,31 @@ impl FakeApiServer {
         self.shared.set_garbage(on);
     }
 
+    /// Serves `kind` (the default) or, with `served` false, answers every
+    /// request for it (list, watch, get, create) `404 NotFound`, "the server
+    /// could not find the requested resource", as an API server without that
+    /// resource does (ServiceCIDRs before Kubernetes 1.33). The stored objects
+    /// stay and can still be changed with [`FakeApiServer::apply`]; serving
+    /// again is an API server upgrade. Either switch cuts every open watch.
+    ///
+    /// # Panics
+    /// If `kind` is not served.
+    #[track_caller]
+    pub fn set_served(&self, kind: &str, served: bool) {
+        self.shared.set_served(crate::served(kind), served);
+    }
+
+    /// Answers every request for `kind` only after `delay` (zero: at once
+    /// again), as a slow API server does; applies to requests received
+    /// afterwards.
+    ///
+    /// # Panics
+    /// If `kind` is not served.
+    #[track_caller]
+    pub fn set_delay(&self, kind: &str, delay: Duration) {
+        self.shared.set_delay(crate::served(kind), delay);
+    }
+
     /// How often watches that allow bookmarks get one (default 1 s); applies
     /// to watches opened afterwards.
     pub fn set_bookmark_interval(&self, interval: Duration) {
@@ -342,6 +370,8 @@ impl Drop for FakeApiServer {
 fn served(kind: &str) -> Kind {
     match Kind::from_kind(kind) {
         Some(kind) => kind,
-        None => panic!("fake API server: kind {kind:?} is not served (only Service, EndpointSlice and Node)"),
+        None => panic!(
+            "fake API server: kind {kind:?} is not served (only Service, EndpointSlice, Node, ServiceCIDR and Event)"
+        ),
     }
 }

@@ -2,6 +2,7 @@
 //! routes GETs (and the Events a proxy POSTs) to the [`Store`], streams
 //! watches and plays the faults.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
@@ -46,6 +47,10 @@ pub(crate) struct Shared {
     outage: AtomicU8,
     garbage: AtomicBool,
     bookmark_interval_ms: AtomicU64,
+    /// Resources answered with `404` as if the API server lacked them.
+    not_served: Mutex<BTreeSet<Kind>>,
+    /// How long requests for a resource wait before they are answered.
+    delays: Mutex<BTreeMap<Kind, Duration>>,
 }
 
 impl Shared {
@@ -59,6 +64,8 @@ impl Shared {
             outage: AtomicU8::new(0),
             garbage: AtomicBool::new(false),
             bookmark_interval_ms: AtomicU64::new(1000),
+            not_served: Mutex::new(BTreeSet::new()),
+            delays: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -117,6 +124,45 @@ impl Shared {
     pub(crate) fn set_garbage(&self, on: bool) {
         self.garbage.store(on, Ordering::SeqCst);
         self.notify();
+    }
+
+    /// Serves `kind` or, with `served` false, answers every request for it
+    /// `404`; open watches are cut either way, so a client sees the change.
+    pub(crate) fn set_served(&self, kind: Kind, served: bool) {
+        let mut not_served = self.not_served.lock().unwrap_or_else(PoisonError::into_inner);
+        if served {
+            not_served.remove(&kind);
+        } else {
+            not_served.insert(kind);
+        }
+        drop(not_served);
+        self.drop_watches();
+    }
+
+    pub(crate) fn set_delay(&self, kind: Kind, delay: Duration) {
+        let mut delays = self.delays.lock().unwrap_or_else(PoisonError::into_inner);
+        if delay.is_zero() {
+            delays.remove(&kind);
+        } else {
+            delays.insert(kind, delay);
+        }
+    }
+
+    fn delay(&self, path: &str) -> Option<Duration> {
+        let kind = Route::parse(path)?.kind;
+        self.delays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&kind)
+            .copied()
+    }
+
+    fn served(&self, kind: Kind) -> bool {
+        !self
+            .not_served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&kind)
     }
 
     pub(crate) fn set_bookmark_interval(&self, interval: Duration) {
@@ -227,6 +273,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         }
         None => {}
     }
+    if let Some(delay) = shared.delay(request.uri().path()) {
+        tokio::time::sleep(delay).await;
+    }
     if request.method() == Method::POST {
         let path = request.uri().path().to_owned();
         // A body that cannot be read is an empty one: the create then fails
@@ -265,6 +314,9 @@ fn create(shared: &Shared, path: &str, body: &[u8]) -> Response<ResponseBody> {
             });
         }
     };
+    if !shared.served(route.kind) {
+        return status_response(&not_served());
+    }
     let mut object: serde_json::Value = match serde_json::from_slice(body) {
         Ok(object) => object,
         Err(error) => return status_response(&ApiError::bad_request(format!("body is not JSON: {error}"))),
@@ -319,10 +371,8 @@ fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: Option<&str
                              "platform": "linux/amd64"});
         return json_response(StatusCode::OK, version.to_string().into());
     }
-    let Some(route) = Route::parse(path) else {
-        return status_response(&ApiError::not_found(
-            "the server could not find the requested resource".into(),
-        ));
+    let Some(route) = Route::parse(path).filter(|route| shared.served(route.kind)) else {
+        return status_response(&not_served());
     };
     let query = Query::parse(query.unwrap_or(""));
     if shared.garbage.load(Ordering::SeqCst) {
@@ -350,6 +400,12 @@ fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: Option<&str
     } else {
         list(shared, route.kind, &filter, &query)
     }
+}
+
+/// What the API server answers for a path it does not serve (a resource of
+/// a newer Kubernetes version, or a disabled API group version).
+fn not_served() -> ApiError {
+    ApiError::not_found("the server could not find the requested resource".into())
 }
 
 fn list(shared: &Shared, kind: Kind, filter: &Filter, query: &Query) -> Response<ResponseBody> {
@@ -698,6 +754,15 @@ mod tests {
                 name: Some("node-1".into())
             })
         );
+        assert_eq!(
+            r("/apis/networking.k8s.io/v1/servicecidrs/kubernetes"),
+            Some(Route {
+                kind: Kind::ServiceCidr,
+                namespace: None,
+                name: Some("kubernetes".into())
+            })
+        );
+        assert_eq!(r("/apis/networking.k8s.io/v1/namespaces/x/servicecidrs"), None);
         assert_eq!(r("/api/v1/services/web"), None);
         assert_eq!(r("/api/v1/namespaces/x/nodes"), None);
         assert_eq!(r("/api/v1/pods"), None);

@@ -18,12 +18,20 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Node,
+    /// networking.k8s.io/v1 ServiceCIDRs (cluster-scoped).
+    ServiceCidr,
     /// events.k8s.io/v1 Events, which the proxy creates (POST).
     Event,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 4] = [Kind::Service, Kind::EndpointSlice, Kind::Node, Kind::Event];
+    pub(crate) const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::ServiceCidr,
+        Kind::Event,
+    ];
 
     pub(crate) fn from_kind(kind: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.kind() == kind)
@@ -34,6 +42,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::ServiceCidr => "ServiceCIDR",
             Kind::Event => "Event",
         }
     }
@@ -42,6 +51,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ServiceCidr => "networking.k8s.io/v1",
             Kind::Event => "events.k8s.io/v1",
         }
     }
@@ -51,6 +61,7 @@ impl Kind {
             Kind::Service => "ServiceList",
             Kind::EndpointSlice => "EndpointSliceList",
             Kind::Node => "NodeList",
+            Kind::ServiceCidr => "ServiceCIDRList",
             Kind::Event => "EventList",
         }
     }
@@ -60,6 +71,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Node => "nodes",
+            Kind::ServiceCidr => "servicecidrs",
             Kind::Event => "events",
         }
     }
@@ -69,12 +81,13 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "/api/v1",
             Kind::EndpointSlice => "/apis/discovery.k8s.io/v1",
+            Kind::ServiceCidr => "/apis/networking.k8s.io/v1",
             Kind::Event => "/apis/events.k8s.io/v1",
         }
     }
 
     pub(crate) fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node)
+        !matches!(self, Kind::Node | Kind::ServiceCidr)
     }
 
     fn index(self) -> usize {
@@ -82,7 +95,8 @@ impl Kind {
             Kind::Service => 0,
             Kind::EndpointSlice => 1,
             Kind::Node => 2,
-            Kind::Event => 3,
+            Kind::ServiceCidr => 3,
+            Kind::Event => 4,
         }
     }
 }
@@ -256,7 +270,7 @@ pub(crate) struct Store {
     compacted: u64,
     uid_seed: u64,
     next_uid: u64,
-    collections: [Collection; 4],
+    collections: [Collection; 5],
     snapshots: BTreeMap<(u64, Kind), Snapshot>,
     /// Open watches: id -> resource version they have seen up to.
     cursors: HashMap<u64, u64>,
@@ -326,7 +340,9 @@ impl Store {
             .ok_or("object has no \"kind\"")?
             .to_string();
         let kind = Kind::from_kind(&kind_name).ok_or_else(|| {
-            format!("kind {kind_name:?} is not served (only Service, EndpointSlice, Node and Event)")
+            format!(
+                "kind {kind_name:?} is not served (only Service, EndpointSlice, Node, ServiceCIDR and Event)"
+            )
         })?;
         let mut object = object;
         match object["apiVersion"].as_str() {

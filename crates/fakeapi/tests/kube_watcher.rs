@@ -1,7 +1,8 @@
 //! The real kube-rs client and `kube::runtime::watcher` against the fake API
 //! server: initial list, live events, kube-proxy's label selector, pagination,
-//! `410 Expired` forcing a relist, bookmarks, watch timeouts, outages, garbage
-//! and a 10k-Service bulk load; and the Events kube's recorder creates.
+//! `410 Expired` forcing a relist, bookmarks, watch timeouts, outages, garbage,
+//! a resource the server does not have (`404`) and a 10k-Service bulk load;
+//! and the Events kube's recorder creates.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use chainsmith_fakeapi::{FakeApiServer, Outage};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::utils::Backoff;
@@ -868,4 +870,97 @@ async fn events_are_created_with_post() {
     let created = services.create(&PostParams::default(), &service).await;
     assert!(created.is_ok(), "{created:?}");
     assert_eq!(server.list("Service").len(), 1);
+}
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name},
+        "spec": {"cidrs": cidrs},
+    })
+}
+
+/// ServiceCIDRs are served like Nodes (cluster-scoped, list + watch); switched
+/// off, every request for them is the `404` an older API server answers, a
+/// watcher reports it and retries, and switched on again (an upgrade) a
+/// watcher that had listed resumes its watch, one that never could lists.
+/// Their answers can be made slow.
+#[tokio::test]
+async fn service_cidrs_are_served_or_not_found() {
+    let server = FakeApiServer::start_local();
+    server.apply(service_cidr("kubernetes", &["10.96.0.0/16", "fd00:10:96::/112"]));
+    let client = client(&server).await;
+    let api: Api<ServiceCIDR> = Api::all(client.clone());
+    let observer = Observer::start(api.clone(), watcher::Config::default(), Quick);
+    observer.wait_for("InitApply(kubernetes)", 1).await;
+    observer.wait_for("InitDone", 1).await;
+    let listed = api.get("kubernetes").await.unwrap();
+    let cidrs = listed.spec.and_then(|s| s.cidrs).unwrap_or_default();
+    assert_eq!(cidrs, ["10.96.0.0/16", "fd00:10:96::/112"]);
+    server.apply(service_cidr("kubernetes", &["10.96.0.0/16"]));
+    observer.wait_for("Apply(kubernetes)", 1).await;
+    server.apply(service_cidr("extra", &["10.97.0.0/16"]));
+    observer.wait_for("Apply(extra)", 1).await;
+    server.delete("ServiceCIDR", None, "extra");
+    observer.wait_for("Delete(extra)", 1).await;
+    assert!(
+        server.requests().iter().any(
+            |r| r.starts_with("GET /apis/networking.k8s.io/v1/servicecidrs?") && r.contains("watch=true")
+        ),
+        "{:#?}",
+        server.requests()
+    );
+
+    server.set_served("ServiceCIDR", false);
+    let err = api.list(&ListParams::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound"),
+        "{err:?}"
+    );
+    let err = api.get("kubernetes").await.unwrap_err();
+    assert!(matches!(&err, kube::Error::Api(s) if s.code == 404), "{err:?}");
+    // The open watch is cut; restarting it fails with the 404.
+    let not_found = |observer: &Observer<ServiceCIDR>, what: &str| {
+        observer
+            .errors()
+            .iter()
+            .filter(|e| e.contains(what) && e.contains("code: 404"))
+            .count()
+    };
+    eventually(
+        "404s for the watch",
+        || not_found(&observer, "failed to start watching") >= 2,
+        || observer.log(),
+    )
+    .await;
+    // A watcher starting now cannot even list.
+    let late = Observer::start(api.clone(), watcher::Config::default(), Quick);
+    eventually(
+        "404s for the list",
+        || not_found(&late, "failed to perform initial object list") >= 2,
+        || late.log(),
+    )
+    .await;
+    // Other resources are unaffected.
+    let services: Api<Service> = Api::all(client);
+    assert!(services.list(&ListParams::default()).await.is_ok());
+
+    // A slow answer for one resource only.
+    server.set_delay("ServiceCIDR", Duration::from_millis(600));
+    let started = Instant::now();
+    let _ = api.list(&ListParams::default()).await;
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    let started = Instant::now();
+    services.list(&ListParams::default()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(600));
+    server.set_delay("ServiceCIDR", Duration::ZERO);
+
+    server.apply(service_cidr("extra", &["10.98.0.0/16"]));
+    server.set_served("ServiceCIDR", true);
+    observer.wait_for("Apply(extra)", 2).await;
+    late.wait_for("InitDone", 1).await;
+    for watcher in [&observer, &late] {
+        let names: Vec<String> = watcher.state().into_keys().collect();
+        assert_eq!(names, ["extra", "kubernetes"]);
+    }
 }

@@ -15,7 +15,8 @@
 //! only unreadable YAML or an invalid node config is an error.
 //!
 //! For the node binary it also reads the proxier's own `v1/Node`
-//! ([`node_from_k8s`]) and kube-proxy's `--config` file
+//! ([`node_from_k8s`]), the cluster's ServiceCIDR objects
+//! ([`service_cidr_from_k8s`]) and kube-proxy's `--config` file
 //! ([`parse_proxy_configuration`], upstream's defaults and validation).
 //!
 //! Architecture invariant: this is the only crate that knows `k8s-openapi` or
@@ -33,6 +34,7 @@ mod node_object;
 mod proxy_config;
 mod report;
 mod service;
+mod service_cidr;
 mod yaml;
 
 pub use config_file::ConfigFileError;
@@ -46,6 +48,7 @@ pub use proxy_config::{
     PROXY_FLAGS, ProxyConfiguration, ProxyMode, parse_proxy_configuration, proxy_configuration_with_flags,
 };
 pub use service::service_from_k8s;
+pub use service_cidr::service_cidr_from_k8s;
 pub use yaml::MAX_INPUT_BYTES;
 
 #[cfg(test)]

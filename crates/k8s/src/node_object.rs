@@ -216,8 +216,8 @@ mod tests {
         assert_eq!(
             warnings(&diags),
             [
-                "Node /n1: status.addresses[2].address: invalid IP address \"192.168.0.300\" (skipped)",
-                "Node /n1: spec.podCIDRs[1]: invalid CIDR \"10.244.2.0/33\" (skipped)",
+                "Node n1: status.addresses[2].address: invalid IP address \"192.168.0.300\" (skipped)",
+                "Node n1: spec.podCIDRs[1]: invalid CIDR \"10.244.2.0/33\" (skipped)",
             ]
         );
 
@@ -226,7 +226,7 @@ mod tests {
         assert!(node.unwrap().pod_cidrs.is_empty());
         assert_eq!(
             warnings(&diags),
-            ["Node /n1: spec.podCIDR: invalid CIDR \"x\" (skipped)"]
+            ["Node n1: spec.podCIDR: invalid CIDR \"x\" (skipped)"]
         );
 
         let (node, diags) = translate(json!({"metadata": {}}));

@@ -13,6 +13,8 @@ pub enum ObjectKind {
     EndpointSlice,
     /// A `v1/Node`.
     Node,
+    /// A `networking.k8s.io/v1/ServiceCIDR`.
+    ServiceCidr,
     /// The node / proxier configuration.
     NodeConfig,
     /// A manifest document that could not be identified.
@@ -25,6 +27,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Node => "Node",
+            ObjectKind::ServiceCidr => "ServiceCIDR",
             ObjectKind::NodeConfig => "node config",
             ObjectKind::Document => "document",
         })
@@ -111,12 +114,48 @@ impl fmt::Display for Diagnostic {
             write!(f, "{source}: ")?;
         }
         write!(f, "{}", self.kind)?;
-        if let Some(object) = &self.object {
-            write!(f, " {object}")?;
+        match &self.object {
+            // Cluster-scoped objects (Nodes, ServiceCIDRs) have no namespace:
+            // `Node n1`, not `Node /n1`.
+            Some(object) if object.namespace.is_empty() => write!(f, " {}", object.name)?,
+            Some(object) => write!(f, " {object}")?,
+            None => {}
         }
         if !self.field.is_empty() {
             write!(f, ": {}", self.field)?;
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_object_its_field_and_what_was_done() {
+        let namespaced = Diagnostic::warning(
+            ObjectKind::Service,
+            Some(ObjectKey::new("ns1", "svc1")),
+            "spec.externalIPs[1]",
+            "invalid IP address \"1.2.3\" (skipped)",
+        );
+        assert_eq!(
+            namespaced.to_string(),
+            "Service ns1/svc1: spec.externalIPs[1]: invalid IP address \"1.2.3\" (skipped)"
+        );
+        let cluster_scoped = Diagnostic::warning(
+            ObjectKind::ServiceCidr,
+            Some(ObjectKey::new("", "kubernetes")),
+            "spec.cidrs[0]",
+            "invalid CIDR \"x\" (ignored)",
+        )
+        .at("cidrs.yaml:3");
+        assert_eq!(
+            cluster_scoped.to_string(),
+            "cidrs.yaml:3: ServiceCIDR kubernetes: spec.cidrs[0]: invalid CIDR \"x\" (ignored)"
+        );
+        let unnamed = Diagnostic::warning(ObjectKind::Node, None, "metadata.name", "missing name");
+        assert_eq!(unnamed.to_string(), "Node: metadata.name: missing name");
     }
 }

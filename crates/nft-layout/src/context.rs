@@ -90,7 +90,12 @@ impl NftContext {
             pod_source,
             not_pod_source,
             node_ports,
-            service_cidrs: (!cidrs.is_empty()).then(|| cidrs.join(",")),
+            // Upstream hands nft its CIDRs pre-joined (`a,b`); they are spelt
+            // here as this layout spells every anonymous set of several
+            // elements (`a , b`, as the firewall chains' source ranges), the
+            // form the netlink applier and `canonical_rule` read, and nft
+            // too. One CIDR, the common case, reads the same either way.
+            service_cidrs: (!cidrs.is_empty()).then(|| cidrs.join(" , ")),
             diagnostics,
         }
     }
@@ -128,7 +133,7 @@ impl NftContext {
         self.not_pod_source.as_deref()
     }
 
-    /// The Service CIDRs of the family, comma-joined as upstream inserts them.
+    /// The Service CIDRs of the family, as the elements of an anonymous set.
     pub(crate) fn service_cidrs(&self) -> Option<&str> {
         self.service_cidrs.as_deref()
     }
@@ -139,5 +144,61 @@ impl NftContext {
             Family::Ip => "127.0.0.0/8",
             Family::Ip6 => "::1",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chainsmith_model::{IpNet, NodeConfig};
+    use chainsmith_nftables::{Transaction, canonical_rule};
+
+    use super::*;
+    use crate::setup;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|c| c.parse().expect("cidr")).collect()
+    }
+
+    fn drop_rule(family: IpFamily, cidrs: &[&str]) -> Option<String> {
+        let config = NodeConfig {
+            ip_family: family,
+            service_cidrs: nets(cidrs),
+            ..NodeConfig::default()
+        };
+        let ctx = NftContext::new(&NodeContext::new(config));
+        let mut tx = Transaction::new(ctx.family());
+        setup(&ctx, true, &mut tx);
+        tx.to_string()
+            .lines()
+            .find(|line| line.contains("Drop traffic to unallocated ClusterIPs"))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_drop_rule_holds_the_family_s_service_cidrs() {
+        let cidrs = ["10.96.0.0/16", "10.100.0.0/16", "fd00:10:96::/112"];
+        assert_eq!(
+            drop_rule(IpFamily::V4, &cidrs).as_deref(),
+            Some(
+                "add rule ip kube-proxy cluster-ips-check ip daddr { 10.96.0.0/16 , 10.100.0.0/16 } drop comment \"Drop traffic to unallocated ClusterIPs\""
+            )
+        );
+        assert_eq!(
+            drop_rule(IpFamily::V6, &cidrs).as_deref(),
+            Some(
+                "add rule ip6 kube-proxy cluster-ips-check ip6 daddr { fd00:10:96::/112 } drop comment \"Drop traffic to unallocated ClusterIPs\""
+            )
+        );
+        assert_eq!(drop_rule(IpFamily::V6, &cidrs[..2]), None);
+        assert_eq!(drop_rule(IpFamily::V4, &[]), None);
+    }
+
+    #[test]
+    fn several_cidrs_read_as_the_kernel_lists_them() {
+        // What `nft list table` shows for the rule (nft 1.0.6): the set's
+        // elements merged and in address order.
+        let written = "ip daddr { 10.96.0.0/16 , 10.100.0.0/16 , 10.97.0.0/16 } drop";
+        let listed = "ip daddr { 10.96.0.0/15, 10.100.0.0/16 } drop";
+        assert_eq!(canonical_rule(written), canonical_rule(listed));
     }
 }

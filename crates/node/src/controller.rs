@@ -26,7 +26,7 @@ use crate::conntrack::{self, UdpFrontends};
 use crate::health::{ProxyHealth, ServiceHealth};
 use crate::inbox::{ADAPTIVE_FACTOR, Changes, Inbox, LastSync, MinInterval, Pacing};
 use crate::metrics::{FinishedSync, Metrics, NftFinishedSync};
-use crate::settings::{HostFacts, Settings, node_config};
+use crate::settings::{HostFacts, ServiceCidrs, Settings, node_config};
 
 /// How long kube-proxy waits for the nat and filter canaries to vanish too
 /// once the mangle one is gone (a flush in progress), polling every 100 ms.
@@ -247,6 +247,8 @@ pub struct SyncLoop {
     pub interfaces: Vec<InterfaceAddress>,
     /// The Node object, once seen.
     pub node: Option<NodeObject>,
+    /// The ServiceCIDR objects seen (nftables mode).
+    pub service_cidrs: ServiceCidrs,
     /// When the proxy started: older trigger times are not its latency.
     pub started: SystemTime,
 }
@@ -338,12 +340,29 @@ impl SyncLoop {
 
     /// Feeds the changes to every engine; returns the slices' trigger times.
     fn absorb(&mut self, changes: Changes) -> Vec<SystemTime> {
+        let mut reconfigure = false;
         if let Some(node) = changes.node {
             let eligible = node
                 .as_ref()
                 .is_some_and(|n| !n.deleting && !n.to_be_deleted_by_autoscaler);
             self.health.set_node_eligible(eligible);
             self.node = node;
+            reconfigure = true;
+        }
+        if self.service_cidrs.update(changes.service_cidrs) {
+            let union: Vec<String> = self
+                .service_cidrs
+                .union()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(
+                service_cidrs = union.join(","),
+                "Service CIDRs changed; the next sync is full"
+            );
+            reconfigure = true;
+        }
+        if reconfigure {
             self.reconfigure();
         }
         let single_family = self.families.len() == 1;
@@ -375,6 +394,7 @@ impl SyncLoop {
                 &self.node_name,
                 self.node.as_ref(),
                 &self.interfaces,
+                self.service_cidrs.union(),
                 proxier.facts,
             );
             proxier.set_config(config);

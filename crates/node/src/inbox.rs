@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use chainsmith_model::{EndpointSlice, NodeObject, ObjectKey, Service};
+use chainsmith_model::{EndpointSlice, IpNet, NodeObject, ObjectKey, Service};
 
 /// What changed since the last sync: the latest state of each object (`None`
 /// = deleted or unusable).
@@ -20,6 +20,8 @@ pub struct Changes {
     pub slices: HashMap<ObjectKey, Option<EndpointSlice>>,
     /// This node's Node object, when it changed (`Some(None)`: deleted).
     pub node: Option<Option<NodeObject>>,
+    /// The CIDRs of each changed ServiceCIDR object, by name (`None`: deleted).
+    pub service_cidrs: HashMap<String, Option<Vec<IpNet>>>,
     /// `endpoints.kubernetes.io/last-change-trigger-time` of the changed slices.
     pub trigger_times: Vec<SystemTime>,
 }
@@ -27,7 +29,10 @@ pub struct Changes {
 impl Changes {
     /// Nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.slices.is_empty() && self.node.is_none()
+        self.services.is_empty()
+            && self.slices.is_empty()
+            && self.node.is_none()
+            && self.service_cidrs.is_empty()
     }
 }
 
@@ -40,6 +45,9 @@ pub enum Resource {
     EndpointSlices,
     /// This node's `v1/Node`.
     Node,
+    /// `networking.k8s.io/v1/ServiceCIDR` (nftables mode only; never holds
+    /// back the first sync for long: see `watch`).
+    ServiceCidrs,
 }
 
 impl Resource {
@@ -49,6 +57,7 @@ impl Resource {
             Resource::Services => "services",
             Resource::EndpointSlices => "endpointslices",
             Resource::Node => "nodes",
+            Resource::ServiceCidrs => "servicecidrs",
         }
     }
 
@@ -60,7 +69,7 @@ impl Resource {
 #[derive(Debug, Default)]
 struct Waiting {
     changes: Changes,
-    listed: [bool; 3],
+    listed: [bool; 4],
     shutdown: bool,
 }
 
@@ -218,7 +227,12 @@ mod tests {
     };
 
     fn list_all(inbox: &Inbox) {
-        for resource in [Resource::Services, Resource::EndpointSlices, Resource::Node] {
+        for resource in [
+            Resource::Services,
+            Resource::EndpointSlices,
+            Resource::Node,
+            Resource::ServiceCidrs,
+        ] {
             inbox.listed(resource);
         }
     }
@@ -257,6 +271,19 @@ mod tests {
         assert!(last.start.elapsed() >= Duration::from_millis(200));
         assert!(!wakeup.periodic);
         assert_eq!(wakeup.changes.services.len(), 2, "three updates of two Services");
+    }
+
+    #[test]
+    fn a_service_cidr_change_alone_wakes_the_sync_loop() {
+        let inbox = Inbox::new();
+        list_all(&inbox);
+        let last = synced_now(Duration::from_millis(1));
+        inbox.record(|c| {
+            c.service_cidrs.insert("kubernetes".into(), None);
+        });
+        let wakeup = inbox.next(PACING, Some(last)).expect("not shut down");
+        assert!(!wakeup.periodic, "woken by the change, not by syncPeriod");
+        assert_eq!(wakeup.changes.service_cidrs.len(), 1);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The node proxy behind `chainsmith run`: what replaces kube-proxy on a node.
 //!
-//! [`run`] watches the API server (Services, EndpointSlices, this node's Node;
-//! [`watch`]), hands changes to a sync loop on its own thread ([`inbox`],
-//! [`controller`]) that keeps one sync engine per IP family and applies their
-//! payloads, and serves `/metrics` ([`metrics`]), `/healthz`, `/livez` and one
-//! health server per `healthCheckNodePort` ([`health`]). After syncs that
-//! change UDP Services it deletes stale conntrack entries ([`conntrack`]).
+//! [`run`] watches the API server (Services, EndpointSlices, this node's Node
+//! and, in nftables mode, ServiceCIDRs; [`watch`]), hands changes to a sync
+//! loop on its own thread ([`inbox`], [`controller`]) that keeps one sync
+//! engine per IP family and applies their payloads, and serves `/metrics`
+//! ([`metrics`]), `/healthz`, `/livez` and one health server per
+//! `healthCheckNodePort` ([`health`]). After syncs that change UDP Services
+//! it deletes stale conntrack entries ([`conntrack`]).
 //! SIGTERM stops it and leaves the rules in place; [`cleanup`] removes them.
 //!
 //! Architecture invariant: this crate wires the stages together and owns the
@@ -47,7 +48,7 @@ use controller::{FamilyProxier, NFACCT_COUNTERS, SyncLoop, nft_family};
 use health::{ProxyHealth, ServiceHealthServers};
 use inbox::Inbox;
 use metrics::Metrics;
-use settings::{HostFacts, address_families, node_config};
+use settings::{HostFacts, ServiceCidrs, address_families, node_config};
 use watch::Watchers;
 
 /// Why the node proxy could not start (once running, it does not fail: it
@@ -337,12 +338,15 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
                     }
                 };
                 tracing::info!(family = family.as_str(), mode = mode.as_str(), "proxying");
+                // The ServiceCIDRs' first list reaches the engine before the
+                // first sync (the sync loop waits for it).
                 let config = node_config(
                     &settings,
                     family,
                     &node_name,
                     node.as_ref(),
                     &interfaces,
+                    &[],
                     HostFacts::default(),
                 );
                 let mut engine = NftSyncEngine::new(config);
@@ -440,6 +444,7 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
         runner: Box::new(settings.runner()),
         interfaces,
         node,
+        service_cidrs: ServiceCidrs::default(),
         started,
     };
     let syncer = std::thread::Builder::new()
@@ -451,6 +456,7 @@ pub async fn run(mut settings: Settings) -> Result<(), NodeError> {
         metrics,
         health,
         families: family_list,
+        service_cidrs: mode == ProxyMode::Nftables,
     });
     let watching = tokio::spawn(async move { watchers.run(client, &node_name).await });
 
@@ -497,7 +503,7 @@ fn iptables_proxiers(
             version = tools.version,
             "proxying"
         );
-        let config = node_config(settings, family, node_name, node, interfaces, facts);
+        let config = node_config(settings, family, node_name, node, interfaces, &[], facts);
         let mut engine = SyncEngine::new(config, settings.partial_sync);
         engine.set_full_sync_period(settings.full_sync_period_ms);
         let applier = Applier::new(tools, Box::new(settings.runner()));

@@ -1,12 +1,13 @@
 //! What the node proxy runs with (kube-proxy's configuration plus chainsmith's
 //! own options) and the per-family [`NodeConfig`] derived from it, from the
-//! Node object and from the host.
+//! Node object, the ServiceCIDR objects and the host.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use chainsmith_applier::{Backend, DEFAULT_COMMAND_TIMEOUT, SystemRunner};
-use chainsmith_k8s::{DetectLocalMode, NodePortAddresses, ProxyConfiguration};
+use chainsmith_k8s::{DetectLocalMode, NodePortAddresses, ProxyConfiguration, ProxyMode};
 use chainsmith_model::{
     FeatureGates, InterfaceAddress, IpFamily, LocalTrafficDetector, NfacctCounters, NodeConfig, NodeObject,
     masquerade_mark_for_bit,
@@ -96,13 +97,60 @@ pub struct HostFacts {
     pub nfacct: NfacctCounters,
 }
 
-/// The rule-shaping settings of one family.
+/// The ServiceCIDR objects the node has seen, by name, and the union of their
+/// CIDRs (what nftables mode's "unallocated ClusterIP" rule drops).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceCidrs {
+    objects: BTreeMap<String, Vec<IpNet>>,
+    union: Vec<IpNet>,
+}
+
+impl ServiceCidrs {
+    /// Records each changed object's CIDRs (`None`: the object is gone);
+    /// returns whether the union changed.
+    pub fn update(&mut self, changed: impl IntoIterator<Item = (String, Option<Vec<IpNet>>)>) -> bool {
+        for (name, cidrs) in changed {
+            match cidrs {
+                Some(cidrs) => self.objects.insert(name, cidrs),
+                None => self.objects.remove(&name),
+            };
+        }
+        let union = service_cidr_union(self.objects.values().map(Vec::as_slice));
+        if union == self.union {
+            return false;
+        }
+        self.union = union;
+        true
+    }
+
+    /// Every object's CIDRs, as [`service_cidr_union`] orders them.
+    pub fn union(&self) -> &[IpNet] {
+        &self.union
+    }
+}
+
+/// The union of the ServiceCIDR objects' CIDRs: each CIDR once, IPv4 before
+/// IPv6, by address and then prefix length. Upstream joins an unordered set
+/// of the CIDR strings, so its rule's order changes from run to run; a fixed
+/// order keeps the rule (and so the full syncs it causes) stable. CIDRs that
+/// overlap are all kept, as upstream keeps them: the kernel merges them in
+/// the rule's interval set.
+pub fn service_cidr_union<'a>(per_object: impl IntoIterator<Item = &'a [IpNet]>) -> Vec<IpNet> {
+    let mut union: Vec<IpNet> = per_object.into_iter().flatten().copied().collect();
+    union.sort_unstable();
+    union.dedup();
+    union
+}
+
+/// The rule-shaping settings of one family. `service_cidrs` is the union of
+/// the ServiceCIDR objects (nftables mode only).
 pub fn node_config(
     settings: &Settings,
     family: IpFamily,
     node_name: &str,
     node: Option<&NodeObject>,
     interfaces: &[InterfaceAddress],
+    service_cidrs: &[IpNet],
     facts: HostFacts,
 ) -> NodeConfig {
     let proxy = &settings.proxy;
@@ -151,9 +199,12 @@ pub fn node_config(
         masquerade_all: proxy.masquerade_all,
         localhost_node_ports: proxy.localhost_node_ports,
         node_port_addresses,
-        // Read from ServiceCIDR objects once the node runs nftables mode; iptables
-        // mode has no rule that uses them.
-        service_cidrs: Vec::new(),
+        // Upstream's iptables proxier ignores ServiceCIDRs (it has no rule
+        // that uses them), and so does chainsmith's iptables mode.
+        service_cidrs: match proxy.mode {
+            ProxyMode::Nftables => service_cidrs.to_vec(),
+            ProxyMode::Iptables => Vec::new(),
+        },
         iptables_has_random_fully: facts.random_fully,
         conntrack_tcp_be_liberal: facts.tcp_be_liberal,
         nfacct: facts.nfacct,
@@ -220,7 +271,15 @@ mod tests {
         };
         let settings = Settings::new(proxy);
         let n = node(&["192.0.2.1", "2001:db8::1"], &["10.1.0.0/24", "fd00:1::/64"]);
-        let v6 = node_config(&settings, IpFamily::V6, "n1", Some(&n), &[], HostFacts::default());
+        let v6 = node_config(
+            &settings,
+            IpFamily::V6,
+            "n1",
+            Some(&n),
+            &[],
+            &[],
+            HostFacts::default(),
+        );
         assert_eq!(
             v6.local_traffic_detector,
             LocalTrafficDetector::NodeCidr("fd00:1::/64".parse().expect("cidr"))
@@ -232,7 +291,15 @@ mod tests {
         );
         assert_eq!(v6.masquerade_mark, "0x00001000");
         assert_eq!(v6.zone(), Some("z1"));
-        let v4 = node_config(&settings, IpFamily::V4, "n1", None, &[], HostFacts::default());
+        let v4 = node_config(
+            &settings,
+            IpFamily::V4,
+            "n1",
+            None,
+            &[],
+            &[],
+            HostFacts::default(),
+        );
         assert_eq!(
             v4.local_traffic_detector,
             LocalTrafficDetector::None,
@@ -248,13 +315,112 @@ mod tests {
             ..ProxyConfiguration::default()
         };
         let settings = Settings::new(proxy);
-        let v4 = node_config(&settings, IpFamily::V4, "n1", None, &[], HostFacts::default());
+        let v4 = node_config(
+            &settings,
+            IpFamily::V4,
+            "n1",
+            None,
+            &[],
+            &[],
+            HostFacts::default(),
+        );
         assert_eq!(
             v4.local_traffic_detector,
             LocalTrafficDetector::ClusterCidr("10.0.0.0/8".parse().expect("cidr"))
         );
         assert!(!v4.feature_gates.load_balancer_ip_mode);
-        let v6 = node_config(&settings, IpFamily::V6, "n1", None, &[], HostFacts::default());
+        let v6 = node_config(
+            &settings,
+            IpFamily::V6,
+            "n1",
+            None,
+            &[],
+            &[],
+            HostFacts::default(),
+        );
         assert_eq!(v6.local_traffic_detector, LocalTrafficDetector::None);
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|c| c.parse().expect("cidr")).collect()
+    }
+
+    #[test]
+    fn the_union_holds_each_cidr_once_ipv4_first_by_address_then_prefix() {
+        let kubernetes = nets(&["fd00:10:96::/112", "10.96.0.0/16"]);
+        let extra = nets(&[
+            "10.96.0.0/12",
+            "10.100.0.0/16",
+            "10.96.0.0/16",
+            "fd00:10:95::/112",
+        ]);
+        let empty: Vec<IpNet> = Vec::new();
+        let union = service_cidr_union([kubernetes.as_slice(), &extra, &empty]);
+        assert_eq!(
+            union,
+            nets(&[
+                "10.96.0.0/12",
+                "10.96.0.0/16",
+                "10.100.0.0/16",
+                "fd00:10:95::/112",
+                "fd00:10:96::/112"
+            ])
+        );
+        // The order of the objects does not matter.
+        assert_eq!(service_cidr_union([extra.as_slice(), &kubernetes]), union);
+        assert!(service_cidr_union([empty.as_slice()]).is_empty());
+    }
+
+    #[test]
+    fn service_cidrs_change_when_the_union_does() {
+        let mut cidrs = ServiceCidrs::default();
+        assert!(cidrs.update([("kubernetes".to_owned(), Some(nets(&["10.96.0.0/16"])))]));
+        // Another object with a CIDR already there: the union is the same.
+        assert!(!cidrs.update([("copy".to_owned(), Some(nets(&["10.96.0.0/16"])))]));
+        // One of the two goes: the other still holds the CIDR (upstream's
+        // set of strings would lose it here).
+        assert!(!cidrs.update([("kubernetes".to_owned(), None)]));
+        assert_eq!(cidrs.union(), nets(&["10.96.0.0/16"]));
+        assert!(cidrs.update([
+            ("copy".to_owned(), Some(nets(&["10.97.0.0/16"]))),
+            ("gone".to_owned(), None),
+        ]));
+        assert_eq!(cidrs.union(), nets(&["10.97.0.0/16"]));
+        assert!(cidrs.update([("copy".to_owned(), None)]));
+        assert!(cidrs.union().is_empty());
+    }
+
+    #[test]
+    fn only_nftables_mode_uses_the_service_cidrs() {
+        let cidrs = nets(&["10.96.0.0/16", "fd00:10:96::/112"]);
+        let nftables = Settings::new(ProxyConfiguration {
+            mode: ProxyMode::Nftables,
+            ..ProxyConfiguration::default()
+        });
+        let v4 = node_config(
+            &nftables,
+            IpFamily::V4,
+            "n1",
+            None,
+            &[],
+            &cidrs,
+            HostFacts::default(),
+        );
+        // Each family's table takes its own (NftContext filters by family).
+        assert_eq!(v4.service_cidrs, cidrs);
+        let iptables = Settings::new(ProxyConfiguration {
+            mode: ProxyMode::Iptables,
+            ..ProxyConfiguration::default()
+        });
+        let v4 = node_config(
+            &iptables,
+            IpFamily::V4,
+            "n1",
+            None,
+            &[],
+            &cidrs,
+            HostFacts::default(),
+        );
+        assert!(v4.service_cidrs.is_empty());
     }
 }

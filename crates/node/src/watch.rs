@@ -3,6 +3,12 @@
 //! retries with backoff on its own and relists after `410 Gone` or a lost
 //! connection; a relist records the deletion of every object it no longer
 //! lists, so an outage loses nothing.
+//!
+//! ServiceCIDRs (followed in nftables mode only) are optional: a cluster
+//! older than Kubernetes 1.33 does not serve them (`404`), which is logged
+//! once and neither counted as a watch error nor allowed to hold back a
+//! sync; the watcher keeps retrying with its backoff, so an API server
+//! upgrade is picked up without a restart.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use chainsmith_model::{Diagnostic, IpFamily, ObjectKey, Severity};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
@@ -38,6 +45,9 @@ pub struct Watchers {
     pub health: Arc<ProxyHealth>,
     /// The families being synced.
     pub families: Vec<IpFamily>,
+    /// Follow ServiceCIDR objects (nftables mode: the only mode with a rule
+    /// that uses them, as upstream's).
+    pub service_cidrs: bool,
 }
 
 /// An API object the node follows.
@@ -45,6 +55,12 @@ trait Followed:
     kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static
 {
     const RESOURCE: Resource;
+
+    /// For a resource the cluster may not serve: the warning logged (once)
+    /// when it answers `404`, saying what the node does without it. Such a
+    /// `404` is not counted as a watch error, and no error of the resource
+    /// holds back the first sync.
+    const OPTIONAL: Option<&'static str> = None;
 
     fn key(&self) -> ObjectKey {
         let meta = self.meta();
@@ -109,16 +125,48 @@ impl Followed for core::Node {
     }
 }
 
+impl Followed for networking::ServiceCIDR {
+    const RESOURCE: Resource = Resource::ServiceCidrs;
+    const OPTIONAL: Option<&'static str> = Some(
+        "ServiceCIDRs are not served by this API server (Kubernetes before 1.33, or networking.k8s.io/v1 disabled): \
+         traffic to unallocated Service IPs is not dropped until they are; retrying quietly",
+    );
+
+    fn record(
+        changes: &mut Changes,
+        key: ObjectKey,
+        object: Option<&Self>,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        let cidrs = object.and_then(|cidr| chainsmith_k8s::service_cidr_from_k8s(cidr, diagnostics));
+        changes.service_cidrs.insert(key.name, cidrs);
+    }
+}
+
 impl Watchers {
-    /// Follows Services, EndpointSlices and this node's Node until the
-    /// streams end (they do not: errors are retried).
+    /// Follows Services, EndpointSlices, this node's Node and (in nftables
+    /// mode) ServiceCIDRs until the streams end (they do not: errors are
+    /// retried).
     pub async fn run(self: Arc<Self>, client: Client, node_name: &str) {
         let selector = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
         let node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+        let service_cidrs = async {
+            if self.service_cidrs {
+                self.follow(
+                    Api::<networking::ServiceCIDR>::all(client.clone()),
+                    watcher::Config::default(),
+                )
+                .await;
+            } else {
+                // Not followed in this mode: nothing for the first sync to wait for.
+                self.inbox.listed(Resource::ServiceCidrs);
+            }
+        };
         tokio::join!(
             self.follow(Api::<core::Service>::all(client.clone()), selector.clone()),
             self.follow(Api::<discovery::EndpointSlice>::all(client.clone()), selector),
-            self.follow(Api::<core::Node>::all(client), node),
+            self.follow(Api::<core::Node>::all(client.clone()), node),
+            service_cidrs,
         );
     }
 
@@ -127,6 +175,11 @@ impl Watchers {
         self.metrics.watch_started(resource);
         let mut known: HashSet<ObjectKey> = HashSet::new();
         let mut relisting: Option<HashSet<ObjectKey>> = None;
+        // For an optional resource: the API server answered 404 last.
+        let mut not_served = false;
+        // The first sync waits for this resource until its first list (or,
+        // for an optional resource, its first error).
+        let mut holds_first_sync = true;
         let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(event) = stream.next().await {
             match event {
@@ -152,11 +205,36 @@ impl Watchers {
                     }
                     tracing::info!(resource, objects = fresh.len(), "listed");
                     known = fresh;
+                    not_served = false;
+                    holds_first_sync = false;
                     self.inbox.listed(K::RESOURCE);
                 }
                 Err(error) => {
-                    self.metrics.watch_error(resource);
-                    tracing::warn!(resource, %error, "watch failed; retrying with backoff");
+                    let Some(not_served_warning) = K::OPTIONAL else {
+                        self.metrics.watch_error(resource);
+                        tracing::warn!(resource, %error, "watch failed; retrying with backoff");
+                        continue;
+                    };
+                    if is_not_found(&error) {
+                        // Not an error of this node: the cluster's API level.
+                        // Counting it would keep the watch-errors alert firing
+                        // on every node of an older cluster. What was listed
+                        // before (an API server downgrade) stays as it was.
+                        if !not_served {
+                            tracing::warn!(resource, %error, "{not_served_warning}");
+                        }
+                        not_served = true;
+                    } else {
+                        self.metrics.watch_error(resource);
+                        tracing::warn!(resource, %error, "watch failed; retrying with backoff");
+                        if holds_first_sync {
+                            tracing::warn!(resource, "not listed yet: syncing without it meanwhile");
+                        }
+                    }
+                    // Whatever failed, the syncs go on without it (a missing
+                    // RBAC rule after an upgrade must not stop the proxy).
+                    holds_first_sync = false;
+                    self.inbox.listed(K::RESOURCE);
                 }
             }
         }
@@ -176,7 +254,7 @@ impl Watchers {
         match K::RESOURCE {
             Resource::Services => self.metrics.change(false, services),
             Resource::EndpointSlices => self.metrics.change(true, slices),
-            Resource::Node => {}
+            Resource::Node | Resource::ServiceCidrs => {}
         }
         let now = SystemTime::now();
         let now_unix = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
@@ -184,5 +262,42 @@ impl Watchers {
             self.health.queued(*family, now);
             self.metrics.queued(*family, now_unix);
         }
+    }
+}
+
+/// Whether a watcher error is the API server's `404 NotFound` for the
+/// resource itself (the list or watch path is not served).
+fn is_not_found(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 404,
+        watcher::Error::WatchError(status) => status.code == 404,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(
+            Status::failure("the server could not find the requested resource", "NotFound")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn only_a_404_for_the_resource_is_not_found() {
+        assert!(is_not_found(&watcher::Error::InitialListFailed(api(404))));
+        assert!(is_not_found(&watcher::Error::WatchStartFailed(api(404))));
+        assert!(is_not_found(&watcher::Error::WatchFailed(api(404))));
+        assert!(!is_not_found(&watcher::Error::InitialListFailed(api(403))));
+        assert!(!is_not_found(&watcher::Error::WatchStartFailed(api(503))));
+        assert!(!is_not_found(&watcher::Error::NoResourceVersion));
     }
 }
