@@ -90,12 +90,8 @@ impl NftContext {
             pod_source,
             not_pod_source,
             node_ports,
-            // Upstream hands nft its CIDRs pre-joined (`a,b`); they are spelt
-            // here as this layout spells every anonymous set of several
-            // elements (`a , b`, as the firewall chains' source ranges), the
-            // form the netlink applier and `canonical_rule` read, and nft
-            // too. One CIDR, the common case, reads the same either way.
-            service_cidrs: (!cidrs.is_empty()).then(|| cidrs.join(" , ")),
+            // Upstream's spelling: the CIDRs joined by commas, no spaces.
+            service_cidrs: (!cidrs.is_empty()).then(|| cidrs.join(",")),
             diagnostics,
         }
     }
@@ -180,7 +176,7 @@ mod tests {
         assert_eq!(
             drop_rule(IpFamily::V4, &cidrs).as_deref(),
             Some(
-                "add rule ip kube-proxy cluster-ips-check ip daddr { 10.96.0.0/16 , 10.100.0.0/16 } drop comment \"Drop traffic to unallocated ClusterIPs\""
+                "add rule ip kube-proxy cluster-ips-check ip daddr { 10.96.0.0/16,10.100.0.0/16 } drop comment \"Drop traffic to unallocated ClusterIPs\""
             )
         );
         assert_eq!(
@@ -197,7 +193,7 @@ mod tests {
     fn several_cidrs_read_as_the_kernel_lists_them() {
         // What `nft list table` shows for the rule (nft 1.0.6): the set's
         // elements merged and in address order.
-        let written = "ip daddr { 10.96.0.0/16 , 10.100.0.0/16 , 10.97.0.0/16 } drop";
+        let written = "ip daddr { 10.96.0.0/16,10.100.0.0/16,10.97.0.0/16 } drop";
         let listed = "ip daddr { 10.96.0.0/15, 10.100.0.0/16 } drop";
         assert_eq!(canonical_rule(written), canonical_rule(listed));
     }

@@ -485,8 +485,9 @@ impl<'a> Parser<'a> {
                         if item == "}" {
                             break;
                         }
-                        if item != "," {
-                            items.push(value::prefix(item).ok_or_else(|| format!("address {item:?}"))?);
+                        // `{ a , b }`, `{ a, b }` and upstream's `{ a,b }` alike.
+                        for part in item.split(',').filter(|p| !p.is_empty()) {
+                            items.push(value::prefix(part).ok_or_else(|| format!("address {part:?}"))?);
                         }
                     }
                     match items.as_slice() {

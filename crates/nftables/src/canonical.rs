@@ -216,7 +216,8 @@ fn interface_match(t: &[&str]) -> Option<(String, usize)> {
 }
 
 /// The elements of the value at `at`: one token, or the elements of a
-/// `{ a , b }` / `{ a, b }` set. Also returns how many tokens were read.
+/// `{ a , b }` / `{ a, b }` / `{ a,b }` set. Also returns how many tokens
+/// were read.
 fn value_tokens<'t>(t: &[&'t str], at: usize) -> Option<(Vec<&'t str>, usize)> {
     if t.get(at) != Some(&"{") {
         return Some((vec![*t.get(at)?], at + 1));
@@ -224,8 +225,8 @@ fn value_tokens<'t>(t: &[&'t str], at: usize) -> Option<(Vec<&'t str>, usize)> {
     let close = at + t[at..].iter().position(|&w| w == "}")?;
     let elements = t[at + 1..close]
         .iter()
-        .filter(|&&w| w != ",")
-        .map(|w| w.strip_suffix(',').unwrap_or(w))
+        .flat_map(|w| w.split(','))
+        .filter(|w| !w.is_empty())
         .collect();
     Some((elements, close + 1))
 }
@@ -460,6 +461,10 @@ mod tests {
             "meta mark & 0x00004000 == 0x00004000 return",
         ),
         ("ip daddr { 172.30.0.0/16 } drop", "ip daddr 172.30.0.0/16 drop"),
+        (
+            "ip daddr { 172.30.0.0/16,10.96.0.0/12 } drop",
+            "ip daddr { 10.96.0.0/12, 172.30.0.0/16 } drop",
+        ),
         (
             "ip saddr != { 203.0.113.0/25 } drop",
             "ip saddr != 203.0.113.0/25 drop",
