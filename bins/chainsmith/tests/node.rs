@@ -1022,9 +1022,22 @@ fn assert_cluster_role_matches_requests(requests: &[String], other_mode: &[&str]
 
 #[test]
 fn dual_stack_and_stale_udp_conntrack_entries() {
-    if !kernel_tests_enabled("dual_stack_and_stale_udp_conntrack_entries") {
-        return;
+    if kernel_tests_enabled("dual_stack_and_stale_udp_conntrack_entries") {
+        dual_stack_and_udp_cleanup(&[]);
     }
+}
+
+/// nftables mode in both families: tables `ip kube-proxy` and `ip6
+/// kube-proxy`, each synced by its own engine over the same kind of socket.
+#[test]
+fn dual_stack_and_stale_udp_conntrack_entries_in_nftables_mode() {
+    if kernel_tests_enabled("dual_stack_and_stale_udp_conntrack_entries_in_nftables_mode") {
+        dual_stack_and_udp_cleanup(&["--proxy-mode", "nftables"]);
+    }
+}
+
+fn dual_stack_and_udp_cleanup(mode_args: &[&str]) {
+    let nftables = mode_args.contains(&"nftables");
     let dns_ip = v4(40);
     let web6 = v6(0x10);
     let dns = service(
@@ -1042,11 +1055,23 @@ fn dual_stack_and_stale_udp_conntrack_entries() {
         .apply(slice("web6", Proto::Tcp, &[(node.pod_ip("pod-b", true), NODE)]));
     // kubeadm's ConfigMap leaves minSyncPeriod at 0s: paced by the syncs' cost.
     node.min_sync_period = None;
-    node.spawn(true, &[]);
+    node.spawn(true, mode_args);
 
     // Both families are proxied.
     node.wait_for_pods(Proto::Tcp, web6, 80, &["pod-b"]);
     node.wait_for_pods(Proto::Udp, dns_ip, 53, &["pod-a"]);
+    if nftables {
+        let (ip, ip6) = (node.nft_table("ip"), node.nft_table("ip6"));
+        assert!(
+            ip.as_deref().is_some_and(|t| t.contains(&dns_ip.to_string())),
+            "{ip:?}"
+        );
+        assert!(
+            ip6.as_deref().is_some_and(|t| t.contains(&web6.to_string())),
+            "{ip6:?}"
+        );
+        assert!(!node.rules(false).contains("KUBE-"), "{}", node.rules(false));
+    }
     let metrics = node.metrics();
     assert!(
         metric_sample(
@@ -1095,6 +1120,9 @@ fn dual_stack_and_stale_udp_conntrack_entries() {
         .unwrap_or(0.0)
             >= 1.0
     });
+    if nftables {
+        return;
+    }
     // Unset minSyncPeriod: the wait scales with these small syncs' cost
     // instead of kube-proxy's fixed 1 s.
     assert!(node.log().contains("minSyncPeriod not set"), "{}", node.log());
