@@ -6,13 +6,16 @@
 //! loaded table, through `nft -f` (which lists the whole table into its
 //! cache first) and through netlink (which does not). With `--restart`, a
 //! restarted proxy's first full sync over the loaded table, as one
-//! transaction and cut leaves first, each into its own loaded namespace.
+//! transaction and cut leaves first (upstream's content), and keeping the
+//! chains that already hold what would be written (`run`'s), each into its
+//! own loaded namespace.
 //! Needs root.
 //!
-//! `cargo run --release -p chainsmith-benches --example nft_netlink_sync -- 10000 10 [OPS] [--no-nft] [--restart]`
+//! `cargo run --release -p chainsmith-benches --example nft_netlink_sync -- 10000 10 [OPS [RESTART_OPS]] [--no-nft] [--restart]`
 //! (OPS: operations per netlink transaction of the first sync, default the
-//! applier's `FIRST_SYNC_PIECE_OPS`; `--no-nft` skips the one-`nft -f` first
-//! sync, minutes at 10k x 10).
+//! applier's `FIRST_SYNC_PIECE_OPS`; RESTART_OPS the same for the restart,
+//! default OPS; `--no-nft` skips the one-`nft -f` first sync, minutes at 10k
+//! x 10).
 
 use std::io::Write;
 use std::path::Path;
@@ -111,7 +114,8 @@ fn main() -> Result<(), Error> {
         )?;
     }
     if with_restart {
-        restart(&mut out, &loaded, &pieces, &change, &input, piece_ops)?;
+        let restart_ops = numbers.get(3).copied().unwrap_or(piece_ops);
+        restart(&mut out, &loaded, &pieces, &change, &input, restart_ops)?;
     }
     Ok(())
 }
@@ -128,6 +132,13 @@ fn restart(
     piece_ops: usize,
 ) -> Result<(), Error> {
     let existing = nft_list_table(loaded, Family::Ip)?;
+    let mut kept = NftSyncEngine::new(node());
+    kept.keep_unchanged_chains_at_start();
+    kept.set_existing(&existing);
+    kept.replace_state(&input.services, &input.slices);
+    let started = Instant::now();
+    let keeping = kept.sync(2_000, false).main;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut restarted = NftSyncEngine::new(node());
     restarted.set_existing(&existing);
     restarted.replace_state(&input.services, &input.slices);
@@ -161,6 +172,21 @@ fn restart(
     );
     if !drift(&a, &b).is_empty() {
         return Err("the kernel's tables differ after the restart".into());
+    }
+    // chainsmith's node: chains that already hold what would be written stay.
+    let third = Netns::new("nftkeep")?;
+    let mut third_applier = netlink(&third)?;
+    send_netlink(&mut third_applier, first)?;
+    send_netlink(&mut third_applier, std::slice::from_ref(change))?;
+    let keeping_seconds = send_netlink(&mut third_applier, std::slice::from_ref(&keeping))?;
+    writeln!(
+        out,
+        "restart keeping unchanged chains (what `run` does): {} operations (compile {compile_ms:.0} ms), \
+         one transaction {keeping_seconds:.2} s",
+        keeping.len()
+    )?;
+    if !drift(&a, &nft_list_table(&third, Family::Ip)?).is_empty() {
+        return Err("keeping unchanged chains leaves another table".into());
     }
     Ok(())
 }

@@ -48,11 +48,39 @@ pub struct AnonSet {
     pub elements: Vec<AnonElement>,
 }
 
-pub struct Encoder {
+pub struct Encoder<'n> {
     pub batch: Batch,
     pub family: Family,
     seq: u32,
     next_set_id: u32,
+    anon_names: &'n mut AnonNames,
+}
+
+/// Names for anonymous sets, unique in any table: `nft` sends `__map%d` and
+/// lets the kernel pick the number, for which the kernel parses the name of
+/// every set already in the table; with thousands of `numgen` verdict maps
+/// that scan made loading a table cost more the more it held. A name of our
+/// own skips it, and the set stays anonymous (it lists inline, unnamed).
+#[derive(Debug)]
+pub struct AnonNames {
+    /// Random per socket, so that names never meet those of an earlier
+    /// proxy whose sets are still in the table.
+    nonce: u64,
+    next: u64,
+}
+
+impl AnonNames {
+    pub fn new() -> AnonNames {
+        use std::hash::BuildHasher;
+        let nonce = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        AnonNames { nonce, next: 0 }
+    }
+
+    fn next(&mut self, map: bool) -> String {
+        self.next += 1;
+        let kind = if map { "map" } else { "set" };
+        format!("__{kind}{:016x}_{:x}", self.nonce, self.next)
+    }
 }
 
 pub fn family_number(family: Family) -> u8 {
@@ -63,12 +91,13 @@ pub fn family_number(family: Family) -> u8 {
 }
 
 /// Encodes `tx` into a batch whose sequence numbers start at `first_seq`.
-pub fn encode(tx: &Transaction, first_seq: u32) -> Result<Encoded, NetlinkError> {
+pub fn encode(tx: &Transaction, first_seq: u32, anon_names: &mut AnonNames) -> Result<Encoded, NetlinkError> {
     let mut enc = Encoder {
         batch: Batch::default(),
         family: tx.family,
         seq: first_seq,
         next_set_id: 1,
+        anon_names,
     };
     let mut seqs = Vec::with_capacity(tx.ops.len());
     let begin_seq = enc.next_seq();
@@ -102,7 +131,7 @@ pub fn op_text(family: Family, op: &Op) -> String {
     text
 }
 
-impl Encoder {
+impl Encoder<'_> {
     fn next_seq(&mut self) -> u32 {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
@@ -213,9 +242,9 @@ impl Encoder {
             }
             Op::AddRule { chain, rule, comment } => {
                 let compiled = crate::rule::compile(self.family, rule)?;
-                let mut ids = Vec::with_capacity(compiled.sets.len());
+                let mut sets = Vec::with_capacity(compiled.sets.len());
                 for set in &compiled.sets {
-                    ids.push(self.anon_set(set));
+                    sets.push(self.anon_set(set));
                 }
                 self.begin(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
                 let b = &mut self.batch;
@@ -223,7 +252,7 @@ impl Encoder {
                 b.str(NFTA_RULE_CHAIN, chain);
                 let exprs = b.open(NFTA_RULE_EXPRESSIONS);
                 for expr in &compiled.exprs {
-                    expr.write(b, &ids);
+                    expr.write(b, &sets);
                 }
                 b.close(exprs);
                 if let Some(comment) = comment {
@@ -295,16 +324,17 @@ impl Encoder {
         Ok(())
     }
 
-    /// Declares an anonymous set and its elements (two messages); returns its id.
-    fn anon_set(&mut self, set: &AnonSet) -> u32 {
+    /// Declares an anonymous set and its elements (two messages); returns
+    /// its id in the batch and its name.
+    fn anon_set(&mut self, set: &AnonSet) -> (u32, String) {
         let id = self.next_set_id;
         self.next_set_id += 1;
         let map = set.flags & NFT_SET_MAP != 0;
-        let name = if map { "__map%d" } else { "__set%d" };
+        let name = self.anon_names.next(map);
         self.begin(NFT_MSG_NEWSET, NLM_F_CREATE);
         let b = &mut self.batch;
         b.str(NFTA_SET_TABLE, TABLE_NAME);
-        b.str(NFTA_SET_NAME, name);
+        b.str(NFTA_SET_NAME, &name);
         b.u32(NFTA_SET_FLAGS, set.flags);
         b.u32(NFTA_SET_KEY_TYPE, set.key_type);
         b.u32(NFTA_SET_KEY_LEN, set.key_len);
@@ -325,7 +355,7 @@ impl Encoder {
         self.begin(NFT_MSG_NEWSETELEM, NLM_F_CREATE);
         let b = &mut self.batch;
         b.str(NFTA_SET_ELEM_LIST_TABLE, TABLE_NAME);
-        b.str(NFTA_SET_ELEM_LIST_SET, name);
+        b.str(NFTA_SET_ELEM_LIST_SET, &name);
         b.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
         let list = b.open(NFTA_SET_ELEM_LIST_ELEMENTS);
         for element in &set.elements {
@@ -346,7 +376,7 @@ impl Encoder {
         }
         b.close(list);
         b.end();
-        id
+        (id, name)
     }
 }
 
@@ -392,7 +422,7 @@ flush chain ip kube-proxy a
             Family::Ip,
         )
         .unwrap();
-        let e = encode(&tx, 100).unwrap();
+        let e = encode(&tx, 100, &mut AnonNames::new()).unwrap();
         // begin 100, table 101, chain 102, anonymous map 103 + elements 104 + rule 105, flush 106, end 107
         assert_eq!(e.batch.messages, 8);
         assert_eq!(e.last_seq, 107);
@@ -407,7 +437,7 @@ flush chain ip kube-proxy a
             Family::Ip,
         )
         .unwrap();
-        let err = encode(&tx, 1).unwrap_err().to_string();
+        let err = encode(&tx, 1, &mut AnonNames::new()).unwrap_err().to_string();
         assert!(
             err.starts_with("op 1 (add rule ip kube-proxy a tcp dport 22 accept): not supported yet"),
             "{err}"

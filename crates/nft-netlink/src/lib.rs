@@ -102,6 +102,7 @@ pub struct NetlinkApplier {
     /// read, and the transactions this socket committed since; `None`
     /// before the first read, or after an apply whose outcome is unknown.
     watch: Option<(u32, u32)>,
+    anon_names: encode::AnonNames,
 }
 
 fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> NetlinkError {
@@ -126,6 +127,7 @@ impl NetlinkApplier {
             seq: u32::try_from(seed & 0x3fff_ffff).unwrap_or(1),
             sndbuf: 0,
             watch: None,
+            anon_names: encode::AnonNames::new(),
         })
     }
 
@@ -258,7 +260,7 @@ impl NetlinkApplier {
     }
 
     fn send_batch(&mut self, transaction: &Transaction) -> Result<ApplyReport, NetlinkError> {
-        let encoded = encode::encode(transaction, self.seq)?;
+        let encoded = encode::encode(transaction, self.seq, &mut self.anon_names)?;
         self.seq = encoded.last_seq.wrapping_add(2);
         let bytes = encoded.batch.buf.len();
         if bytes + 4096 > self.sndbuf {

@@ -86,8 +86,9 @@ pub struct Compiled {
 }
 
 impl Expr {
-    /// Writes the expression; `ids` are the batch ids of the rule's anonymous sets.
-    pub fn write(&self, b: &mut Batch, ids: &[u32]) {
+    /// Writes the expression; `sets` are the batch ids and names of the
+    /// rule's anonymous sets.
+    pub fn write(&self, b: &mut Batch, sets: &[(u32, String)]) {
         match self {
             Expr::Payload {
                 dreg,
@@ -144,9 +145,9 @@ impl Expr {
                 match set {
                     SetRef::Named(name) => b.str(NFTA_LOOKUP_SET, name),
                     SetRef::Anon(n) => {
-                        let map = dreg.is_some();
-                        b.str(NFTA_LOOKUP_SET, if map { "__map%d" } else { "__set%d" });
-                        b.u32(NFTA_LOOKUP_SET_ID, ids.get(*n).copied().unwrap_or(0));
+                        let (id, name) = sets.get(*n).map_or((0, ""), |(id, name)| (*id, name.as_str()));
+                        b.str(NFTA_LOOKUP_SET, name);
+                        b.u32(NFTA_LOOKUP_SET_ID, id);
                     }
                 }
                 if *invert {

@@ -111,13 +111,17 @@ impl FamilyProxier {
 
     /// An nftables-mode proxier. The kernel's table is read once now (`nft
     /// list table` through `runner`), so that the first full sync keeps what
-    /// is still wanted and removes stale chains, as upstream after a restart.
+    /// is still wanted and removes stale chains, as upstream after a restart;
+    /// unlike upstream it also keeps every chain that already holds what it
+    /// would write, not only endpoint chains.
     pub fn nftables(
         family: IpFamily,
         mut engine: NftSyncEngine,
         netlink: NetlinkApplier,
         runner: &dyn Runner,
     ) -> FamilyProxier {
+        // A restart over a large table sends only what changed.
+        engine.keep_unchanged_chains_at_start();
         let table_absent = match list_table(runner, nft_family(family)) {
             Ok(table) => {
                 if table.exists() {

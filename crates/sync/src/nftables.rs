@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, Service};
 use chainsmith_naming::nft::{NftObjectKind, is_service_chain};
 use chainsmith_nft_layout::{ElementMap, NftContext, OwnChain, PortObjects, setup};
-use chainsmith_nftables::{ApplyError, ChainSpec, Element, Op, SetKind, Table, Transaction};
+use chainsmith_nftables::{ApplyError, ChainSpec, Element, Op, SetKind, Table, Transaction, canonical_rule};
 use chainsmith_planner::{NodeContext, ServicePortPlan};
 use std::sync::Arc;
 
@@ -79,6 +79,10 @@ struct KnownTable {
     /// table was seen (a fresh host: upstream's listing fails, and neither
     /// stale chains nor kept endpoint chains are looked for).
     chains: Option<BTreeSet<String>>,
+    /// The content of each per-service chain found at start-up (a digest of
+    /// its rules in canonical spelling): the first full sync keeps a chain
+    /// whose content is already what it would write. Empty after it.
+    contents: HashMap<String, u64>,
     affinity_sets: BTreeSet<String>,
     /// Elements of the diffed maps: key -> value.
     elements: BTreeMap<ElementMap, BTreeMap<String, Option<String>>>,
@@ -143,6 +147,9 @@ pub struct NftSyncEngine {
     /// Which ports want each element of the diffed maps, so that a partial
     /// sync touches only the elements of the Services that changed.
     owners: HashMap<(ElementMap, String), Owners>,
+    /// The first full sync keeps every chain found at start-up that holds
+    /// what it would write (upstream: endpoint chains only).
+    keep_unchanged_at_start: bool,
 }
 
 impl NftSyncEngine {
@@ -163,7 +170,16 @@ impl NftSyncEngine {
             pending: None,
             objects: HashMap::new(),
             owners: HashMap::new(),
+            keep_unchanged_at_start: false,
         }
+    }
+
+    /// Makes the first full sync after start-up keep every per-service
+    /// chain the kernel already holds with the content it would write, not
+    /// only endpoint chains as upstream: a restart over a large table then
+    /// sends what changed instead of every Service chain again.
+    pub fn keep_unchanged_chains_at_start(&mut self) {
+        self.keep_unchanged_at_start = true;
     }
 
     /// The node context the engine plans with.
@@ -284,6 +300,18 @@ impl NftSyncEngine {
             .filter(|name| is_service_chain(name))
             .map(str::to_string)
             .collect();
+        let contents = table
+            .chain_names()
+            .filter(|name| self.keep_unchanged_at_start && is_service_chain(name))
+            .map(|name| {
+                let digest = content_digest(
+                    table
+                        .rules(name)
+                        .map(|(rule, comment)| (canonical_rule(rule), comment)),
+                );
+                (name.to_string(), digest)
+            })
+            .collect();
         let affinity_sets = table
             .sets()
             .filter(|set| set.name.starts_with(NftObjectKind::Affinity.prefix()))
@@ -301,6 +329,7 @@ impl NftSyncEngine {
             .collect();
         self.known = KnownTable {
             chains: Some(chains),
+            contents,
             affinity_sets,
             elements,
         };
@@ -450,12 +479,29 @@ impl NftSyncEngine {
         for plan in &plans {
             let objects = PortObjects::of(plan, &self.nft);
             for chain in &objects.chains {
-                // An endpoint chain's content follows from its name and whether
-                // affinity is on, so one found at start-up is kept as it is.
+                // Upstream keeps an endpoint chain found at start-up, whose
+                // content follows from its name and whether affinity is on.
+                // With `keep_unchanged_at_start`, any chain found holding
+                // what would be written stays: the kernel keeps its rules and
+                // anonymous verdict maps, whose creation costs it a scan of
+                // every set in the table.
                 let kept = !self.synced_once
-                    && chain.kind == NftObjectKind::Endpoint
                     && exists(&chain.name)
-                    && known.affinity_sets.contains(&affinity_set_of(&chain.name)) == chain.uses_affinity;
+                    && if self.keep_unchanged_at_start {
+                        known.contents.get(&chain.name).is_some_and(|digest| {
+                            *digest
+                                == content_digest(
+                                    chain
+                                        .rules
+                                        .iter()
+                                        .map(|(rule, comment)| (canonical_rule(rule), comment.as_deref())),
+                                )
+                        })
+                    } else {
+                        chain.kind == NftObjectKind::Endpoint
+                            && known.affinity_sets.contains(&affinity_set_of(&chain.name))
+                                == chain.uses_affinity
+                    };
                 if !kept {
                     counts.chains_written += 1;
                     Self::write_chain(main, &mut rules, chain);
@@ -721,6 +767,8 @@ impl NftSyncEngine {
         // A refused cleanup makes the next sync full, as upstream does.
         self.needs_full = !cleanup_applied;
         self.synced_once = true;
+        // Only the first full sync after start-up keeps chains by content.
+        self.known.contents = HashMap::new();
         self.state.clear_changed();
     }
 }
@@ -731,6 +779,17 @@ fn affinity_set_of(endpoint_chain: &str) -> String {
         .strip_prefix(NftObjectKind::Endpoint.prefix())
         .unwrap_or(endpoint_chain);
     NftObjectKind::Affinity.name(base)
+}
+
+/// A digest of a chain's rules (canonical spelling, with their comments),
+/// to tell whether a chain found in the kernel holds what would be written.
+fn content_digest<'c>(rules: impl Iterator<Item = (String, Option<&'c str>)>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for rule in rules {
+        rule.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Upstream's `ensureElem`: sends an element unless the kernel (or this

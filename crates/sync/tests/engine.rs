@@ -4,6 +4,7 @@
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use chainsmith_iptables::RuleSet;
@@ -12,7 +13,8 @@ use chainsmith_model::{
     AddressType, ClusterIps, Endpoint, EndpointPort, EndpointSlice, IpNet, LoadBalancerIngress,
     LocalTrafficDetector, NodeConfig, ObjectKey, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
-use chainsmith_sync::{FULL_SYNC_PERIOD_MS, PartialSyncMode, SyncEngine, SyncKind};
+use chainsmith_nftables::{Family, Op, Table, Transaction};
+use chainsmith_sync::{FULL_SYNC_PERIOD_MS, NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 
 fn node() -> NodeConfig {
     NodeConfig {
@@ -352,4 +354,58 @@ fn incremental_syncs_always_equal_a_full_sync() {
             );
         }
     }
+}
+
+/// nftables mode after a restart: with `keep_unchanged_chains_at_start` the
+/// first full sync rewrites only the chains whose content changed while the
+/// proxy was down, and leaves the table a fresh proxy (upstream's restart)
+/// leaves.
+#[test]
+fn an_nftables_restart_rewrites_only_what_changed() {
+    let services: Vec<Service> = (0..20).map(service).collect();
+    let mut slices: Vec<EndpointSlice> = (0..20)
+        .map(|i| slice(i, &[(1, true, true), (2, true, false)]))
+        .collect();
+    let mut first = NftSyncEngine::new(node());
+    first.replace_state(&services, &slices);
+    let mut kernel = Table::new(Family::Ip);
+    kernel
+        .apply(&first.sync(0, false).main)
+        .expect("first sync applies");
+
+    // While the proxy is down, svc4 gains an endpoint.
+    slices[4] = slice(4, &[(1, true, true), (2, true, false), (3, true, false)]);
+    let restart = |keep: bool| {
+        let mut engine = NftSyncEngine::new(node());
+        if keep {
+            engine.keep_unchanged_chains_at_start();
+        }
+        engine.set_existing(&kernel);
+        engine.replace_state(&services, &slices);
+        let main = engine.sync(60_000, false).main;
+        let mut after = kernel.clone();
+        after.apply(&main).expect("restart applies");
+        (main, after)
+    };
+    let (upstream, upstream_table) = restart(false);
+    let (keeping, keeping_table) = restart(true);
+    assert!(chainsmith_nftables::drift(&upstream_table, &keeping_table).is_empty());
+
+    let written = |tx: &Transaction| -> BTreeSet<String> {
+        tx.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::FlushChain(name) if name.contains('/') => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let kept_written = written(&keeping);
+    assert!(!kept_written.is_empty());
+    assert!(
+        kept_written.iter().all(|name| name.contains("ns1/svc4/")),
+        "{kept_written:#?}"
+    );
+    // Upstream rewrites every Service's chains.
+    assert!(written(&upstream).len() > 20, "{:#?}", written(&upstream));
 }
