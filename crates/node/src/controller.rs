@@ -117,11 +117,16 @@ impl FamilyProxier {
     pub fn nftables(
         family: IpFamily,
         mut engine: NftSyncEngine,
-        netlink: NetlinkApplier,
+        mut netlink: NetlinkApplier,
         runner: &dyn Runner,
     ) -> FamilyProxier {
         // A restart over a large table sends only what changed.
         engine.keep_unchanged_chains_at_start();
+        // The generation before the table is read: the first periodic check
+        // lists the table again only if someone committed after this.
+        if let Err(error) = netlink.others_committed() {
+            tracing::warn!(family = family.as_str(), %error, "could not read the ruleset generation");
+        }
         let table_absent = match list_table(runner, nft_family(family)) {
             Ok(table) => {
                 if table.exists() {
