@@ -193,13 +193,40 @@ impl NetlinkApplier {
     pub fn generation(&mut self) -> Result<u32, NetlinkError> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
+        self.request_generation(seq, 0)?;
+        let newgen = (NFNL_SUBSYS_NFTABLES << 8) | u16::from(NFT_MSG_NEWGEN);
+        // Answers to an earlier request that failed half-read are skipped.
+        self.receive_until(|kind, message_seq, message| {
+            if message_seq != seq {
+                return None;
+            }
+            if let Some(errno) = error_of(kind, message) {
+                return Some(Err(NetlinkError::Reply(errno_text(errno))));
+            }
+            (kind == newgen).then(|| {
+                generation_id(message)
+                    .ok_or_else(|| NetlinkError::Reply("a generation without its id".to_string()))
+            })
+        })
+    }
+
+    /// Sends `NFT_MSG_GETGEN` with sequence number `seq`.
+    fn request_generation(&mut self, seq: u32, flags: u16) -> Result<(), NetlinkError> {
         let mut request = Batch::default();
-        request.begin_nft(NFT_MSG_GETGEN, 0, seq, 0);
+        request.begin_nft(NFT_MSG_GETGEN, flags, seq, 0);
         request.end();
         self.socket
             .send(&request.buf, 0)
             .map_err(io("send the generation request"))?;
-        let newgen = (NFNL_SUBSYS_NFTABLES << 8) | u16::from(NFT_MSG_NEWGEN);
+        Ok(())
+    }
+
+    /// Reads messages, handing each (type, sequence number, whole message)
+    /// to `each`, until it returns an answer.
+    fn receive_until<T>(
+        &mut self,
+        mut each: impl FnMut(u16, u32, &[u8]) -> Option<Result<T, NetlinkError>>,
+    ) -> Result<T, NetlinkError> {
         loop {
             let mut buf = Vec::with_capacity(1 << 16);
             self.socket.recv(&mut buf, 0).map_err(io("receive"))?;
@@ -210,16 +237,8 @@ impl NetlinkApplier {
                     return Err(NetlinkError::Reply(format!("message of length {len}")));
                 }
                 let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                // Answers to an earlier request that failed half-read are skipped.
-                if u32_at(rest, 8) == seq {
-                    if kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
-                        let errno = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
-                        return Err(NetlinkError::Reply(errno_text(errno)));
-                    }
-                    if kind == newgen {
-                        return generation_id(&rest[..len])
-                            .ok_or_else(|| NetlinkError::Reply("a generation without its id".to_string()));
-                    }
+                if let Some(answer) = each(kind, u32_at(rest, 8), &rest[..len]) {
+                    return answer;
                 }
                 rest = rest.get((len + 3) & !3..).unwrap_or_default();
             }
@@ -277,63 +296,51 @@ impl NetlinkApplier {
         // A request after the batch: its answer comes after every error of
         // the batch, so reading up to it reads them all.
         let probe = encoded.last_seq.wrapping_add(1);
-        let mut request = Batch::default();
-        request.begin_nft(NFT_MSG_GETGEN, NLM_F_ACK, probe, 0);
-        request.end();
-        self.socket
-            .send(&request.buf, 0)
-            .map_err(io("send the generation request"))?;
+        self.request_generation(probe, NLM_F_ACK)?;
         let mut first_error: Option<NetlinkError> = None;
-        loop {
-            let mut buf = Vec::with_capacity(1 << 16);
-            self.socket.recv(&mut buf, 0).map_err(io("receive"))?;
-            let mut rest = buf.as_slice();
-            while rest.len() >= NLMSG_HDRLEN {
-                let len = u32_at(rest, 0) as usize;
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                let seq = u32_at(rest, 8);
-                if len < NLMSG_HDRLEN || len > rest.len() {
-                    return Err(NetlinkError::Reply(format!("message of length {len}")));
-                }
-                // Answers to an earlier apply (one that failed half-read) are not ours.
-                let ours = seq.wrapping_sub(encoded.first_seq) <= probe.wrapping_sub(encoded.first_seq);
-                if ours && kind == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
-                    let errno = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
-                    if seq == probe {
-                        return match first_error {
-                            Some(error) => Err(error),
-                            None if errno == 0 => Ok(ApplyReport {
-                                bytes,
-                                messages: encoded.batch.messages,
-                            }),
-                            None => Err(NetlinkError::Reply(errno_text(errno))),
-                        };
-                    }
-                    if errno != 0 && first_error.is_none() {
-                        let reason = errno_text(errno);
-                        first_error = Some(match encoded.op_of(seq) {
-                            Some(index) if seq > encoded.first_seq && seq < encoded.last_seq => {
-                                NetlinkError::Refused {
-                                    index,
-                                    op: transaction
-                                        .ops
-                                        .get(index)
-                                        .map(|op| encode::op_text(transaction.family, op))
-                                        .unwrap_or_default(),
-                                    reason,
-                                }
-                            }
-                            _ => NetlinkError::Batch(reason),
-                        });
-                    }
-                }
-                rest = rest.get((len + 3) & !3..).unwrap_or_default();
-                if rest.len() < NLMSG_HDRLEN {
-                    break;
-                }
+        self.receive_until(|kind, seq, message| {
+            // Answers to an earlier apply (one that failed half-read) are not ours.
+            let ours = seq.wrapping_sub(encoded.first_seq) <= probe.wrapping_sub(encoded.first_seq);
+            let errno = error_of(kind, message).filter(|_| ours)?;
+            if seq == probe {
+                return Some(match first_error.take() {
+                    Some(error) => Err(error),
+                    None if errno == 0 => Ok(ApplyReport {
+                        bytes,
+                        messages: encoded.batch.messages,
+                    }),
+                    None => Err(NetlinkError::Reply(errno_text(errno))),
+                });
             }
-        }
+            if errno != 0 && first_error.is_none() {
+                let reason = errno_text(errno);
+                first_error = Some(match encoded.op_of(seq) {
+                    Some(index) if seq > encoded.first_seq && seq < encoded.last_seq => {
+                        NetlinkError::Refused {
+                            index,
+                            op: transaction
+                                .ops
+                                .get(index)
+                                .map(|op| encode::op_text(transaction.family, op))
+                                .unwrap_or_default(),
+                            reason,
+                        }
+                    }
+                    _ => NetlinkError::Batch(reason),
+                });
+            }
+            None
+        })
     }
+}
+
+/// The errno of an `NLMSG_ERROR` message (0 for an acknowledgement).
+fn error_of(kind: u16, message: &[u8]) -> Option<i32> {
+    if kind != NLMSG_ERROR {
+        return None;
+    }
+    let errno = message.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)?;
+    Some(i32::from_ne_bytes([errno[0], errno[1], errno[2], errno[3]]))
 }
 
 /// `NFTA_GEN_ID` of a `NFT_MSG_NEWGEN` message (big-endian, after the
