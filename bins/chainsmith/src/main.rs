@@ -9,6 +9,7 @@
 mod compile;
 mod diff;
 mod explain;
+mod generate;
 mod input;
 mod metrics;
 mod narrate;
@@ -20,7 +21,7 @@ mod trace;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // The same allocator the benchmarks measure with (see README, Performance).
 #[global_allocator]
@@ -65,6 +66,11 @@ enum Command {
     /// Run on a node in place of kube-proxy: watch the API server, keep the
     /// rules in the kernel right, serve metrics and health.
     Run(Box<run::RunArgs>),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page, chainsmith(1), as roff (`chainsmith man | man -l -`),
+    /// or write every page to a directory.
+    Man(generate::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain::run(&args).map(|()| false),
         Command::Diff(args) => diff::run(&args),
         Command::Run(args) => run::run(&args).map(|()| false),
+        Command::Completions(args) => generate::completions(&args, Cli::command()).map(|()| false),
+        Command::Man(args) => generate::man(&args, Cli::command()).map(|()| false),
     };
     match result {
         Ok(false) => ExitCode::SUCCESS,
