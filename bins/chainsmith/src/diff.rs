@@ -61,9 +61,9 @@ pub struct DiffArgs {
     /// With --live: read the tables of this network namespace.
     #[arg(long, value_name = "NAME", requires = "live")]
     netns: Option<String>,
-    /// With --live: the iptables backend (default: the one the kubelet's
-    /// chains are in, else what `iptables` uses).
-    #[arg(long, value_enum, requires = "live")]
+    #[arg(long, value_enum, requires = "live", help = concat!(
+        "With --live: the iptables backend; ", crate::input::backend_default!()
+    ))]
     backend: Option<BackendArg>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]

@@ -9,6 +9,18 @@ use chainsmith_layout::Layout;
 use chainsmith_model::{Diagnostic, NodeConfig, Severity};
 use clap::ValueEnum;
 
+/// How the iptables backend is chosen when none is given, in the words of
+/// every option that chooses one (`chainsmith_applier::backend_in_use`, then
+/// the distribution's `iptables`). A macro so that `concat!` can put it into
+/// clap's help texts.
+macro_rules! backend_default {
+    () => {
+        "by default the backend whose mangle table holds the kubelet's KUBE-IPTABLES-HINT or \
+         KUBE-KUBELET-CANARY chain, else the one holding more rules, else the one `iptables` is"
+    };
+}
+pub(crate) use backend_default;
+
 /// A bundled example: a cluster and the node it is compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Example {

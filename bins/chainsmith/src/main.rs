@@ -1,4 +1,5 @@
-//! `chainsmith`: kube-proxy's iptables mode as a declarative rule compiler.
+//! `chainsmith`: kube-proxy (iptables and nftables modes) as a declarative
+//! rule compiler.
 //!
 //! This crate is glue at the edge of the world: it reads files, parses
 //! arguments, prints, and drives the library crates (`chainsmith-k8s` to read
@@ -27,6 +28,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Where a first-time user starts: the examples are built into the binary.
+const EXAMPLES_HELP: &str = "Bundled examples (no files needed): `chainsmith compile` compiles an \
+     everyday cluster for an IPv4 node; `--example seed` on compile, trace and explain is the 2018 \
+     walk-through this project started from (LoadBalancer default/sleep, best with `--layout v1.10`), \
+     e.g. `chainsmith explain --layout v1.10 --example seed default/sleep`.";
+
 /// `0.1.0 (commit 1a2b3c4d5e6f, built 2026-12-03T12:00:00Z)`.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -37,9 +44,9 @@ const VERSION: &str = concat!(
     ")"
 );
 
-/// kube-proxy's iptables mode as a declarative rule compiler.
+/// kube-proxy (iptables and nftables modes) as a declarative rule compiler.
 #[derive(Debug, Parser)]
-#[command(name = "chainsmith", version = VERSION, about, long_about = None)]
+#[command(name = "chainsmith", version = VERSION, about, long_about = None, after_help = EXAMPLES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +54,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the full-sync iptables-restore input (*filter then *nat) for a node.
+    /// Print what a node's first full sync writes: iptables-restore input
+    /// (*filter then *nat), or with --mode nftables the `nft -f` transaction.
     Compile(compile::CompileArgs),
     /// Run one sync per cluster state, as a long-running proxier would, and
     /// write each payload (and its rule metrics) to a directory.

@@ -157,3 +157,33 @@ fn man_dir_writes_a_page_per_subcommand() {
     assert!(replay.contains(".TH chainsmith-replay 1 "), "{}", &replay[..200]);
     assert!(replay.contains("\\-\\-partial\\-sync"));
 }
+
+#[test]
+fn top_level_help_describes_what_there_is_now() {
+    let help = chainsmith(&["--help"]);
+    assert!(!help.contains("later"), "{help}");
+    assert!(help.contains("nftables"), "{help}");
+    assert!(help.contains("--example seed"), "{help}");
+}
+
+#[test]
+fn the_backend_default_is_described_one_way() {
+    let described = |args: &[&str], flag: &str| -> String {
+        let help = chainsmith(args);
+        let start = help.find(flag).unwrap_or_else(|| panic!("{flag} in {help}"));
+        let rest = &help[start..];
+        let from = rest.find("by default").expect("the default is described");
+        let to = rest[from..].find("`iptables` is").expect("to the last fallback");
+        rest[from..from + to]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let diff = described(&["diff", "--help"], "--backend");
+    let run = described(&["run", "--help"], "--iptables-backend");
+    assert_eq!(diff, run);
+    assert!(
+        diff.contains("KUBE-KUBELET-CANARY") && diff.contains("more rules"),
+        "{diff}"
+    );
+}
