@@ -10,8 +10,7 @@ use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey, Pr
 use chainsmith_naming::nft::NftObjectKind;
 use chainsmith_nft_layout::{endpoint_chain_base, port_base};
 use chainsmith_nft_tracer::{Node as NftNode, Origin as NftOrigin, Packet as NftPacket, Tracer};
-use chainsmith_nftables::Table;
-use chainsmith_planner::ServicePortPlan;
+use chainsmith_planner::{Plan, ServicePortPlan};
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
 use clap::Args;
 
@@ -121,7 +120,27 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let key = ObjectKey::new(namespace, name);
     let (node, manifests) = input::load_input(args.example, args.node.as_deref(), clusters)?;
     input::report_diagnostics(&manifests.diagnostics);
-    let plan = tracing::plan_for_node(&node, &manifests);
+    let local = tracing::local_ips(&node);
+    let (plan, table);
+    let rules = match args.mode.mode {
+        ProxyMode::Iptables => {
+            plan = tracing::plan_for_node(&node, &manifests);
+            Rules::Iptables(
+                args.layout.layout,
+                tracing::compiled_ruleset(&plan, args.layout.layout)?,
+                Node::new(local),
+            )
+        }
+        ProxyMode::Nftables => {
+            // The sync engine reports the planner's diagnostics (and its
+            // own): the plan for the endpoint listing is made quietly, or
+            // each would be printed twice.
+            plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
+            table = nft::first_sync(&node, &manifests)?.1;
+            let tracer = Tracer::new(&table).context("the compiled table cannot be traced")?;
+            Rules::Nftables(tracer, NftNode::new(local))
+        }
+    };
     let ports: Vec<&ServicePortPlan> = plan
         .ports
         .iter()
@@ -138,20 +157,6 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         }
         bail!("no Service {key} in the manifests");
     }
-    let local = tracing::local_ips(&node);
-    let table: Table;
-    let rules = match args.mode.mode {
-        ProxyMode::Iptables => Rules::Iptables(
-            args.layout.layout,
-            tracing::compiled_ruleset(&plan, args.layout.layout)?,
-            Node::new(local),
-        ),
-        ProxyMode::Nftables => {
-            table = nft::first_sync(&node, &manifests)?.1;
-            let tracer = Tracer::new(&table).context("the compiled table cannot be traced")?;
-            Rules::Nftables(tracer, NftNode::new(local))
-        }
-    };
     let mut out = String::new();
     for port in ports {
         explain_port(&mut out, &node, port, &rules);
