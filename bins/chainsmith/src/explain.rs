@@ -5,8 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use chainsmith_k8s::Manifests;
 use chainsmith_layout::Layout;
-use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey, Protocol};
+use chainsmith_model::{
+    Diagnostic, IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey, ObjectKind, Protocol, Severity,
+};
 use chainsmith_naming::nft::NftObjectKind;
 use chainsmith_nft_layout::{endpoint_chain_base, port_base};
 use chainsmith_nft_tracer::{Node as NftNode, Origin as NftOrigin, Packet as NftPacket, Tracer};
@@ -120,6 +123,12 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let key = ObjectKey::new(namespace, name);
     let (node, manifests) = input::load_input(args.example, args.node.as_deref(), clusters)?;
     input::report_diagnostics(&manifests.diagnostics);
+    if let Some(why) = skipped(&key, &node, &manifests) {
+        if why.is_empty() {
+            bail!("no Service {key} in the manifests");
+        }
+        return print(&not_programmed(&key, &why));
+    }
     let local = tracing::local_ips(&node);
     let (plan, table);
     let rules = match args.mode.mode {
@@ -148,23 +157,96 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         .filter(|p| *p.info().service() == key)
         .collect();
     if ports.is_empty() {
-        let known = manifests.services.iter().any(|s| s.key == key);
-        if known {
-            bail!(
-                "Service {key} has no {} cluster IP, so this node programs nothing for it",
-                node.ip_family
-            );
+        // Read, of this node's family, and still no port: every port was refused.
+        let mut why = reasons(&key, &manifests.diagnostics);
+        if why.is_empty() {
+            why.push("it has no ports".to_string());
         }
-        bail!("no Service {key} in the manifests");
+        return print(&not_programmed(&key, &why));
     }
     let mut out = String::new();
     for port in ports {
         explain_port(&mut out, &node, port, &rules);
     }
+    print(&out)
+}
+
+fn print(text: &str) -> Result<()> {
     std::io::stdout()
         .lock()
-        .write_all(out.as_bytes())
+        .write_all(text.as_bytes())
         .context("cannot write to stdout")
+}
+
+/// Why a Service named on the command line gets no rules on this node
+/// before anything is planned: the reader skipped it (headless,
+/// ExternalName, another proxy's, refused), or it has no cluster IP of the
+/// node's family. `None` when it is planned; an error when there is no such
+/// Service at all.
+fn skipped(key: &ObjectKey, node: &NodeConfig, manifests: &Manifests) -> Option<Vec<String>> {
+    let Some(service) = manifests.services.iter().find(|s| s.key == *key) else {
+        return Some(reasons(key, &manifests.diagnostics));
+    };
+    let family = node.ip_family;
+    if service.cluster_ips.get(family).is_some() {
+        return None;
+    }
+    let other = match family {
+        IpFamily::V4 => IpFamily::V6,
+        IpFamily::V6 => IpFamily::V4,
+    };
+    let ip = service
+        .cluster_ips
+        .get(other)
+        .map(|ip| format!(" {ip}"))
+        .unwrap_or_default();
+    Some(vec![format!(
+        "it has no {family} cluster IP (it is {other} only:{ip}): this {family} node writes no rules for \
+         it, an {other} proxier does (explain it with a node of ipFamily: {other})"
+    )])
+}
+
+/// The label that hands a Service to another proxy implementation.
+const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// The diagnostics about one Service, as reasons it is not programmed (none
+/// when the manifests never mention it).
+fn reasons(key: &ObjectKey, diagnostics: &[Diagnostic]) -> Vec<String> {
+    diagnostics
+        .iter()
+        .filter(|d| d.kind == ObjectKind::Service && d.object.as_ref() == Some(key))
+        .map(|d| {
+            let at = d.source.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+            let why = match (d.severity, d.field.as_str()) {
+                (Severity::Info, "spec.clusterIP") => {
+                    "it is headless (spec.clusterIP is None or empty): kube-proxy writes no rules for \
+                     it; cluster DNS answers with its endpoints' own addresses, which clients reach \
+                     directly"
+                        .to_string()
+                }
+                (Severity::Info, "spec.type") => "it is an ExternalName Service: cluster DNS answers with a \
+                                                  CNAME to its spec.externalName; there is no cluster IP \
+                                                  to program"
+                    .to_string(),
+                (Severity::Info, field) if field.contains(SERVICE_PROXY_NAME_LABEL) => format!(
+                    "it carries the label {SERVICE_PROXY_NAME_LABEL}: another proxy programs it, \
+                     kube-proxy (and chainsmith) leave it alone"
+                ),
+                _ if d.field.is_empty() => d.message.clone(),
+                _ => format!("{}: {}", d.field, d.message),
+            };
+            format!("{why}{at}")
+        })
+        .collect()
+}
+
+/// The answer for a Service that gets no rules.
+fn not_programmed(key: &ObjectKey, why: &[String]) -> String {
+    let mut out = format!("Service {key}: nothing is programmed for it on this node\n");
+    for reason in why {
+        out.push_str(&format!("  {reason}\n"));
+    }
+    out
 }
 
 /// `ip:port`, or `[ip]:port` for IPv6.

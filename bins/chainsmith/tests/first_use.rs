@@ -92,3 +92,63 @@ fn every_diagnostic_is_printed_once() {
         assert!(stderr.contains("nodePortAddresses"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn explain_says_why_a_service_gets_no_rules() {
+    let cases = [
+        ("shop/db", "it is headless (spec.clusterIP is None or empty)"),
+        ("shop/payments", "it is an ExternalName Service"),
+        (
+            "shop/mesh",
+            "service.kubernetes.io/service-proxy-name: another proxy programs it",
+        ),
+        (
+            "shop/web6",
+            "it has no IPv4 cluster IP (it is IPv6 only: fd00:10:96::50)",
+        ),
+        (
+            "shop/stats",
+            "spec.ports[0].protocol: unknown protocol \"HTTP\" (port skipped) (cluster.yaml:",
+        ),
+    ];
+    for (service, why) in cases {
+        for mode in ["iptables", "nftables"] {
+            let (stdout, _) = ok(&[
+                "explain",
+                "--mode",
+                mode,
+                "--node",
+                "node.yaml",
+                "cluster.yaml",
+                service,
+            ]);
+            assert!(
+                stdout.starts_with(&format!(
+                    "Service {service}: nothing is programmed for it on this node\n"
+                )),
+                "{service}: {stdout}"
+            );
+            assert!(stdout.contains(why), "{service}: {stdout}");
+        }
+    }
+    // Where the reason comes from the manifest, it says where.
+    let (stdout, _) = ok(&["explain", "--node", "node.yaml", "cluster.yaml", "shop/db"]);
+    assert!(stdout.contains("(cluster.yaml:4"), "{stdout}");
+    // A Service the manifests do not hold is still an error.
+    let stderr = refused(&["explain", "--node", "node.yaml", "cluster.yaml", "shop/nope"]);
+    assert!(
+        stderr.ends_with("error: no Service shop/nope in the manifests\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_external_name_service_is_called_that() {
+    let (_, stderr) = ok(&["compile", "--node", "node.yaml", "cluster.yaml"]);
+    assert!(
+        stderr.contains(
+            "Service shop/payments: spec.type: ExternalName Services are not proxied (Service skipped)"
+        ),
+        "{stderr}"
+    );
+}
