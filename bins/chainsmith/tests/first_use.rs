@@ -152,3 +152,22 @@ fn an_external_name_service_is_called_that() {
         "{stderr}"
     );
 }
+
+#[test]
+fn compile_notes_services_of_the_other_family() {
+    for mode in ["iptables", "nftables"] {
+        let (stdout, stderr) = ok(&["compile", "--mode", mode, "--node", "node.yaml", "cluster.yaml"]);
+        assert!(
+            stderr.contains(
+                "note: Service shop/web6: spec.clusterIPs: IPv6 only (fd00:10:96::50): no IPv4 rules for \
+                 it (an IPv6 proxier programs it)\n"
+            ),
+            "{mode}: {stderr}"
+        );
+        assert!(!stdout.contains("shop/web6"), "{mode}");
+    }
+    // Dual-stack Services have rules in both families: no note.
+    let dual = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../snapshots/fixtures/dual-stack.yaml");
+    let (_, stderr) = ok(&["compile", dual.to_str().unwrap()]);
+    assert!(!stderr.contains("spec.clusterIPs"), "{stderr}");
+}
