@@ -171,3 +171,66 @@ fn compile_notes_services_of_the_other_family() {
     let (_, stderr) = ok(&["compile", dual.to_str().unwrap()]);
     assert!(!stderr.contains("spec.clusterIPs"), "{stderr}");
 }
+
+#[test]
+fn trace_affinity_must_name_a_list_the_rules_use() {
+    let trace = ["trace", "--node", "node.yaml", "cluster.yaml"];
+    let packet = ["--src", "10.244.0.9", "--dst", "10.96.0.50", "--dport", "80"];
+    let cases = [
+        (
+            "iptables",
+            "KUBE-SEP-34ZZ2QFGO32YYXXO",
+            "-m recent lists (2 in all: KUBE-SEP-34ZZ2QFGO32YYXXO, KUBE-SEP-6VCK77QPODAJLWFH)",
+        ),
+        (
+            "nftables",
+            "affinity-FDH7QP7U-shop/web/tcp/http__10.244.1.5/8080",
+            "affinity sets (2 in all: affinity-FDH7QP7U-shop/web/tcp/http__10.244.1.5/8080, \
+             affinity-NEDU63VM-shop/web/tcp/http__10.244.2.6/8080)",
+        ),
+    ];
+    for (mode, list, known) in cases {
+        let with = |affinity: &str| -> Vec<String> {
+            let mut args: Vec<String> = trace.iter().chain(&packet).map(ToString::to_string).collect();
+            args.extend(["--mode", mode, "--affinity", affinity].map(String::from));
+            args
+        };
+        let args = with(list);
+        let (stdout, _) = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            stdout.contains(&format!("Verdict: sent to 10.244.1.5:8080, the client's address is kept, session affinity recorded in {list}")),
+            "{mode}: {stdout}"
+        );
+        // A typo, or another set of the table (the cluster-IP set), is refused.
+        for bogus in ["KUBE-SEP-NOSUCHCHAIN00000", "cluster-ips"] {
+            let args = with(bogus);
+            let stderr = refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(
+                stderr.contains(&format!(
+                    "error: --affinity {bogus}: no such name among the rules' {known}"
+                )),
+                "{mode}: {stderr}"
+            );
+        }
+    }
+    // Rules without session affinity say so.
+    let stderr = refused(&[
+        "trace",
+        "--example",
+        "seed",
+        "--src",
+        "10.0.0.9",
+        "--dst",
+        "10.0.0.1",
+        "--dport",
+        "80",
+        "--affinity",
+        "KUBE-SEP-X",
+    ]);
+    assert!(
+        stderr.contains(
+            "error: --affinity KUBE-SEP-X: these rules have no session affinity (no -m recent lists)"
+        ),
+        "{stderr}"
+    );
+}
