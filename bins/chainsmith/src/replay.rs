@@ -11,6 +11,7 @@ use chainsmith_nftables::{Table, Transaction, read_transaction};
 use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
 
+use crate::diff::plural;
 use crate::input::{self, LayoutArg, ModeArg, ProxyMode};
 use crate::metrics::{NftMetrics, RuleMetrics};
 use crate::nft;
@@ -66,9 +67,9 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs) -> Result<()> {
     if !args.clock.is_empty() && args.clock.len() != args.states.len() {
         bail!(
-            "--clock has {} values for {} states",
-            args.clock.len(),
-            args.states.len()
+            "--clock has {} for {}",
+            plural(args.clock.len(), "value", "values"),
+            plural(args.states.len(), "state", "states")
         );
     }
     if let Some(bad) = args
@@ -140,13 +141,18 @@ fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
             SyncKind::Full => "full",
             SyncKind::Partial => "partial",
         };
+        let rules = if counts.filter_last + counts.nat_last == 1 {
+            "rule"
+        } else {
+            "rules"
+        };
         let _ = writeln!(
             stderr,
-            "{step:02} {kind:<7} {} bytes, {} filter + {} nat rules written, {} chains deleted ({})",
-            payload.len(),
+            "{step:02} {kind:<7} {}, {} filter + {} nat {rules} written, {} deleted ({})",
+            plural(payload.len(), "byte", "bytes"),
             counts.filter_last,
             counts.nat_last,
-            counts.nat_deleted_chains,
+            plural(counts.nat_deleted_chains, "chain", "chains"),
             state.display()
         );
     }
@@ -234,12 +240,16 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
         };
         let _ = writeln!(
             stderr,
-            "{step:02} {kind:<7} {} operations, {} bytes, {} chains written, {} element changes, {} chains flushed as stale, {} deleted ({})",
-            outcome.main.len(),
-            main.len(),
-            outcome.counts.chains_written,
-            outcome.counts.element_changes,
-            outcome.counts.stale_flushed,
+            "{step:02} {kind:<7} {}, {}, {} written, {}, {} flushed as stale, {} deleted ({})",
+            plural(outcome.main.len(), "operation", "operations"),
+            plural(main.len(), "byte", "bytes"),
+            plural(outcome.counts.chains_written, "chain", "chains"),
+            plural(
+                outcome.counts.element_changes,
+                "element change",
+                "element changes"
+            ),
+            plural(outcome.counts.stale_flushed, "chain", "chains"),
             outcome.counts.stale_deleted,
             state.display()
         );

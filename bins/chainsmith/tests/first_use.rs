@@ -234,3 +234,68 @@ fn trace_affinity_must_name_a_list_the_rules_use() {
         "{stderr}"
     );
 }
+
+/// Counts agree with their nouns: `1 rule missing`, never `1 rules`.
+fn assert_no_bad_plural(text: &str) {
+    for noun in [
+        "rules",
+        "chains",
+        "objects",
+        "values",
+        "states",
+        "lines",
+        "operations",
+        "bytes",
+    ] {
+        assert!(!text.contains(&format!(" 1 {noun}")), "\"1 {noun}\" in:\n{text}");
+    }
+}
+
+#[test]
+fn one_is_singular() {
+    // The compiled rules less one rule of one endpoint chain (and without the
+    // jumps a node has in its built-in chains, so several chains differ).
+    let (compiled, _) = ok(&["compile", "--node", "node.yaml", "cluster.yaml"]);
+    let dump: String = compiled
+        .lines()
+        .filter(|l| !(l.starts_with("-A KUBE-SEP-34ZZ2QFGO32YYXXO ") && l.contains(" DNAT ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dump.txt");
+    std::fs::write(&path, dump).unwrap();
+    let output = run(&[
+        "diff",
+        "--node",
+        "node.yaml",
+        "cluster.yaml",
+        "--rules",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("nat KUBE-SEP-34ZZ2QFGO32YYXXO: changed: 1 rule missing, 0 rules extra\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" chains differ (- should be there, + should not)\n"),
+        "{text}"
+    );
+    assert_no_bad_plural(&text);
+    let stderr = refused(&[
+        "replay",
+        "--node",
+        "node.yaml",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--clock",
+        "0",
+        "cluster.yaml",
+        "cluster.yaml",
+    ]);
+    assert!(
+        stderr.contains("error: --clock has 1 value for 2 states"),
+        "{stderr}"
+    );
+}
