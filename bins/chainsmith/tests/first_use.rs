@@ -299,3 +299,72 @@ fn one_is_singular() {
         "{stderr}"
     );
 }
+
+/// The file names in a directory, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn replay_out_holds_only_this_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out_arg = out.to_str().unwrap();
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine\n").unwrap();
+    let replay = |extra: &[&'static str]| -> (String, String) {
+        let mut args = vec!["replay", "--node", "node.yaml", "--out", out_arg];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let (_, stderr) = replay(&["cluster.yaml", "cluster.yaml", "cluster.yaml"]);
+    assert!(!stderr.contains("removed"), "{stderr}");
+    assert_eq!(listing(&out).len(), 7);
+    // A shorter run in the other mode: none of the first run's syncs are left.
+    let (_, stderr) = replay(&["--mode", "nftables", "cluster.yaml"]);
+    assert!(
+        stderr.contains(&format!(
+            "note: removed 6 files an earlier replay wrote to {out_arg}\n"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(listing(&out), ["01.metrics", "01.nft", "notes.txt"]);
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine\n");
+}
+
+#[test]
+fn replay_reads_every_state_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: Service\nmetadata: {name: [a\n").unwrap();
+    let out = dir.path().join("out");
+    let out_arg = out.to_str().unwrap();
+    let args = [
+        "replay",
+        "--node",
+        "node.yaml",
+        "--out",
+        out_arg,
+        "cluster.yaml",
+        bad.to_str().unwrap(),
+    ];
+    let stderr = refused(&args);
+    assert!(
+        stderr.contains(&format!("error: {}:2:", bad.display())),
+        "{stderr}"
+    );
+    assert!(
+        !out.join("01.iptables").exists(),
+        "sync 01 was written before the bad state was read"
+    );
+    // An earlier run's output is left as it was.
+    ok(&["replay", "--node", "node.yaml", "--out", out_arg, "cluster.yaml"]);
+    let before = listing(&out);
+    refused(&args);
+    assert_eq!(listing(&out), before);
+}
