@@ -33,7 +33,7 @@ enum From {
 pub enum Output {
     /// Plain words.
     Text,
-    /// JSON, for tools (the full trace, drift or change).
+    /// JSON, for tools (the full trace, drift, change or explanation).
     Json,
 }
 

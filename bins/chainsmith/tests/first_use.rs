@@ -368,3 +368,87 @@ fn replay_reads_every_state_before_writing() {
     refused(&args);
     assert_eq!(listing(&out), before);
 }
+
+#[test]
+fn explain_speaks_json_too() {
+    for mode in ["iptables", "nftables"] {
+        let base = [
+            "explain",
+            "--mode",
+            mode,
+            "--node",
+            "node.yaml",
+            "cluster.yaml",
+            "shop/web",
+        ];
+        let (text, _) = ok(&base);
+        let (json, _) = ok(&[&base[..], &["--output", "json"]].concat());
+        let answer: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(answer["service"], "shop/web");
+        assert_eq!(answer["mode"], mode);
+        assert_eq!(answer["programmed"], true);
+        let ports = answer["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 1);
+        let port = &ports[0];
+        assert_eq!(
+            (port["port"].as_u64(), port["protocol"].as_str()),
+            (Some(80), Some("TCP"))
+        );
+        assert_eq!(port["external_traffic_policy"], "Cluster");
+        let endpoints: Vec<&str> = port["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["endpoint"].as_str().unwrap())
+            .collect();
+        assert_eq!(endpoints, ["10.244.1.5:8080", "10.244.2.6:8080"]);
+        let entries = port["entry_points"].as_array().unwrap();
+        let kinds: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e["kind"].as_str().unwrap(), e["address"].as_str().unwrap()))
+            .collect();
+        // The refused external IP (203.0.113.300) is not among them.
+        assert_eq!(
+            kinds,
+            [("cluster IP", "10.96.0.50"), ("external IP", "203.0.113.7")]
+        );
+        // Every sample packet: the sentence the text prints, and its outcomes.
+        for entry in entries {
+            for case in entry["from"].as_array().unwrap() {
+                let line = format!(
+                    "    from {} ({}): {}\n",
+                    case["sender"].as_str().unwrap(),
+                    case["src"].as_str().unwrap(),
+                    case["summary"].as_str().unwrap()
+                );
+                assert!(text.contains(&line), "{mode}: {line:?} not in\n{text}");
+                let outcomes = case["outcomes"].as_array().unwrap();
+                let total: f64 = outcomes.iter().map(|o| o["probability"].as_f64().unwrap()).sum();
+                assert!((total - 1.0).abs() < 1e-9, "{mode}: {case}");
+                assert!(outcomes.iter().all(|o| o.get("path").is_none()));
+            }
+        }
+        // A Service that gets no rules says why, in JSON as well.
+        let (json, _) = ok(&[
+            "explain",
+            "--mode",
+            mode,
+            "--output",
+            "json",
+            "--node",
+            "node.yaml",
+            "cluster.yaml",
+            "shop/db",
+        ]);
+        let answer: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(answer["programmed"], false);
+        assert_eq!(answer["ports"].as_array().unwrap().len(), 0);
+        assert!(
+            answer["why_not_programmed"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("it is headless"),
+            "{answer}"
+        );
+    }
+}
