@@ -452,3 +452,21 @@ fn explain_speaks_json_too() {
         );
     }
 }
+
+#[test]
+fn warnings_name_the_fields_line() {
+    let (_, stderr) = ok(&["compile", "--node", "node.yaml", "cluster.yaml"]);
+    // The Service starts at line 4; its bad external IP is on line 14.
+    assert!(
+        stderr.contains(
+            "warning: cluster.yaml:14: Service shop/web: spec.externalIPs[1]: invalid IP address \
+             \"203.0.113.300\" (skipped)\n"
+        ),
+        "{stderr}"
+    );
+    // A note about a skipped object stays on the object.
+    assert!(
+        stderr.contains("note: cluster.yaml:41: Service shop/db: spec.clusterIP: headless"),
+        "{stderr}"
+    );
+}
