@@ -61,9 +61,9 @@ pub struct DiffArgs {
     /// With --live: read the tables of this network namespace.
     #[arg(long, value_name = "NAME", requires = "live")]
     netns: Option<String>,
-    /// With --live: the iptables backend (default: the one the kubelet's
-    /// chains are in, else what `iptables` uses).
-    #[arg(long, value_enum, requires = "live")]
+    #[arg(long, value_enum, requires = "live", help = concat!(
+        "With --live: the iptables backend; ", crate::input::backend_default!()
+    ))]
     backend: Option<BackendArg>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
@@ -225,8 +225,8 @@ fn describe_nft(drift: &TableDrift, family: Family) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{} differ (- should be there, + should not)",
-            plural(drift.objects.len(), "object", "objects")
+            "{} (- should be there, + should not)",
+            plural(drift.objects.len(), "object differs", "objects differ")
         );
     }
     out
@@ -260,9 +260,9 @@ fn describe(drift: &Drift) -> String {
             DriftKind::ExtraChain => "extra: the chain should not exist".to_string(),
             DriftKind::ChangedRules => {
                 format!(
-                    "changed: {} rules missing, {} rules extra",
-                    chain.missing.len(),
-                    chain.extra.len()
+                    "changed: {} missing, {} extra",
+                    plural(chain.missing.len(), "rule", "rules"),
+                    plural(chain.extra.len(), "rule", "rules")
                 )
             }
         };
@@ -279,8 +279,8 @@ fn describe(drift: &Drift) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{} chains differ (- should be there, + should not)",
-            drift.chains.len()
+            "{} (- should be there, + should not)",
+            plural(drift.chains.len(), "chain differs", "chains differ")
         );
     }
     out
@@ -434,6 +434,7 @@ fn describe_chains(out: &mut String, chains: &[ChainDiff], indent: &str) {
     }
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+/// `1 chain`, `2 chains`: counts in messages agree with their noun.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -5,17 +5,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use chainsmith_k8s::Manifests;
 use chainsmith_layout::Layout;
-use chainsmith_model::{IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey, Protocol};
+use chainsmith_model::{
+    Diagnostic, IpFamily, LocalTrafficDetector, NodeConfig, ObjectKey, ObjectKind, Protocol, Severity,
+};
 use chainsmith_naming::nft::NftObjectKind;
 use chainsmith_nft_layout::{endpoint_chain_base, port_base};
 use chainsmith_nft_tracer::{Node as NftNode, Origin as NftOrigin, Packet as NftPacket, Tracer};
-use chainsmith_nftables::Table;
-use chainsmith_planner::ServicePortPlan;
+use chainsmith_planner::{Plan, ServicePortPlan};
 use chainsmith_tracer::{Node, Origin, Packet, Ruleset, trace};
 use clap::Args;
+use serde_json::{Value, json};
 
 use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
+use crate::trace::Output;
 use crate::{narrate, narrate_nft, nft, trace as tracing};
 
 #[derive(Debug, Args)]
@@ -34,6 +38,9 @@ pub struct ExplainArgs {
     mode: ModeArg,
     #[command(flatten)]
     layout: LayoutArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
 }
 
 /// The rules the sample packets go through, in the mode chosen.
@@ -51,9 +58,25 @@ enum Sender {
     Node,
 }
 
+/// What happens to one sample packet: a sentence, and each outcome (with
+/// its probability) as the trace's JSON gives it, less the walk.
+struct Sample {
+    summary: String,
+    outcomes: Vec<Value>,
+}
+
+/// An outcome as JSON without its `path` (every rule on the way).
+fn without_path(outcome: serde_json::Result<Value>) -> Value {
+    let mut value = outcome.unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut value {
+        fields.remove("path");
+    }
+    value
+}
+
 impl Rules<'_> {
-    /// What happens to one sample packet, in one sentence.
-    fn summary(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, dport: u16, sender: Sender) -> String {
+    /// What happens to one sample packet.
+    fn sample(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, dport: u16, sender: Sender) -> Sample {
         match self {
             Rules::Iptables(_, ruleset, node) => {
                 let origin = match sender {
@@ -61,7 +84,14 @@ impl Rules<'_> {
                     Sender::Node => Origin::FromNode,
                 };
                 let result = trace(ruleset, &Packet::new(src, dst, protocol, dport, origin), node);
-                narrate::summary(&result.outcomes)
+                Sample {
+                    summary: narrate::summary(&result.outcomes),
+                    outcomes: result
+                        .outcomes
+                        .iter()
+                        .map(|o| without_path(serde_json::to_value(o)))
+                        .collect(),
+                }
             }
             Rules::Nftables(tracer, node) => {
                 let origin = match sender {
@@ -71,8 +101,18 @@ impl Rules<'_> {
                     Sender::Node => NftOrigin::FromNode,
                 };
                 match tracer.trace(&NftPacket::new(src, dst, protocol, dport, origin), node) {
-                    Ok(result) => narrate_nft::summary(&result.outcomes),
-                    Err(error) => format!("cannot be traced: {error}"),
+                    Ok(result) => Sample {
+                        summary: narrate_nft::summary(&result.outcomes),
+                        outcomes: result
+                            .outcomes
+                            .iter()
+                            .map(|o| without_path(serde_json::to_value(o)))
+                            .collect(),
+                    },
+                    Err(error) => Sample {
+                        summary: format!("cannot be traced: {error}"),
+                        outcomes: Vec::new(),
+                    },
                 }
             }
         }
@@ -121,7 +161,33 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let key = ObjectKey::new(namespace, name);
     let (node, manifests) = input::load_input(args.example, args.node.as_deref(), clusters)?;
     input::report_diagnostics(&manifests.diagnostics);
-    let plan = tracing::plan_for_node(&node, &manifests);
+    if let Some(why) = skipped(&key, &node, &manifests) {
+        if why.is_empty() {
+            bail!("no Service {key} in the manifests");
+        }
+        return answer(args, &key, &why, &[]);
+    }
+    let local = tracing::local_ips(&node);
+    let (plan, table);
+    let rules = match args.mode.mode {
+        ProxyMode::Iptables => {
+            plan = tracing::plan_for_node(&node, &manifests);
+            Rules::Iptables(
+                args.layout.layout,
+                tracing::compiled_ruleset(&plan, args.layout.layout)?,
+                Node::new(local),
+            )
+        }
+        ProxyMode::Nftables => {
+            // The sync engine reports the planner's diagnostics (and its
+            // own): the plan for the endpoint listing is made quietly, or
+            // each would be printed twice.
+            plan = Plan::compile(&manifests.services, &manifests.endpoint_slices, &node);
+            table = nft::first_sync(&node, &manifests)?.1;
+            let tracer = Tracer::new(&table).context("the compiled table cannot be traced")?;
+            Rules::Nftables(tracer, NftNode::new(local))
+        }
+    };
     let ports: Vec<&ServicePortPlan> = plan
         .ports
         .iter()
@@ -129,37 +195,122 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         .filter(|p| *p.info().service() == key)
         .collect();
     if ports.is_empty() {
-        let known = manifests.services.iter().any(|s| s.key == key);
-        if known {
-            bail!(
-                "Service {key} has no {} cluster IP, so this node programs nothing for it",
-                node.ip_family
-            );
+        // Read, of this node's family, and still no port: every port was refused.
+        let mut why = reasons(&key, &manifests.diagnostics);
+        if why.is_empty() {
+            why.push("it has no ports".to_string());
         }
-        bail!("no Service {key} in the manifests");
+        return answer(args, &key, &why, &[]);
     }
-    let local = tracing::local_ips(&node);
-    let table: Table;
-    let rules = match args.mode.mode {
-        ProxyMode::Iptables => Rules::Iptables(
-            args.layout.layout,
-            tracing::compiled_ruleset(&plan, args.layout.layout)?,
-            Node::new(local),
-        ),
-        ProxyMode::Nftables => {
-            table = nft::first_sync(&node, &manifests)?.1;
-            let tracer = Tracer::new(&table).context("the compiled table cannot be traced")?;
-            Rules::Nftables(tracer, NftNode::new(local))
+    let ports: Vec<PortExplanation> = ports
+        .into_iter()
+        .map(|port| explain_port(&node, port, &rules))
+        .collect();
+    answer(args, &key, &[], &ports)
+}
+
+/// Prints the answer: every port explained, or why nothing is programmed.
+fn answer(args: &ExplainArgs, key: &ObjectKey, why_not: &[String], ports: &[PortExplanation]) -> Result<()> {
+    let text = match args.output {
+        Output::Text if !why_not.is_empty() => not_programmed(key, why_not),
+        Output::Text => {
+            let mut out = String::new();
+            for port in ports {
+                port_text(&mut out, port);
+            }
+            out
+        }
+        Output::Json => {
+            let (mode, layout) = match args.mode.mode {
+                ProxyMode::Iptables => ("iptables", Some(args.layout.layout.to_string())),
+                ProxyMode::Nftables => ("nftables", None),
+            };
+            let answer = json!({
+                "service": key.to_string(),
+                "mode": mode,
+                "layout": layout,
+                "programmed": why_not.is_empty(),
+                "why_not_programmed": why_not,
+                "ports": ports.iter().map(port_json).collect::<Vec<_>>(),
+            });
+            serde_json::to_string_pretty(&answer)? + "\n"
         }
     };
-    let mut out = String::new();
-    for port in ports {
-        explain_port(&mut out, &node, port, &rules);
-    }
     std::io::stdout()
         .lock()
-        .write_all(out.as_bytes())
+        .write_all(text.as_bytes())
         .context("cannot write to stdout")
+}
+
+/// Why a Service named on the command line gets no rules on this node
+/// before anything is planned: the reader skipped it (headless,
+/// ExternalName, another proxy's, refused), or it has no cluster IP of the
+/// node's family. `None` when it is planned; an error when there is no such
+/// Service at all.
+fn skipped(key: &ObjectKey, node: &NodeConfig, manifests: &Manifests) -> Option<Vec<String>> {
+    let Some(service) = manifests.services.iter().find(|s| s.key == *key) else {
+        return Some(reasons(key, &manifests.diagnostics));
+    };
+    let family = node.ip_family;
+    if service.cluster_ips.get(family).is_some() {
+        return None;
+    }
+    let other = match family {
+        IpFamily::V4 => IpFamily::V6,
+        IpFamily::V6 => IpFamily::V4,
+    };
+    let ip = service
+        .cluster_ips
+        .get(other)
+        .map(|ip| format!(" {ip}"))
+        .unwrap_or_default();
+    Some(vec![format!(
+        "it has no {family} cluster IP (it is {other} only:{ip}): this {family} node writes no rules for \
+         it, an {other} proxier does (explain it with a node of ipFamily: {other})"
+    )])
+}
+
+/// The label that hands a Service to another proxy implementation.
+const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// The diagnostics about one Service, as reasons it is not programmed (none
+/// when the manifests never mention it).
+fn reasons(key: &ObjectKey, diagnostics: &[Diagnostic]) -> Vec<String> {
+    diagnostics
+        .iter()
+        .filter(|d| d.kind == ObjectKind::Service && d.object.as_ref() == Some(key))
+        .map(|d| {
+            let at = d.source.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+            let why = match (d.severity, d.field.as_str()) {
+                (Severity::Info, "spec.clusterIP") => {
+                    "it is headless (spec.clusterIP is None or empty): kube-proxy writes no rules for \
+                     it; cluster DNS answers with its endpoints' own addresses, which clients reach \
+                     directly"
+                        .to_string()
+                }
+                (Severity::Info, "spec.type") => "it is an ExternalName Service: cluster DNS answers with a \
+                                                  CNAME to its spec.externalName; there is no cluster IP \
+                                                  to program"
+                    .to_string(),
+                (Severity::Info, field) if field.contains(SERVICE_PROXY_NAME_LABEL) => format!(
+                    "it carries the label {SERVICE_PROXY_NAME_LABEL}: another proxy programs it, \
+                     kube-proxy (and chainsmith) leave it alone"
+                ),
+                _ if d.field.is_empty() => d.message.clone(),
+                _ => format!("{}: {}", d.field, d.message),
+            };
+            format!("{why}{at}")
+        })
+        .collect()
+}
+
+/// The answer for a Service that gets no rules.
+fn not_programmed(key: &ObjectKey, why: &[String]) -> String {
+    let mut out = format!("Service {key}: nothing is programmed for it on this node\n");
+    for reason in why {
+        out.push_str(&format!("  {reason}\n"));
+    }
+    out
 }
 
 /// `ip:port`, or `[ip]:port` for IPv6.
@@ -218,71 +369,115 @@ fn port_chains<'p>(rules: &Rules<'_>, port: &'p ServicePortPlan) -> (String, Vec
     }
 }
 
-fn explain_port(out: &mut String, node: &NodeConfig, port: &ServicePortPlan, rules: &Rules<'_>) {
-    use std::fmt::Write;
+/// What one Service port does, as both outputs tell it.
+struct PortExplanation {
+    /// `ns/svc:port`.
+    name: String,
+    port_name: String,
+    port: u16,
+    protocol: Protocol,
+    external_policy_local: bool,
+    internal_policy_local: bool,
+    /// The chain whose hash the port's chains share.
+    service_chain: String,
+    endpoints: Vec<EndpointLine>,
+    entries: Vec<Entry>,
+    /// Why the rules are as they are (load-balancer IPs, source ranges).
+    notes: Vec<String>,
+}
+
+struct EndpointLine {
+    /// `ip:port`.
+    endpoint: String,
+    condition: &'static str,
+    on_this_node: bool,
+    chain: String,
+    /// `cluster`, `local`: the policies whose endpoint lists hold it.
+    used_for: Vec<&'static str>,
+}
+
+/// One entry point (cluster IP, NodePort, load-balancer or external IP).
+struct Entry {
+    /// `cluster IP 10.96.0.10:53` as the text says it.
+    title: String,
+    kind: &'static str,
+    address: IpAddr,
+    port: u16,
+    cases: Vec<Case>,
+}
+
+/// One sample packet to an entry point.
+struct Case {
+    /// Who sends it (`a pod`, `this node`, `outside the cluster`, ...).
+    from: &'static str,
+    src: IpAddr,
+    sample: Sample,
+}
+
+fn policy(local: bool) -> &'static str {
+    if local { "Local" } else { "Cluster" }
+}
+
+fn explain_port(node: &NodeConfig, port: &ServicePortPlan, rules: &Rules<'_>) -> PortExplanation {
     let info = port.info();
     let addresses = &info.addresses;
-    let (service_chain, endpoints) = port_chains(rules, port);
-    let _ = writeln!(
-        out,
-        "Service port {} ({} {})",
-        info.name, info.port, info.protocol
-    );
-    let policies = format!(
-        "externalTrafficPolicy {}, internalTrafficPolicy {}",
-        if info.external_policy_local {
-            "Local"
-        } else {
-            "Cluster"
-        },
-        if info.internal_policy_local {
-            "Local"
-        } else {
-            "Cluster"
-        }
-    );
-    let _ = writeln!(out, "  {policies}; chains share the hash of {service_chain}");
-    let _ = writeln!(out, "  endpoints ({}):", endpoints.len());
-    for endpoint in &endpoints {
-        let ep = endpoint.info;
-        let mut roles = Vec::new();
-        if endpoint.cluster {
-            roles.push("cluster");
-        }
-        if endpoint.local {
-            roles.push("local");
-        }
-        let condition = match (ep.ready, ep.serving, ep.terminating) {
-            (true, _, _) => "ready",
-            (false, true, true) => "terminating, still serving",
-            (false, _, true) => "terminating",
-            _ => "not ready",
-        };
-        let place = if ep.local { "on this node" } else { "elsewhere" };
-        let used = if roles.is_empty() {
-            "not used".to_string()
-        } else {
-            format!("used for {}", roles.join(" and "))
-        };
-        let _ = writeln!(
-            out,
-            "    {} {condition}, {place}: {used} ({})",
-            ep.endpoint(),
-            endpoint.chain
-        );
-    }
+    let (service_chain, rows) = port_chains(rules, port);
+    let endpoints = rows
+        .iter()
+        .map(|row| {
+            let ep = row.info;
+            let mut used_for = Vec::new();
+            if row.cluster {
+                used_for.push("cluster");
+            }
+            if row.local {
+                used_for.push("local");
+            }
+            let condition = match (ep.ready, ep.serving, ep.terminating) {
+                (true, _, _) => "ready",
+                (false, true, true) => "terminating, still serving",
+                (false, _, true) => "terminating",
+                _ => "not ready",
+            };
+            EndpointLine {
+                endpoint: ep.endpoint().to_string(),
+                condition,
+                on_this_node: ep.local,
+                chain: row.chain.clone(),
+                used_for,
+            }
+        })
+        .collect();
     let who = senders(node, port);
-    let mut entry = |title: String, dst: IpAddr, dport: u16, cases: &[(&str, Option<IpAddr>, Sender)]| {
-        let _ = writeln!(out, "  {title}");
-        for (label, src, sender) in cases {
-            let Some(src) = src else { continue };
-            let summary = rules.summary(*src, dst, info.protocol, dport, *sender);
-            let _ = writeln!(out, "    from {label} ({src}): {summary}");
-        }
+    let mut entries = Vec::new();
+    let mut entry = |title: String,
+                     kind: &'static str,
+                     dst: IpAddr,
+                     dport: u16,
+                     cases: &[(&'static str, Option<IpAddr>, Sender)]| {
+        let cases = cases
+            .iter()
+            .filter_map(|(from, src, sender)| {
+                let src = (*src)?;
+                Some(Case {
+                    from,
+                    src,
+                    sample: rules.sample(src, dst, info.protocol, dport, *sender),
+                })
+            })
+            .collect();
+        entries.push(Entry {
+            title,
+            kind,
+            address: dst,
+            port: dport,
+            cases,
+        });
     };
     let pod_label = "a pod";
     entry(
         format!("cluster IP {}", host_port(&addresses.cluster_ip.text, info.port)),
+        "cluster IP",
         addresses.cluster_ip.value,
         info.port,
         &[
@@ -297,6 +492,7 @@ fn explain_port(out: &mut String, node: &NodeConfig, port: &ServicePortPlan, rul
                 "NodePort {} (every node address)",
                 host_port(&node_ip.to_string(), info.node_port)
             ),
+            "NodePort",
             node_ip,
             info.node_port,
             &[
@@ -313,6 +509,7 @@ fn explain_port(out: &mut String, node: &NodeConfig, port: &ServicePortPlan, rul
     for vip in &addresses.load_balancer_vips {
         entry(
             format!("load-balancer IP {}", host_port(&vip.text, info.port)),
+            "load-balancer IP",
             vip.value,
             info.port,
             &[
@@ -325,6 +522,7 @@ fn explain_port(out: &mut String, node: &NodeConfig, port: &ServicePortPlan, rul
     for ip in &addresses.external_ips {
         entry(
             format!("external IP {}", host_port(&ip.text, info.port)),
+            "external IP",
             ip.value,
             info.port,
             &[
@@ -333,12 +531,13 @@ fn explain_port(out: &mut String, node: &NodeConfig, port: &ServicePortPlan, rul
             ],
         );
     }
+    let mut notes = Vec::new();
     if !addresses.load_balancer_vips.is_empty() {
-        let _ = writeln!(
-            out,
-            "  why the load-balancer IP has rules here: every node captures it, so a pod or a node that \
+        notes.push(
+            "why the load-balancer IP has rules here: every node captures it, so a pod or a node that \
              connects to it is served inside the cluster and never goes out to the load balancer; traffic \
              that does come through the load balancer lands on the same rules"
+                .to_string(),
         );
     }
     let note = match rules {
@@ -350,8 +549,99 @@ fn explain_port(out: &mut String, node: &NodeConfig, port: &ServicePortPlan, rul
                 .to_string()
         }),
     };
-    if let Some(note) = note {
+    notes.extend(note);
+    PortExplanation {
+        name: info.name.to_string(),
+        port_name: info.port_name.clone(),
+        port: info.port,
+        protocol: info.protocol,
+        external_policy_local: info.external_policy_local,
+        internal_policy_local: info.internal_policy_local,
+        service_chain,
+        endpoints,
+        entries,
+        notes,
+    }
+}
+
+/// The plain-words answer for one port.
+fn port_text(out: &mut String, port: &PortExplanation) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "Service port {} ({} {})",
+        port.name, port.port, port.protocol
+    );
+    let _ = writeln!(
+        out,
+        "  externalTrafficPolicy {}, internalTrafficPolicy {}; chains share the hash of {}",
+        policy(port.external_policy_local),
+        policy(port.internal_policy_local),
+        port.service_chain
+    );
+    let _ = writeln!(out, "  endpoints ({}):", port.endpoints.len());
+    for ep in &port.endpoints {
+        let place = if ep.on_this_node {
+            "on this node"
+        } else {
+            "elsewhere"
+        };
+        let used = if ep.used_for.is_empty() {
+            "not used".to_string()
+        } else {
+            format!("used for {}", ep.used_for.join(" and "))
+        };
+        let _ = writeln!(
+            out,
+            "    {} {}, {place}: {used} ({})",
+            ep.endpoint, ep.condition, ep.chain
+        );
+    }
+    for entry in &port.entries {
+        let _ = writeln!(out, "  {}", entry.title);
+        for case in &entry.cases {
+            let _ = writeln!(
+                out,
+                "    from {} ({}): {}",
+                case.from, case.src, case.sample.summary
+            );
+        }
+    }
+    for note in &port.notes {
         let _ = writeln!(out, "  {note}");
     }
     let _ = writeln!(out);
+}
+
+/// The same answer for tools: every sample packet's outcomes, without the
+/// walk (`chainsmith trace --output json` gives that for one packet).
+fn port_json(port: &PortExplanation) -> Value {
+    json!({
+        "name": port.name,
+        "port_name": port.port_name,
+        "port": port.port,
+        "protocol": port.protocol.to_string(),
+        "external_traffic_policy": policy(port.external_policy_local),
+        "internal_traffic_policy": policy(port.internal_policy_local),
+        "service_chain": port.service_chain,
+        "endpoints": port.endpoints.iter().map(|ep| json!({
+            "endpoint": ep.endpoint,
+            "condition": ep.condition,
+            "on_this_node": ep.on_this_node,
+            "chain": ep.chain,
+            "used_for": ep.used_for,
+        })).collect::<Vec<_>>(),
+        "entry_points": port.entries.iter().map(|entry| json!({
+            "kind": entry.kind,
+            "address": entry.address.to_string(),
+            "port": entry.port,
+            "from": entry.cases.iter().map(|case| json!({
+                "sender": case.from,
+                "src": case.src.to_string(),
+                "summary": case.sample.summary,
+                "outcomes": case.sample.outcomes,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "notes": port.notes,
+    })
 }

@@ -6,8 +6,20 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use chainsmith_k8s::{MAX_INPUT_BYTES, Manifests, parse_manifests, parse_node_config};
 use chainsmith_layout::Layout;
-use chainsmith_model::{Diagnostic, NodeConfig, Severity};
+use chainsmith_model::{Diagnostic, IpFamily, NodeConfig, Severity};
 use clap::ValueEnum;
+
+/// How the iptables backend is chosen when none is given, in the words of
+/// every option that chooses one (`chainsmith_applier::backend_in_use`, then
+/// the distribution's `iptables`). A macro so that `concat!` can put it into
+/// clap's help texts.
+macro_rules! backend_default {
+    () => {
+        "by default the backend whose mangle table holds the kubelet's KUBE-IPTABLES-HINT or \
+         KUBE-KUBELET-CANARY chain, else the one holding more rules, else the one `iptables` is"
+    };
+}
+pub(crate) use backend_default;
 
 /// A bundled example: a cluster and the node it is compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,6 +190,15 @@ pub fn load_manifests(paths: &[impl AsRef<Path>]) -> Result<Manifests> {
         all.extend(parse_manifests(&read_text(path)?, &path.display().to_string())?);
     }
     Ok(all)
+}
+
+/// The notes for Services a node of `family` writes no rules for (what
+/// [`chainsmith_planner::Plan::compile`] says, for callers of the sync engine).
+pub fn other_family_notes(services: &[chainsmith_model::Service], family: IpFamily) -> Vec<Diagnostic> {
+    services
+        .iter()
+        .filter_map(|service| chainsmith_planner::other_family_note(service, family))
+        .collect()
 }
 
 /// Prints diagnostics to stderr, one per line, warnings first.

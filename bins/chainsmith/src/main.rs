@@ -1,4 +1,5 @@
-//! `chainsmith`: kube-proxy's iptables mode as a declarative rule compiler.
+//! `chainsmith`: kube-proxy (iptables and nftables modes) as a declarative
+//! rule compiler.
 //!
 //! This crate is glue at the edge of the world: it reads files, parses
 //! arguments, prints, and drives the library crates (`chainsmith-k8s` to read
@@ -9,6 +10,7 @@
 mod compile;
 mod diff;
 mod explain;
+mod generate;
 mod input;
 mod metrics;
 mod narrate;
@@ -20,11 +22,17 @@ mod trace;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // The same allocator the benchmarks measure with (see README, Performance).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Where a first-time user starts: the examples are built into the binary.
+const EXAMPLES_HELP: &str = "Bundled examples (no files needed): `chainsmith compile` compiles an \
+     everyday cluster for an IPv4 node; `--example seed` on compile, trace and explain is the 2018 \
+     walk-through this project started from (LoadBalancer default/sleep, best with `--layout v1.10`), \
+     e.g. `chainsmith explain --layout v1.10 --example seed default/sleep`.";
 
 /// `0.1.0 (commit 1a2b3c4d5e6f, built 2026-12-03T12:00:00Z)`.
 const VERSION: &str = concat!(
@@ -36,9 +44,9 @@ const VERSION: &str = concat!(
     ")"
 );
 
-/// kube-proxy's iptables mode as a declarative rule compiler.
+/// kube-proxy (iptables and nftables modes) as a declarative rule compiler.
 #[derive(Debug, Parser)]
-#[command(name = "chainsmith", version = VERSION, about, long_about = None)]
+#[command(name = "chainsmith", version = VERSION, about, long_about = None, after_help = EXAMPLES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,7 +54,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the full-sync iptables-restore input (*filter then *nat) for a node.
+    /// Print what a node's first full sync writes: iptables-restore input
+    /// (*filter then *nat), or with --mode nftables the `nft -f` transaction.
     Compile(compile::CompileArgs),
     /// Run one sync per cluster state, as a long-running proxier would, and
     /// write each payload (and its rule metrics) to a directory.
@@ -65,6 +74,11 @@ enum Command {
     /// Run on a node in place of kube-proxy: watch the API server, keep the
     /// rules in the kernel right, serve metrics and health.
     Run(Box<run::RunArgs>),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page, chainsmith(1), as roff (`chainsmith man | man -l -`),
+    /// or write every page to a directory.
+    Man(generate::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +91,8 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain::run(&args).map(|()| false),
         Command::Diff(args) => diff::run(&args),
         Command::Run(args) => run::run(&args).map(|()| false),
+        Command::Completions(args) => generate::completions(&args, Cli::command()).map(|()| false),
+        Command::Man(args) => generate::man(&args, Cli::command()).map(|()| false),
     };
     match result {
         Ok(false) => ExitCode::SUCCESS,

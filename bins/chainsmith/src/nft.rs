@@ -25,6 +25,7 @@ pub fn first_sync(node: &NodeConfig, manifests: &Manifests) -> Result<(Transacti
     input::report_diagnostics(engine.nft_context().diagnostics());
     engine.replace_state(&manifests.services, &manifests.endpoint_slices);
     input::report_diagnostics(&engine.take_diagnostics());
+    input::report_diagnostics(&input::other_family_notes(&manifests.services, node.ip_family));
     let transaction = engine.sync(0, false).main;
     let mut table = Table::new(family(node.ip_family));
     table

@@ -6,11 +6,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use chainsmith_iptables::RuleSet;
+use chainsmith_k8s::Manifests;
+use chainsmith_model::IpFamily;
 use chainsmith_nft_netlink::{ApplyReport, NetlinkApplier};
 use chainsmith_nftables::{Table, Transaction, read_transaction};
 use chainsmith_sync::{NftSyncEngine, PartialSyncMode, SyncEngine, SyncKind};
 use clap::{Args, ValueEnum};
 
+use crate::diff::plural;
 use crate::input::{self, LayoutArg, ModeArg, ProxyMode};
 use crate::metrics::{NftMetrics, RuleMetrics};
 use crate::nft;
@@ -66,9 +69,9 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs) -> Result<()> {
     if !args.clock.is_empty() && args.clock.len() != args.states.len() {
         bail!(
-            "--clock has {} values for {} states",
-            args.clock.len(),
-            args.states.len()
+            "--clock has {} for {}",
+            plural(args.clock.len(), "value", "values"),
+            plural(args.states.len(), "state", "states")
         );
     }
     if let Some(bad) = args
@@ -83,7 +86,6 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     }
     args.mode.check_layout(&args.layout)?;
     let clock_ms = clock_millis(&args.clock)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     match args.mode.mode {
         ProxyMode::Iptables => {
             if args.existing_ruleset.is_some() {
@@ -92,19 +94,20 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             if args.apply_netns.is_some() {
                 bail!("--apply-netns applies nftables transactions; give it with --mode nftables");
             }
-            replay_iptables(args, &clock_ms)
+            replay_iptables(args, read_states(args, &clock_ms)?)
         }
         ProxyMode::Nftables => {
             if args.partial_sync.is_some() {
                 bail!("--partial-sync chooses iptables partial syncs; nftables mode has upstream's only");
             }
-            replay_nftables(args, &clock_ms)
+            replay_nftables(args, read_states(args, &clock_ms)?)
         }
     }
 }
 
-fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
+fn replay_iptables(args: &ReplayArgs, syncs: Vec<Sync>) -> Result<()> {
     let node = input::load_node(Some(&args.node))?;
+    prepare_out(&args.out)?;
     let family = node.ip_family;
     let mode = match args.partial_sync.unwrap_or(PartialSync::Compat) {
         PartialSync::Compat => PartialSyncMode::Compat,
@@ -116,8 +119,15 @@ fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
     // what iptables-restore would refuse.
     let mut kernel = RuleSet::new();
     let mut stderr = std::io::stderr().lock();
-    for (step, state, now_ms, force_full) in syncs(args, clock_ms) {
-        let manifests = read_state(state)?;
+    for sync in syncs {
+        let Sync {
+            step,
+            state,
+            manifests,
+            now_ms,
+            force_full,
+        } = sync;
+        report_state(&manifests, family);
         engine.replace_state(&manifests.services, &manifests.endpoint_slices);
         input::report_diagnostics(&engine.take_diagnostics());
         let outcome = engine.sync(now_ms, force_full);
@@ -140,13 +150,18 @@ fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
             SyncKind::Full => "full",
             SyncKind::Partial => "partial",
         };
+        let rules = if counts.filter_last + counts.nat_last == 1 {
+            "rule"
+        } else {
+            "rules"
+        };
         let _ = writeln!(
             stderr,
-            "{step:02} {kind:<7} {} bytes, {} filter + {} nat rules written, {} chains deleted ({})",
-            payload.len(),
+            "{step:02} {kind:<7} {}, {} filter + {} nat {rules} written, {} deleted ({})",
+            plural(payload.len(), "byte", "bytes"),
             counts.filter_last,
             counts.nat_last,
-            counts.nat_deleted_chains,
+            plural(counts.nat_deleted_chains, "chain", "chains"),
             state.display()
         );
     }
@@ -155,7 +170,7 @@ fn replay_iptables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
 
 /// nftables mode: every transaction goes through a model of the kernel's
 /// table, which refuses what the kernel would refuse.
-fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
+fn replay_nftables(args: &ReplayArgs, syncs: Vec<Sync>) -> Result<()> {
     let node = input::load_node(Some(&args.node))?;
     let ip_family = node.ip_family;
     let family = nft::family(ip_family);
@@ -163,37 +178,50 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
     input::report_diagnostics(engine.context().diagnostics());
     input::report_diagnostics(engine.nft_context().diagnostics());
     let mut kernel = Table::new(family);
+    let existing = match &args.existing_ruleset {
+        Some(path) => {
+            let text = input::read_text(path)?;
+            let existing = read_transaction(&text, family).with_context(|| format!("{}", path.display()))?;
+            if existing.family != family {
+                bail!(
+                    "{} holds table {} kube-proxy; the node programs family {family} ({})",
+                    path.display(),
+                    existing.family,
+                    ip_family
+                );
+            }
+            kernel
+                .apply(&existing)
+                .with_context(|| format!("{} is not a ruleset the kernel could hold", path.display()))?;
+            engine.set_existing(&kernel);
+            Some((path, existing))
+        }
+        None => None,
+    };
     let mut applier = match &args.apply_netns {
         Some(name) => Some(NamespaceApplier::open(name)?),
         None => None,
     };
-    if let Some(path) = &args.existing_ruleset {
-        let text = input::read_text(path)?;
-        let existing = read_transaction(&text, family).with_context(|| format!("{}", path.display()))?;
-        if existing.family != family {
-            bail!(
-                "{} holds table {} kube-proxy; the node programs family {family} ({})",
-                path.display(),
-                existing.family,
-                ip_family
-            );
-        }
-        kernel
-            .apply(&existing)
-            .with_context(|| format!("{} is not a ruleset the kernel could hold", path.display()))?;
-        engine.set_existing(&kernel);
-        if let Some(applier) = &mut applier {
-            applier
-                .apply(&existing)
-                .with_context(|| format!("applying {} in the namespace", path.display()))?;
-        }
+    // Every input has been read: the outputs of an earlier run can go.
+    prepare_out(&args.out)?;
+    if let (Some(applier), Some((path, existing))) = (&mut applier, &existing) {
+        applier
+            .apply(existing)
+            .with_context(|| format!("applying {} in the namespace", path.display()))?;
     }
     let mut stderr = std::io::stderr().lock();
     // The namespace has no table until the first sync (unless an existing
     // ruleset was put there first).
     let mut into_empty = args.existing_ruleset.is_none();
-    for (step, state, now_ms, force_full) in syncs(args, clock_ms) {
-        let manifests = read_state(state)?;
+    for sync in syncs {
+        let Sync {
+            step,
+            state,
+            manifests,
+            now_ms,
+            force_full,
+        } = sync;
+        report_state(&manifests, ip_family);
         engine.replace_state(&manifests.services, &manifests.endpoint_slices);
         input::report_diagnostics(&engine.take_diagnostics());
         let outcome = engine.sync(now_ms, force_full);
@@ -234,12 +262,16 @@ fn replay_nftables(args: &ReplayArgs, clock_ms: &[u64]) -> Result<()> {
         };
         let _ = writeln!(
             stderr,
-            "{step:02} {kind:<7} {} operations, {} bytes, {} chains written, {} element changes, {} chains flushed as stale, {} deleted ({})",
-            outcome.main.len(),
-            main.len(),
-            outcome.counts.chains_written,
-            outcome.counts.element_changes,
-            outcome.counts.stale_flushed,
+            "{step:02} {kind:<7} {}, {}, {} written, {}, {} flushed as stale, {} deleted ({})",
+            plural(outcome.main.len(), "operation", "operations"),
+            plural(main.len(), "byte", "bytes"),
+            plural(outcome.counts.chains_written, "chain", "chains"),
+            plural(
+                outcome.counts.element_changes,
+                "element change",
+                "element changes"
+            ),
+            plural(outcome.counts.stale_flushed, "chain", "chains"),
             outcome.counts.stale_deleted,
             state.display()
         );
@@ -304,24 +336,87 @@ impl NamespaceApplier {
     }
 }
 
-/// Each sync: its number (from 1), its cluster state, its simulated time and
-/// whether it is forced full.
-fn syncs<'a>(
-    args: &'a ReplayArgs,
-    clock_ms: &'a [u64],
-) -> impl Iterator<Item = (usize, &'a Path, u64, bool)> {
-    args.states.iter().enumerate().map(|(index, state)| {
-        let step = index + 1;
-        let now_ms = clock_ms.get(index).copied().unwrap_or(0);
-        (step, state.as_path(), now_ms, args.full_sync_at.contains(&step))
-    })
+/// One sync to run.
+struct Sync<'a> {
+    /// Its number, from 1.
+    step: usize,
+    /// The file of its cluster state.
+    state: &'a Path,
+    /// The cluster state.
+    manifests: Manifests,
+    /// Its simulated time.
+    now_ms: u64,
+    /// Whether it is forced full.
+    force_full: bool,
 }
 
-/// One cluster state, its problems reported.
-fn read_state(state: &Path) -> Result<chainsmith_k8s::Manifests> {
-    let manifests = input::load_manifests(&[state])?;
+/// Every sync, with every state file read before anything is written: a
+/// file that does not read fails the replay before sync 01 is written.
+fn read_states<'a>(args: &'a ReplayArgs, clock_ms: &[u64]) -> Result<Vec<Sync<'a>>> {
+    args.states
+        .iter()
+        .enumerate()
+        .map(|(index, state)| {
+            let step = index + 1;
+            Ok(Sync {
+                step,
+                state,
+                manifests: input::load_manifests(&[state])?,
+                now_ms: clock_ms.get(index).copied().unwrap_or(0),
+                force_full: args.full_sync_at.contains(&step),
+            })
+        })
+        .collect()
+}
+
+/// A state's problems, printed when its sync runs.
+fn report_state(manifests: &Manifests, family: IpFamily) {
     input::report_diagnostics(&manifests.diagnostics);
-    Ok(manifests)
+    input::report_diagnostics(&input::other_family_notes(&manifests.services, family));
+}
+
+/// Creates `--out`, or removes what an earlier replay wrote there (`NN.iptables`,
+/// `NN.nft`, `NN.cleanup.nft`, `NN.metrics`, `NN.apply.json`): a shorter or
+/// other-mode run would otherwise leave syncs that are not its own beside
+/// its output. Anything else in the directory is left alone.
+fn prepare_out(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = entry.file_name();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || !name.to_str().is_some_and(is_replay_output) {
+            continue;
+        }
+        std::fs::remove_file(entry.path())
+            .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "note: removed {} an earlier replay wrote to {}",
+            plural(removed, "file", "files"),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a file name is one replay writes: `NN.iptables`, `NN.nft`,
+/// `NN.cleanup.nft`, `NN.metrics` or `NN.apply.json` (two digits or more).
+fn is_replay_output(name: &str) -> bool {
+    let Some((step, kind)) = name.split_once('.') else {
+        return false;
+    };
+    step.len() >= 2
+        && step.bytes().all(|b| b.is_ascii_digit())
+        && matches!(
+            kind,
+            "iptables" | "nft" | "cleanup.nft" | "metrics" | "apply.json"
+        )
 }
 
 fn clock_millis(seconds: &[f64]) -> Result<Vec<u64>> {

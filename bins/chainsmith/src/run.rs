@@ -56,10 +56,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     command_timeout: String,
 
-    /// The iptables backend; by default the one the kubelet's rules are in,
-    /// else the one `iptables --version` reports. In nftables mode only used
-    /// to remove iptables-mode leftovers at start.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = concat!(
+        "The iptables backend; ", crate::input::backend_default!(),
+        ". In nftables mode only used to remove iptables-mode leftovers at start"
+    ))]
     iptables_backend: Option<BackendArg>,
 
     /// Log lines as JSON objects instead of text.

@@ -1,5 +1,6 @@
 //! `chainsmith trace`: why a packet goes where it goes.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use chainsmith_nft_tracer::{
 use chainsmith_nftables::{TABLE_NAME, Table, read_listing, read_transaction};
 use chainsmith_planner::Plan;
 use chainsmith_restore::render_plan;
-use chainsmith_tracer::{CtState, Node, Origin, Packet, Ruleset, Target, trace};
+use chainsmith_tracer::{CtState, Match, Node, Origin, Packet, Ruleset, Target, trace};
 use clap::{Args, ValueEnum};
 
 use crate::input::{self, Example, LayoutArg, ModeArg, ProxyMode};
@@ -32,7 +33,7 @@ enum From {
 pub enum Output {
     /// Plain words.
     Text,
-    /// JSON, for tools (the full trace, drift or change).
+    /// JSON, for tools (the full trace, drift, change or explanation).
     Json,
 }
 
@@ -92,7 +93,8 @@ pub struct TraceArgs {
     state: State,
     /// Session-affinity lists that already hold the source address, as after
     /// earlier connections: `KUBE-SEP-...` chain names (iptables) or
-    /// `affinity-...` set names (nftables).
+    /// `affinity-...` set names (nftables). A name the rules do not use is
+    /// refused, with the names they do use.
     #[arg(long = "affinity", value_name = "KUBE-SEP-...")]
     affinity: Vec<String>,
     /// Addresses of this node (for `--src-type/--dst-type LOCAL`), added to
@@ -187,6 +189,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         State::New => CtState::New,
         State::Established => CtState::Established,
     };
+    check_affinity(&args.affinity, "-m recent lists", &recent_lists(&ruleset))?;
     packet.recent = args.affinity.clone();
     if args.from == From::Outside {
         packet.in_interface = args.in_interface.clone();
@@ -203,6 +206,43 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         .lock()
         .write_all(text.as_bytes())
         .context("cannot write to stdout")
+}
+
+/// The `-m recent` lists the rules check or set: the session-affinity
+/// lists `--affinity` may name.
+fn recent_lists(ruleset: &Ruleset) -> BTreeSet<String> {
+    ruleset
+        .table_names()
+        .flat_map(|table| ruleset.chains(table))
+        .flat_map(|chain| &chain.rules)
+        .flat_map(|rule| &rule.matches)
+        .filter_map(|m| match m {
+            Match::Recent { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Refuses an `--affinity` name the rules do not use: it would change
+/// nothing, and the trace would look as if affinity did not apply.
+fn check_affinity(given: &[String], what: &str, known: &BTreeSet<String>) -> Result<()> {
+    let Some(unknown) = given.iter().find(|name| !known.contains(*name)) else {
+        return Ok(());
+    };
+    if known.is_empty() {
+        bail!("--affinity {unknown}: these rules have no session affinity (no {what})");
+    }
+    // Enough to find the right one; a large cluster has thousands.
+    const SHOWN: usize = 8;
+    let mut names: Vec<&str> = known.iter().map(String::as_str).take(SHOWN).collect();
+    if known.len() > SHOWN {
+        names.push("...");
+    }
+    bail!(
+        "--affinity {unknown}: no such name among the rules' {what} ({} in all: {})",
+        known.len(),
+        names.join(", ")
+    );
 }
 
 /// Tables of a dump that hold rules the trace does not walk (kube-proxy
@@ -313,6 +353,14 @@ fn run_nftables(args: &TraceArgs) -> Result<()> {
         State::New => NftCtState::New,
         State::Established => NftCtState::Established,
     };
+    // Only kube-proxy's affinity sets: a name of another set would put the
+    // source address into, say, the cluster-IP set and change the trace.
+    let affinity_sets: BTreeSet<String> = table
+        .sets()
+        .map(|set| set.name.clone())
+        .filter(|name| name.starts_with("affinity-"))
+        .collect();
+    check_affinity(&args.affinity, "affinity sets", &affinity_sets)?;
     for set in &args.affinity {
         packet.affinity.insert(set.clone(), vec![args.src]);
     }

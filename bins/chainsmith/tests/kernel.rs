@@ -190,19 +190,19 @@ fn diff_reads_live_tables_and_names_drift() {
                     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
                     assert_eq!(output.status.code(), Some(1), "{stdout}");
                     assert!(
-                        stdout.contains("nat KUBE-SERVICES: changed: 1 rules missing, 0 rules extra"),
+                        stdout.contains("nat KUBE-SERVICES: changed: 1 rule missing, 0 rules extra"),
                         "{stdout}"
                     );
                     assert!(stdout.contains("nat KUBE-SEP-STALESTALESTALE: extra"), "{stdout}");
                     assert!(
-                        stdout.contains("filter INPUT: changed: 1 rules missing"),
+                        stdout.contains("filter INPUT: changed: 1 rule missing"),
                         "{stdout}"
                     );
                     netns.run(iptables, &["-t", "nat", "-F"]).expect("flush nat");
                     let output = diff(&netns);
                     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
                     assert!(
-                        stdout.contains("nat KUBE-MARK-MASQ: changed: 1 rules missing"),
+                        stdout.contains("nat KUBE-MARK-MASQ: changed: 1 rule missing"),
                         "a flushed nat table is noticed:\n{stdout}"
                     );
                 }

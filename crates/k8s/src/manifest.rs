@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 
-use chainsmith_model::{Diagnostic, EndpointSlice, ObjectKey, ObjectKind, Service};
+use chainsmith_model::{Diagnostic, EndpointSlice, ObjectKey, ObjectKind, Service, Severity};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -162,12 +162,299 @@ pub fn parse_manifests(text: &str, source: &str) -> Result<Manifests, ManifestEr
         out: Manifests::default(),
         index: Index::new(),
         seen: HashMap::new(),
+        to_place: Vec::new(),
     };
     for (i, doc) in docs.into_iter().enumerate() {
-        let line = yaml::to_usize(doc.referenced.line());
-        reader.node(doc.value, line, &format!("document {}", i + 1), "", None);
+        let start = Start::of(&doc.referenced);
+        reader.node(doc.value, start, &format!("document {}", i + 1), "", None);
     }
-    Ok(reader.out)
+    let mut out = reader.out;
+    place_on_fields(text, source, &mut out.diagnostics, &reader.to_place);
+    Ok(out)
+}
+
+/// Where an object starts: its first key's line and column (1-based) and
+/// byte offset in the text.
+#[derive(Clone, Copy)]
+struct Start {
+    line: usize,
+    column: usize,
+    byte: Option<usize>,
+}
+
+impl Start {
+    fn of(location: &serde_saphyr::Location) -> Start {
+        Start {
+            line: yaml::to_usize(location.line()),
+            column: yaml::to_usize(location.column()),
+            byte: location.span().byte_offset().map(yaml::to_usize),
+        }
+    }
+}
+
+/// Points warnings about a field at the field's line, where the object's
+/// line was given first (`cluster.yaml:134` is the Service, the bad external
+/// IP is on 144).
+///
+/// The first reading turns each object into JSON for `k8s-openapi`, which
+/// keeps no positions; a second reading of the whole text would double the
+/// cost of a large manifest. So only the text of each object a warning is
+/// about is read again, into a tree of positions ([`object_text`]): clean
+/// input pays nothing, a warning costs a read of one object. Notes (an
+/// object skipped by design: headless, another proxy's) keep the object's
+/// line, which is what they are about. Where the object's text cannot be
+/// read on its own (flow style, an alias to an anchor outside it), the
+/// object's line stays.
+fn place_on_fields(text: &str, source: &str, diagnostics: &mut [Diagnostic], to_place: &[(usize, Start)]) {
+    let mut read: HashMap<usize, Option<Tree>> = HashMap::new();
+    for (index, start) in to_place {
+        let Some(byte) = start.byte else { continue };
+        let object = read.entry(byte).or_insert_with(|| {
+            let slice = object_text(text, *start)?;
+            let docs: Vec<Tree> = serde_saphyr::from_multiple_with_options(&slice, yaml::options()).ok()?;
+            docs.into_iter().next()
+        });
+        let (Some(object), Some(diagnostic)) = (object.as_ref(), diagnostics.get_mut(*index)) else {
+            continue;
+        };
+        if let Some(line) = field_line(object, &diagnostic.field) {
+            // Lines of the slice count from the object's first line.
+            diagnostic.source = Some(format!("{source}:{}", start.line + line - 1));
+        }
+    }
+}
+
+/// The text of one block-style object on its own, as YAML that reads the
+/// same: from its first key to the first later line indented less than
+/// it (the next list item, the enclosing object's next key) or a document
+/// marker, the first line padded to its column. `None` for a flow-style
+/// object (`{...}`) or a position that is not in the text.
+fn object_text(text: &str, start: Start) -> Option<String> {
+    let byte = start.byte?;
+    let rest = text.get(byte..)?;
+    if rest.starts_with(['{', '[']) {
+        return None;
+    }
+    let indent = start.column.checked_sub(1)?;
+    let mut slice = " ".repeat(indent);
+    let mut lines = rest.split_inclusive('\n');
+    slice.push_str(lines.next()?);
+    for line in lines {
+        let content = line.trim_start_matches(' ');
+        let blank = content.trim().is_empty() || content.starts_with('#');
+        let marker = line.starts_with("---") || line.starts_with("...");
+        // A document's own keys are at column 1: only a marker ends it.
+        if marker || (indent > 0 && !blank && line.len() - content.len() < indent) {
+            break;
+        }
+        slice.push_str(line);
+    }
+    Some(slice)
+}
+
+/// The line of the deepest part of a field path (`spec.ports[0].protocol`,
+/// `metadata.labels["app"]`) the object holds: the key's line for a mapping
+/// entry, the entry's line for a list item. `None` when not even the first
+/// part is there (a missing field: the object's line says it best).
+fn field_line(object: &Tree, path: &str) -> Option<usize> {
+    let mut tree = object;
+    let mut line = None;
+    for step in path_steps(path)? {
+        let (next, at) = match (&step, tree) {
+            (Step::Key(key), Tree::Map(_)) => {
+                let (key, value) = tree.entry(key)?;
+                (&value.value, key.referenced.line())
+            }
+            (Step::Index(i), Tree::Seq(entries)) => {
+                let entry = entries.get(*i)?;
+                (&entry.value, entry.referenced.line())
+            }
+            _ => break,
+        };
+        // Position 0 means the reader could not tell (e.g. merged keys).
+        if at == 0 {
+            break;
+        }
+        line = Some(yaml::to_usize(at));
+        tree = next;
+    }
+    line
+}
+
+/// One step of a field path.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// `spec.ports[0].protocol` -> `spec`, `ports`, 0, `protocol`;
+/// `metadata.labels["a.b/c"]` -> `metadata`, `labels`, `a.b/c` (the quoted
+/// form diagnostics give keys holding dots). `None` for a path it cannot read.
+fn path_steps(path: &str) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix("[\"") {
+            let end = inner.find("\"]")?;
+            steps.push(Step::Key(inner[..end].replace("\\\"", "\"")));
+            rest = &inner[end + 2..];
+        } else if let Some(inner) = rest.strip_prefix('[') {
+            let end = inner.find(']')?;
+            steps.push(Step::Index(inner[..end].parse().ok()?));
+            rest = &inner[end + 1..];
+        } else {
+            let rest_key = rest.strip_prefix('.').unwrap_or(rest);
+            let end = rest_key.find(['.', '[']).unwrap_or(rest_key.len());
+            if end == 0 {
+                return None;
+            }
+            steps.push(Step::Key(rest_key[..end].to_string()));
+            rest = &rest_key[end..];
+        }
+    }
+    Some(steps)
+}
+
+/// A YAML node with the position of every mapping key and list entry, and
+/// nothing else (scalars are not kept).
+enum Tree {
+    Map(Vec<(Spanned<Key>, Spanned<Tree>)>),
+    Seq(Vec<Spanned<Tree>>),
+    Leaf,
+}
+
+impl Tree {
+    fn entry(&self, key: &str) -> Option<&(Spanned<Key>, Spanned<Tree>)> {
+        match self {
+            Tree::Map(entries) => entries.iter().find(|(k, _)| k.value.0.as_deref() == Some(key)),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Tree {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TreeVisitor)
+    }
+}
+
+struct TreeVisitor;
+
+impl<'de> Visitor<'de> for TreeVisitor {
+    type Value = Tree;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<Key>>()? {
+            entries.push((key, map.next_value()?));
+        }
+        Ok(Tree::Map(entries))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = seq.next_element()? {
+            entries.push(entry);
+        }
+        Ok(Tree::Seq(entries))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Tree, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+}
+
+/// A mapping key: its text when it is a string (only those can be named by
+/// a field path), `None` for any other scalar.
+struct Key(Option<String>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Tree::deserialize_key(deserializer)
+    }
+}
+
+impl Tree {
+    fn deserialize_key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(Key(Some(v.to_owned())))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Key(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Key, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Key(None))
+            }
+        }
+        deserializer.deserialize_any(KeyVisitor)
+    }
 }
 
 struct Reader<'a> {
@@ -176,14 +463,18 @@ struct Reader<'a> {
     index: Index,
     /// Where each object was read, to report duplicates.
     seen: HashMap<(ObjectKind, ObjectKey), String>,
+    /// Warnings about a field, to point at the field's line once every
+    /// document is read: the index in `out.diagnostics` and where the
+    /// object starts.
+    to_place: Vec<(usize, Start)>,
 }
 
 impl Reader<'_> {
     /// One document or list item. `label` names it in messages ("document 2",
     /// "item"), `path` prefixes field names inside lists (`items[0].`) and
     /// `item_kind` is the kind implied by a typed list (`ServiceList`).
-    fn node(&mut self, node: Node, line: usize, label: &str, path: &str, item_kind: Option<&str>) {
-        let at = format!("{}:{line}", self.source);
+    fn node(&mut self, node: Node, start: Start, label: &str, path: &str, item_kind: Option<&str>) {
+        let at = format!("{}:{}", self.source, start.line);
         let (value, items) = match node {
             Node::Map { value, items } => (value, items),
             Node::Other(what) => {
@@ -221,9 +512,14 @@ impl Reader<'_> {
         let api_version = value.get("apiVersion").and_then(Value::as_str).map(str::to_owned);
         match kind.as_str() {
             "Service" if matches!(api_version.as_deref(), None | Some("v1")) => {
-                if let Some(svc) =
-                    self.object::<core::Service, _>(value, ObjectKind::Service, key, &at, service_from_k8s)
-                {
+                if let Some(svc) = self.object::<core::Service, _>(
+                    value,
+                    ObjectKind::Service,
+                    key,
+                    &at,
+                    start,
+                    service_from_k8s,
+                ) {
                     self.keep(svc, &at);
                 }
             }
@@ -233,6 +529,7 @@ impl Reader<'_> {
                     ObjectKind::EndpointSlice,
                     key,
                     &at,
+                    start,
                     endpoint_slice_from_k8s,
                 );
                 if let Some(slice) = slice {
@@ -267,8 +564,9 @@ impl Reader<'_> {
                     return;
                 };
                 for (i, item) in items.into_iter().enumerate() {
-                    let line = yaml::to_usize(item.referenced.line());
-                    self.node(item.value, line, "item", &format!("{path}items[{i}]."), item_kind);
+                    let start = Start::of(&item.referenced);
+                    let item_path = format!("{path}items[{i}].");
+                    self.node(item.value, start, "item", &item_path, item_kind);
                 }
             }
             _ => {
@@ -293,6 +591,7 @@ impl Reader<'_> {
         kind: ObjectKind,
         key: Option<ObjectKey>,
         at: &str,
+        start: Start,
         translate: impl FnOnce(&K, &mut Vec<Diagnostic>) -> Option<T>,
     ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, K>(Value::Object(value)) {
@@ -300,7 +599,7 @@ impl Reader<'_> {
                 let mut diags = Vec::new();
                 let result = translate(&object, &mut diags);
                 for diag in diags {
-                    self.push(diag, at);
+                    self.push_about_field(diag, at, start);
                 }
                 result
             }
@@ -308,10 +607,19 @@ impl Reader<'_> {
                 let path = err.path().to_string();
                 let field = if path == "." { String::new() } else { path };
                 let message = format!("{} ({kind} skipped)", err.inner());
-                self.push(Diagnostic::warning(kind, key, field, message), at);
+                self.push_about_field(Diagnostic::warning(kind, key, field, message), at, start);
                 None
             }
         }
+    }
+
+    /// Pushes a diagnostic about a field of one object; a warning is pointed
+    /// at the field's line once every document is read ([`place_on_fields`]).
+    fn push_about_field(&mut self, diag: Diagnostic, at: &str, start: Start) {
+        if diag.severity == Severity::Warning && !diag.field.is_empty() {
+            self.to_place.push((self.out.diagnostics.len(), start));
+        }
+        self.push(diag, at);
     }
 
     fn keep<T: Object>(&mut self, item: T, at: &str) {
@@ -647,15 +955,127 @@ spec: {clusterIP: 172.30.0.43, type: ClusterIP}
         assert_eq!(good.ports.len(), 1);
         assert_eq!(
             shown(&m),
+            // Each warning at its field's line; a missing field at its object's.
             [
-                "cluster.yaml:3: Service ns1/good: spec.ports[0].protocol: unknown protocol \"FOO\" (port skipped)",
-                "cluster.yaml:3: Service ns1/good: spec.ports[1].nodePort: -1 is not in 0..=65535 (treated as 0)",
-                "cluster.yaml:3: Service ns1/good: spec.externalIPs[1]: invalid IP address \"1.2.3\" (skipped)",
-                "cluster.yaml:13: Service ns1/bad: spec.ports[0].port: \
+                "cluster.yaml:10: Service ns1/good: spec.ports[0].protocol: unknown protocol \"FOO\" (port skipped)",
+                "cluster.yaml:11: Service ns1/good: spec.ports[1].nodePort: -1 is not in 0..=65535 (treated as 0)",
+                "cluster.yaml:8: Service ns1/good: spec.externalIPs[1]: invalid IP address \"1.2.3\" (skipped)",
+                "cluster.yaml:22: Service ns1/bad: spec.ports[0].port: \
                  invalid type: string \"abc\", expected i32 (Service skipped)",
                 "cluster.yaml:31: EndpointSlice ns1/no-type: addressType: missing address type (EndpointSlice skipped)",
             ]
         );
+    }
+
+    #[test]
+    fn warnings_point_at_the_field_inside_lists_too() {
+        // `kubectl get -o yaml`: one List document; notes stay on the object.
+        let text = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: web
+    namespace: shop
+  spec:
+    clusterIP: 10.96.0.10
+    externalIPs:
+    - 203.0.113.7
+    - 203.0.113.300
+    ports:
+    - port: 80
+- apiVersion: v1
+  kind: List
+  items:
+  - kind: EndpointSlice
+    apiVersion: discovery.k8s.io/v1
+    metadata:
+      name: web-1
+      namespace: shop
+      labels: {kubernetes.io/service-name: web}
+    addressType: IPv4
+    endpoints:
+    - addresses: [10.0.0.1]
+    - addresses:
+      - 10.0.0.300
+- apiVersion: v1
+  kind: Service
+  metadata: {name: db, namespace: shop}
+  spec:
+    clusterIP: None
+metadata:
+  resourceVersion: \"\"
+";
+        let m = parse(text);
+        assert_eq!(
+            shown(&m),
+            [
+                "cluster.yaml:13: Service shop/web: spec.externalIPs[1]: invalid IP address \"203.0.113.300\" (skipped)",
+                "cluster.yaml:29: EndpointSlice shop/web-1: endpoints[1].addresses[0]: \
+                 invalid IP address \"10.0.0.300\" (endpoint skipped)",
+                "cluster.yaml:30: Service shop/db: spec.clusterIP: headless or no cluster IP (Service skipped)",
+            ]
+        );
+    }
+
+    #[test]
+    fn objects_that_do_not_read_alone_keep_their_line() {
+        // A flow-style object, and one holding an alias to an anchor in
+        // another item: the object's line, as before.
+        let text = "\
+{kind: Service, metadata: {name: a, namespace: ns}, spec: {clusterIP: 10.0.0.1, externalIPs: [1.2.3]}}
+---
+kind: ServiceList
+items:
+- metadata: {name: b, namespace: ns, labels: &labels {app: b}}
+  spec: {clusterIP: 10.0.0.2}
+- metadata:
+    name: c
+    namespace: ns
+    labels: *labels
+  spec:
+    clusterIP: 10.0.0.3
+    externalIPs:
+    - 1.2.3
+";
+        let m = parse(text);
+        assert_eq!(
+            shown(&m),
+            [
+                "cluster.yaml:1: Service ns/a: spec.externalIPs[0]: invalid IP address \"1.2.3\" (skipped)",
+                "cluster.yaml:7: Service ns/c: spec.externalIPs[0]: invalid IP address \"1.2.3\" (skipped)",
+            ]
+        );
+    }
+
+    #[test]
+    fn field_paths_are_read_as_diagnostics_write_them() {
+        let steps = |path: &str| -> Vec<String> {
+            path_steps(path)
+                .unwrap()
+                .into_iter()
+                .map(|s| match s {
+                    Step::Key(k) => k,
+                    Step::Index(i) => format!("#{i}"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            steps("spec.ports[0].protocol"),
+            ["spec", "ports", "#0", "protocol"]
+        );
+        assert_eq!(
+            steps("metadata.labels[\"service.kubernetes.io/headless\"]"),
+            ["metadata", "labels", "service.kubernetes.io/headless"]
+        );
+        assert_eq!(
+            steps("endpoints[1].addresses[0]"),
+            ["endpoints", "#1", "addresses", "#0"]
+        );
+        assert!(path_steps("spec.ports[x]").is_none());
+        assert!(path_steps("spec..ports").is_none());
     }
 
     #[test]

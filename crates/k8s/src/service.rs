@@ -27,6 +27,15 @@ pub fn service_from_k8s(svc: &api::Service, diags: &mut Vec<Diagnostic>) -> Opti
 
     let default_spec = api::ServiceSpec::default();
     let spec = svc.spec.as_ref().unwrap_or(&default_spec);
+    // Before the cluster IP: an ExternalName Service has none, and the note
+    // should say what it is rather than call it headless.
+    if spec.type_.as_deref() == Some("ExternalName") {
+        report.info(
+            "spec.type",
+            "ExternalName Services are not proxied (Service skipped)",
+        );
+        return None;
+    }
     let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
     if cluster_ip.is_empty() || cluster_ip == "None" {
         report.info("spec.clusterIP", "headless or no cluster IP (Service skipped)");
@@ -37,13 +46,6 @@ pub fn service_from_k8s(svc: &api::Service, diags: &mut Vec<Diagnostic>) -> Opti
         Some("ClusterIP") => ServiceType::ClusterIp,
         Some("NodePort") => ServiceType::NodePort,
         Some("LoadBalancer") => ServiceType::LoadBalancer,
-        Some("ExternalName") => {
-            report.info(
-                "spec.type",
-                "ExternalName Services are not proxied (Service skipped)",
-            );
-            return None;
-        }
         Some(other) => {
             report.warn("spec.type", format!("unknown type {other:?} (treated as unset)"));
             ServiceType::Unset
@@ -368,6 +370,12 @@ mod tests {
             (spec(json!({"clusterIP": ""})), Info, "spec.clusterIP"),
             (json!({"spec": {"ports": []}}), Info, "spec.clusterIP"),
             (spec(json!({"type": "ExternalName"})), Info, "spec.type"),
+            // As the API server stores one: no cluster IP at all.
+            (
+                json!({"spec": {"type": "ExternalName", "externalName": "db.example.com"}}),
+                Info,
+                "spec.type",
+            ),
             (
                 json!({"metadata": {"labels": {"service.kubernetes.io/service-proxy-name": "other"}}}),
                 Info,

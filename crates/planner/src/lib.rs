@@ -37,5 +37,7 @@ pub use context::{
     LARGE_CLUSTER_ENDPOINTS_THRESHOLD, LocalDetector, NodeContext, NodePortDestinations, nfacct,
 };
 pub use endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
-pub use plan::{EndpointsInRole, Plan, PortKey, ServicePortPlan, distinct_service_ports, plan_service};
+pub use plan::{
+    EndpointsInRole, Plan, PortKey, ServicePortPlan, distinct_service_ports, other_family_note, plan_service,
+};
 pub use service_port::{Addr, ServiceAddresses, ServicePortInfo, service_ports};

@@ -5,7 +5,9 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use chainsmith_model::{Diagnostic, EndpointSlice, NodeConfig, ObjectKey, ObjectKind, Protocol, Service};
+use chainsmith_model::{
+    Diagnostic, EndpointSlice, IpFamily, NodeConfig, ObjectKey, ObjectKind, Protocol, Service,
+};
 
 use crate::endpoints::{EndpointInfo, PortEndpoints, endpoints_by_port};
 use crate::service_port::{ServicePortInfo, service_ports};
@@ -391,6 +393,10 @@ impl Plan {
                 continue;
             }
             previous = Some(&service.key);
+            if let Some(note) = other_family_note(service, ctx.family()) {
+                diagnostics.push(note);
+                continue;
+            }
             let infos = distinct_service_ports(service, &ctx, &mut diagnostics);
             if infos.is_empty() {
                 continue;
@@ -413,6 +419,33 @@ impl Plan {
             diagnostics,
         }
     }
+}
+
+/// A note for a Service with no cluster IP of `family`: kube-proxy's proxier
+/// of that family skips it without a word, which reads as a lost Service when
+/// one family's rules are all there is to look at. [`Plan::compile`] adds it;
+/// the sync engine does not, since a dual-stack node runs one engine per
+/// family and would repeat it for every single-stack Service on every sync
+/// (offline callers of the engine add it themselves).
+pub fn other_family_note(service: &Service, family: IpFamily) -> Option<Diagnostic> {
+    if service.cluster_ips.get(family).is_some() {
+        return None;
+    }
+    let other = match family {
+        IpFamily::V4 => IpFamily::V6,
+        IpFamily::V6 => IpFamily::V4,
+    };
+    let ip = service
+        .cluster_ips
+        .get(other)
+        .map(|ip| format!(" ({ip})"))
+        .unwrap_or_default();
+    Some(Diagnostic::info(
+        ObjectKind::Service,
+        Some(service.key.clone()),
+        "spec.clusterIPs",
+        format!("{other} only{ip}: no {family} rules for it (an {other} proxier programs it)"),
+    ))
 }
 
 /// The service ports of one Service for the context's family, ordered by port
