@@ -255,10 +255,7 @@ fn skipped(key: &ObjectKey, node: &NodeConfig, manifests: &Manifests) -> Option<
     if service.cluster_ips.get(family).is_some() {
         return None;
     }
-    let other = match family {
-        IpFamily::V4 => IpFamily::V6,
-        IpFamily::V6 => IpFamily::V4,
-    };
+    let other = family.other();
     let ip = service
         .cluster_ips
         .get(other)

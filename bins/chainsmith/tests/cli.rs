@@ -5,6 +5,8 @@
 // Test helpers outside #[test] functions may panic and print too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -21,16 +23,7 @@ const SUBCOMMANDS: [&str; 8] = [
 
 /// stdout of `chainsmith ARGS`, which must succeed.
 fn chainsmith(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_chainsmith"))
-        .args(args)
-        .output()
-        .expect("run chainsmith");
-    assert!(
-        output.status.success(),
-        "chainsmith {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
+    String::from_utf8(common::chainsmith_in_fixtures(args).stdout).expect("UTF-8")
 }
 
 /// Runs `program ARGS` with `input` on stdin; `None` when it is not installed.

@@ -36,6 +36,14 @@ impl IpFamily {
         }
     }
 
+    /// The other family (a dual-stack Service's second address is of it).
+    pub fn other(self) -> IpFamily {
+        match self {
+            IpFamily::V4 => IpFamily::V6,
+            IpFamily::V6 => IpFamily::V4,
+        }
+    }
+
     /// The Kubernetes spelling: `IPv4` or `IPv6` (also the `ip_family` metric label).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -431,10 +431,7 @@ pub fn other_family_note(service: &Service, family: IpFamily) -> Option<Diagnost
     if service.cluster_ips.get(family).is_some() {
         return None;
     }
-    let other = match family {
-        IpFamily::V4 => IpFamily::V6,
-        IpFamily::V6 => IpFamily::V4,
-    };
+    let other = family.other();
     let ip = service
         .cluster_ips
         .get(other)

@@ -517,7 +517,6 @@ impl NftSyncEngine {
         }
         drop(desired);
 
-        let known = &self.known;
         let mut newly_stale = Vec::new();
         for name in known.chains.iter().flatten() {
             if !active_chains.contains(name) && !self.stale.contains_key(name) && !due.contains(name) {
